@@ -1,0 +1,45 @@
+"""What every loader yields, whatever the backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Two normalised views (B, 3, H, W) in channels-last memory, on the training device,
+    their crop boxes (B, 4) float32 per the contract in ``pixpro_fast.geometry``, the
+    dataset indices of the samples (B,), and how many unreadable images were replaced."""
+    view1: torch.Tensor
+    view2: torch.Tensor
+    coords1: torch.Tensor
+    coords2: torch.Tensor
+    index: torch.Tensor
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return self.view1.shape[0]
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        mv = lambda t: t.to(device, non_blocking=non_blocking)
+        return Batch(mv(self.view1).contiguous(memory_format=torch.channels_last),
+                     mv(self.view2).contiguous(memory_format=torch.channels_last),
+                     mv(self.coords1), mv(self.coords2), mv(self.index), self.skipped)
+
+
+class Loader(Protocol):
+    """The interface the training engine relies on.
+
+    ``set_epoch(e, start_batch)`` selects the epoch's (deterministic) order and the batch
+    to start from, so a resumed run continues the same sequence; ``len()`` is the number
+    of batches one epoch yields on this rank.
+    """
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
