@@ -1,0 +1,86 @@
+"""ResNet trunks: a torchvision ResNet cut after ``layer4``.
+
+The trunk keeps torchvision's attribute names (conv1, bn1, layer1..layer4), so its
+state_dict keys are exactly torchvision's minus ``fc.*``: weights move both ways without a
+key map.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+
+
+class ResNetTrunk(nn.Module):
+    """conv1 .. layer4 of a torchvision ResNet; returns the (B, C, H/32, W/32) feature map."""
+
+    def __init__(self, resnet: torchvision.models.ResNet):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.out_channels = resnet.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature maps after each stage (for dense evaluation)."""
+        out = {}
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict saved with torch.save, unwrapping the usual containers and prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "encoder"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a state_dict (found {type(obj).__name__})")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "encoder.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def build_encoder(arch: str = "resnet50", weights: str | Path | None = None,
+                  zero_init_residual: bool = True) -> ResNetTrunk:
+    """A randomly initialised ResNet trunk, or one loaded from a local state_dict file.
+
+    ``weights`` may be a torchvision ResNet state_dict (``fc.*`` is ignored) or a trunk's.
+    Keys that do not fit raise an error listing them.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown encoder arch {arch!r}; choose one of {ARCHS}")
+    resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
+    trunk = ResNetTrunk(resnet)
+    if weights is not None:
+        state = {k: v for k, v in load_state_dict_file(weights).items() if not k.startswith("fc.")}
+        own = trunk.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong_shape:
+            def show(keys):
+                return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+            parts = [f"missing: {show(missing)}" if missing else "",
+                     f"unexpected: {show(unexpected)}" if unexpected else "",
+                     f"shape mismatch: {show(wrong_shape)}" if wrong_shape else ""]
+            raise ValueError(f"weights in {weights} do not fit {arch}: " + "; ".join(p for p in parts if p))
+        trunk.load_state_dict(state)
+    return trunk

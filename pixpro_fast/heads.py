@@ -1,0 +1,59 @@
+"""Projection heads and the pixel propagation module (PPM)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MLP2d(nn.Module):
+    """conv1x1(in -> hidden, bias) -> BN -> ReLU -> conv1x1(hidden -> out, bias), per pixel."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256):
+        super().__init__()
+        self.linear1 = nn.Conv2d(in_dim, hidden_dim, 1, bias=True)
+        self.bn1 = nn.BatchNorm2d(hidden_dim)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.linear2 = nn.Conv2d(hidden_dim, out_dim, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.relu1(self.bn1(self.linear1(x))))
+
+
+class PixelPropagation(nn.Module):
+    """PPM: ``y_i = sum_j max(cos(x_i, x_j), clamp) ** gamma * normalize(g(x))_j``.
+
+    ``g`` is identity (0 layers), a 1x1 conv (1 layer) or an MLP2d (2 layers). The output is
+    not normalised; the loss normalises it. The similarity is computed from fp32-normalised
+    features; the matmuls run in the ambient (autocast) precision.
+    """
+
+    def __init__(self, dim: int = 256, num_layers: int = 1, gamma: float = 2.0, clamp: float = 0.0):
+        super().__init__()
+        if num_layers == 0:
+            self.transform = nn.Identity()
+        elif num_layers == 1:
+            self.transform = nn.Conv2d(dim, dim, 1, bias=True)
+        elif num_layers == 2:
+            self.transform = MLP2d(dim, dim, dim)
+        else:
+            raise ValueError(f"PPM transform has 0, 1 or 2 layers, got {num_layers}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        self.gamma, self.clamp = float(gamma), float(clamp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        value = F.normalize(self.transform(x).float(), dim=1).flatten(2)   # (N, C, L)
+        feat = F.normalize(x.float(), dim=1).flatten(2)                    # (N, C, L)
+        sim = torch.bmm(feat.transpose(1, 2), feat)                        # (N, L, L), sim[i, j]
+        sim = sim.clamp(min=self.clamp)
+        if self.gamma < 1.0:
+            sim = sim + 1e-6
+        if self.gamma == 2.0:
+            sim = sim * sim
+        elif self.gamma != 1.0:
+            sim = sim.pow(self.gamma)
+        # y[:, :, i] = sum_j value[:, :, j] * sim[i, j]
+        y = torch.bmm(value, sim.transpose(1, 2))
+        return y.view(n, c, h, w)

@@ -1,0 +1,80 @@
+"""LARS on top of SGD with momentum, and the learning-rate schedule (DESIGN §1)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose multi-dimensional parameters get layer-wise adaptive rates.
+
+    For a parameter with more than one dimension: ``g <- g + weight_decay * p``, then
+    ``g <- g * trust * ||p|| / (||g|| + eps)`` (factor 1 where ``||p|| = 0``, so a
+    zero-initialised tensor can still move). 1-D parameters (BatchNorm, biases) get neither
+    decay nor scaling. Then ``buf <- momentum * buf + g`` and ``p <- p - lr * buf``.
+    All updates use fused multi-tensor operations.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-5,
+                 trust_coefficient: float = 0.001, eps: float = 1e-8):
+        if lr < 0:
+            raise ValueError(f"learning rate must be non-negative, got {lr}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            multi_p, multi_g, multi_buf, single_p, single_g, single_buf = [], [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if p.ndim > 1:
+                    multi_p.append(p); multi_g.append(p.grad); multi_buf.append(state["momentum_buffer"])
+                else:
+                    single_p.append(p); single_g.append(p.grad); single_buf.append(state["momentum_buffer"])
+            if multi_p:
+                grads = torch._foreach_add(multi_g, multi_p, alpha=group["weight_decay"])
+                p_norm = torch.stack(torch._foreach_norm(multi_p))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                scale = torch.where(p_norm > 0, group["trust_coefficient"] * p_norm / (g_norm + group["eps"]),
+                                    torch.ones_like(p_norm))
+                torch._foreach_mul_(grads, list(scale.unbind()))
+                self._apply(multi_p, grads, multi_buf, group)
+            if single_p:
+                self._apply(single_p, single_g, single_buf, group)
+        return loss
+
+    @staticmethod
+    def _apply(params, grads, bufs, group):
+        torch._foreach_mul_(bufs, group["momentum"])
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+
+def scaled_lr(base_lr: float, global_batch: int, rule: str = "linear") -> float:
+    """Peak learning rate: ``base_lr * B / 256`` ('linear') or ``4 * sqrt(B / 1024)`` ('sqrt')."""
+    if rule == "linear":
+        return base_lr * global_batch / 256.0
+    if rule == "sqrt":
+        return 4.0 * math.sqrt(global_batch / 1024.0)
+    raise ValueError(f"unknown lr scaling rule {rule!r}; choose 'linear' or 'sqrt'")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_lr: float = 1e-6) -> float:
+    """Linear warmup from ``peak/100`` to ``peak`` over ``warmup_steps``, then cosine to ``final_lr``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        start = peak_lr / 100.0
+        return start + (peak_lr - start) * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    t = min(max(step - warmup_steps, 0), decay_steps)
+    return final_lr + (peak_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t / decay_steps))

@@ -1,0 +1,210 @@
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pixpro_fast import LARS, ModelConfig, PixPro, lr_at, momentum_at, scaled_lr
+from pixpro_fast.encoder import build_encoder
+from pixpro_fast.heads import MLP2d, PixelPropagation
+from pixpro_fast.momentum import update_target
+from reference import ppm_reference
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2])
+@pytest.mark.parametrize("gamma,clamp", [(2.0, 0.0), (0.5, 0.0), (1.0, -1.0), (3.0, 0.1)])
+def test_ppm_matches_per_cell_reference(layers, gamma, clamp):
+    torch.manual_seed(layers)
+    ppm = PixelPropagation(16, layers, gamma, clamp).eval()
+    x = torch.randn(3, 16, 5, 6)
+    with torch.no_grad():
+        ours = ppm(x)
+        ref = ppm_reference(x, lambda t: ppm.transform(t), gamma, clamp)
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_ppm_rejects_bad_settings():
+    with pytest.raises(ValueError, match="0, 1 or 2"):
+        PixelPropagation(8, 3)
+    with pytest.raises(ValueError, match="gamma"):
+        PixelPropagation(8, 1, gamma=0.0)
+
+
+def test_momentum_schedule():
+    assert momentum_at(0, 100) == pytest.approx(0.99)
+    assert momentum_at(50, 100) == pytest.approx(0.995)
+    assert momentum_at(100, 100) == pytest.approx(1.0)
+    assert momentum_at(250, 100) == pytest.approx(1.0)
+    assert momentum_at(25, 100, base=0.9) == pytest.approx(1 - 0.1 * (math.cos(math.pi / 4) + 1) / 2)
+
+
+def test_target_update_matches_per_parameter_loop():
+    torch.manual_seed(0)
+    online = [torch.randn(4, 3), torch.randn(7), torch.randn(2, 2, 3, 3)]
+    target = [torch.randn_like(p) for p in online]
+    expected = [0.97 * t + 0.03 * o for t, o in zip(target, online)]
+    update_target(target, online, 0.97)
+    for t, e in zip(target, expected):
+        torch.testing.assert_close(t, e)
+
+
+def test_lars_step_against_hand_computation():
+    w = nn.Parameter(torch.tensor([[3.0, 4.0]]))       # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0, -2.0]))
+    w.grad = torch.tensor([[0.6, -0.8]])
+    b.grad = torch.tensor([0.5, 0.25])
+    opt = LARS([w, b], lr=0.1, momentum=0.9, weight_decay=0.01, trust_coefficient=0.001, eps=1e-8)
+    opt.step()
+    # 2-D: g = [0.6 + 0.03, -0.8 + 0.04] = [0.63, -0.76]; ||g|| = sqrt(0.63^2 + 0.76^2)
+    g = [0.63, -0.76]
+    gn = math.sqrt(0.63 ** 2 + 0.76 ** 2)
+    q = 0.001 * 5.0 / (gn + 1e-8)
+    torch.testing.assert_close(w.detach(), torch.tensor([[3.0 - 0.1 * q * g[0], 4.0 - 0.1 * q * g[1]]]))
+    # 1-D: plain SGD with momentum, no decay, no scaling
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.05, -2.0 - 0.025]))
+    # second step: the momentum buffer carries over
+    w_before = w.detach().clone()
+    w.grad = torch.tensor([[0.0, 0.0]])
+    b.grad = torch.tensor([0.0, 0.0])
+    opt.step()
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.05 - 0.9 * 0.05, -2.0 - 0.025 - 0.9 * 0.025]))
+    assert not torch.equal(w.detach(), w_before)
+
+
+def test_lars_zero_parameter_still_moves():
+    w = nn.Parameter(torch.zeros(2, 2))
+    w.grad = torch.ones(2, 2)
+    LARS([w], lr=0.5, momentum=0.0, weight_decay=0.0).step()
+    torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.5))
+
+
+def test_lr_schedule():
+    assert scaled_lr(1.0, 1024) == pytest.approx(4.0)
+    assert scaled_lr(1.0, 256, "sqrt") == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        scaled_lr(1.0, 256, "cube")
+    peak = 4.0
+    assert lr_at(0, 1000, 100, peak) == pytest.approx(0.04)
+    assert lr_at(50, 1000, 100, peak) == pytest.approx(0.04 + (4.0 - 0.04) * 0.5)
+    assert lr_at(100, 1000, 100, peak) == pytest.approx(4.0)
+    assert lr_at(550, 1000, 100, peak) == pytest.approx(1e-6 + (4.0 - 1e-6) * 0.5)
+    assert lr_at(1000, 1000, 100, peak) == pytest.approx(1e-6)
+
+
+def test_encoder_trunk_matches_torchvision_and_loads_weights(tmp_path):
+    import torchvision
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pt"
+    torch.save(ref.state_dict(), path)
+    trunk = build_encoder("resnet18", path).eval()
+    ref.eval()
+    x = torch.randn(2, 3, 64, 64)
+    body = nn.Sequential(*list(ref.children())[:-2])
+    torch.testing.assert_close(trunk(x), body(x))
+    bad = tmp_path / "bad.pt"
+    torch.save({k: v for k, v in ref.state_dict().items() if not k.startswith("layer4.1")}, bad)
+    with pytest.raises(ValueError, match="missing: layer4.1"):
+        build_encoder("resnet18", bad)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        build_encoder("wide_resnet50_2", _r50_like(tmp_path))  # same keys, wider tensors
+    with pytest.raises(FileNotFoundError):
+        build_encoder("resnet18", tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="unknown encoder arch"):
+        build_encoder("vgg16")
+
+
+def _r50_like(tmp_path):
+    import torchvision
+    p = tmp_path / "r50.pt"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), p)
+    return p
+
+
+def test_zero_init_residual():
+    trunk = build_encoder("resnet18")
+    assert all((blk.bn2.weight == 0).all() for blk in trunk.layer1)
+
+
+def tiny_model(**kw):
+    return PixPro(ModelConfig(arch="resnet18", proj_hidden_dim=64, proj_dim=32, **kw))
+
+
+def test_full_forward_backward_grads_only_online():
+    torch.manual_seed(0)
+    m = tiny_model(ins_loss_weight=0.5)
+    v1, v2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    c1 = torch.tensor([[0.0, 0.0, 0.8, 0.8]] * 4)
+    c2 = torch.tensor([[0.2, 0.2, 1.0, 1.0]] * 4)
+    out = m(v1, v2, c1, c2, return_stats=True)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert out.instance_loss is not None and out.positive_pairs > 0
+    online_grads = [p.grad for p in m.online.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in online_grads)
+    assert any(g.abs().sum() > 0 for g in online_grads)
+    assert all(p.grad is None and not p.requires_grad for p in m.target.parameters())
+
+
+def test_target_initialised_equal_and_follows_momentum():
+    m = tiny_model()
+    for (n1, p1), (n2, p2) in zip(m.online["encoder"].named_parameters(), m.target["encoder"].named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    before = [p.clone() for p in m.target.parameters()]
+    with torch.no_grad():
+        for p in m.online.parameters():
+            p.add_(1.0)
+    m.update_target(0.9)
+    online = {f"{k}.{n}": p for k in m.target for n, p in m.online[k].named_parameters()}
+    target = {f"{k}.{n}": p for k, mod in m.target.items() for n, p in mod.named_parameters()}
+    for (name, t), b in zip(target.items(), before):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * online[name])
+
+
+def test_target_batchnorm_uses_batch_statistics_and_keeps_own_running_stats():
+    torch.manual_seed(1)
+    m = tiny_model()
+    bn_t = m.target["encoder"].bn1
+    bn_o = m.online["encoder"].bn1
+    with torch.no_grad():
+        bn_o.running_mean.fill_(5.0)      # online buffers must not leak into the target
+    rm_before = bn_t.running_mean.clone()
+    c = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    m(torch.randn(2, 3, 64, 64) * 3 + 1, torch.randn(2, 3, 64, 64), c, c)
+    assert not torch.equal(bn_t.running_mean, rm_before)   # updated by its own forward pass
+    m.update_target(0.5)
+    assert (bn_t.running_mean - 5.0).abs().max() > 1.0     # buffers are not averaged
+    # training-mode BN: target output normalises with the batch statistics
+    x = torch.randn(3, 3, 32, 32)
+    y = m.target["encoder"].bn1(m.target["encoder"].conv1(x))
+    mean = y.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(mean, bn_t.bias.detach(), atol=1e-4, rtol=0)
+
+
+def test_channels_last_model_equals_contiguous():
+    torch.manual_seed(2)
+    m = tiny_model()
+    v1, v2 = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    c = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.7, 0.9]])
+    a = m(v1, v2, c, c)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    m2 = copy.deepcopy(m)
+    b = m2.to(memory_format=torch.channels_last)(cl(v1), cl(v2), c, c)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_concat_views_option_changes_only_batchnorm_statistics():
+    torch.manual_seed(3)
+    m = tiny_model()
+    m_cat = copy.deepcopy(m)
+    object.__setattr__(m_cat, "cfg", ModelConfig(arch="resnet18", proj_hidden_dim=64, proj_dim=32, concat_views=True))
+    v = torch.randn(2, 3, 64, 64)
+    c = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    # identical views: per-view and joint batch statistics coincide
+    torch.testing.assert_close(m(v, v, c, c), m_cat(v, v.clone(), c, c), atol=1e-5, rtol=1e-5)
+    v2 = torch.randn(2, 3, 64, 64) * 4
+    assert not torch.allclose(m(v, v2, c, c), m_cat(v, v2, c, c), atol=1e-4)
+
+
+def test_mlp2d_shape():
+    assert MLP2d(8, 16, 4)(torch.randn(2, 8, 3, 3)).shape == (2, 4, 3, 3)
