@@ -1,9 +1,8 @@
 """The PixPro pixel-consistency loss and the BYOL-style instance loss.
 
 Both loss directions share one positive mask: ``M(2,1)`` is the transpose of ``M(1,2)``,
-so ``L(1,2) + L(2,1)`` sums ``M(1,2)[i, j] * (<q1_i, k2_j> + <k1_i, q2_j>)``. Stacking
-``[q1; k1]`` and ``[k2; q2]`` along channels turns both directions into ONE batched matmul
-against one mask, with one normaliser per sample.
+so ``L(1,2) + L(2,1)`` sums ``M(1,2)[i, j] * (<q1_i, k2_j> + <k1_i, q2_j>)`` over one
+mask with one normaliser per sample: the mask is built once and never transposed.
 """
 from __future__ import annotations
 
@@ -40,22 +39,34 @@ def pixpro_loss(pred_1: torch.Tensor, pred_2: torch.Tensor, target_1: torch.Tens
     return pixpro_loss_with_stats(pred_1, pred_2, target_1, target_2, coords_1, coords_2, pos_ratio)[0]
 
 
+def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) -> (B, L): 1 / max(||x_l||, 1e-12), the factor F.normalize applies."""
+    return x.float().square().sum(dim=1).sqrt().clamp(min=1e-12).reciprocal()
+
+
 def pixpro_loss_with_stats(pred_1, pred_2, target_1, target_2, coords_1, coords_2, pos_ratio: float = 0.7):
     """:func:`pixpro_loss` plus ``(mean positive pairs per sample, mean positive cosine)``,
-    the latter two detached, for logging."""
+    the latter two detached, for logging.
+
+    The features are never normalised in memory: the matmuls take the raw maps and the
+    (B, L, L) products are scaled by the outer product of inverse norms, which costs far
+    less memory traffic than writing normalised copies of four (B, C, L) maps.
+    """
     b, c, h, w = pred_1.shape
     mask = positive_mask(coords_1, coords_2, h, w, pos_ratio)
-    q = torch.cat([F.normalize(pred_1.float(), dim=1), F.normalize(target_1.float(), dim=1)], dim=1)
-    k = torch.cat([F.normalize(target_2.float(), dim=1), F.normalize(pred_2.float(), dim=1)], dim=1)
-    # logits[n, i, j] = <q1_i, k2_j> + <k1_i, q2_j>   (autocast may run this matmul in bf16/fp16)
-    logits = torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)).float()
-    maskf = mask.to(logits.dtype)
+    p1, p2, t1, t2 = (x.flatten(2) for x in (pred_1, pred_2, target_1, target_2))
+    r_p1, r_p2, r_t1, r_t2 = (_inverse_norms(x) for x in (p1, p2, t1, t2))
+    # raw[n, i, j] over view-1 cells i and view-2 cells j (autocast may run these in bf16/fp16)
+    raw_12 = torch.bmm(p1.transpose(1, 2), t2).float()      # <q1_i, k2_j>, direction (1,2)
+    raw_21 = torch.bmm(t1.transpose(1, 2), p2).float()      # <k1_i, q2_j>, direction (2,1) transposed
+    cos = (raw_12 * (r_p1[:, :, None] * r_t2[:, None, :])) + (raw_21 * (r_t1[:, :, None] * r_p2[:, None, :]))
+    maskf = mask.to(cos.dtype)
     npos = maskf.sum(dim=(1, 2))
-    per_sample = (logits * maskf).sum(dim=(1, 2)) / (npos + 1e-6)
+    per_sample = (cos * maskf).sum(dim=(1, 2)) / (npos + 1e-6)
     loss = -2.0 * per_sample.mean()
     with torch.no_grad():
-        mean_cos = (per_sample.sum() / (2 * (npos > 0).sum().clamp(min=1))).detach()
-    return loss, npos.mean().detach(), mean_cos
+        mean_cos = per_sample.sum() / (2 * (npos > 0).sum().clamp(min=1))
+    return loss, npos.mean().detach(), mean_cos.detach()
 
 
 def instance_loss(pred_1: torch.Tensor, pred_2: torch.Tensor, target_1: torch.Tensor,
