@@ -1,0 +1,115 @@
+"""Side by side: plain JPEG decode ceiling, the plain torchvision baseline, the torch backend.
+
+Same files, same cores, same batch size and worker count. Each round runs every pipeline
+in turn (fresh workers, warm-up batches drained first so that prefetched batches do not
+flatter anyone) and the median over rounds is reported, so a noisy machine slows every
+contender alike. Prints a table and writes JSON; asserts nothing.
+
+    python -m benchmarks.bench_torch_loader --batches 20 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from benchmarks.baseline_loader import build_baseline_loader
+from benchmarks.common import machine, markdown_table, write_json
+from pipelines.image_folder import list_images
+from pipelines.recipe import get_recipe
+from pipelines.scenes import ensure_scenes
+from pipelines.torch_loader import build_torch_loader
+
+
+class _DecodeOnly(torch.utils.data.Dataset):
+    """Full decode to RGB and nothing else: the ceiling any PIL pipeline on these files faces."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB").size[0]
+
+
+def decode_loader(data_dir, batch_size, num_workers):
+    ds = _DecodeOnly(list_images(data_dir))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+                                       num_workers=num_workers)
+
+
+def images_per_second(loader, batch_size: int, warmup: int, batches: int) -> float:
+    """Steady-state rate: ``warmup`` batches (workers starting, prefetch queue) are not timed."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - t0
+    del it
+    return batches * batch_size / elapsed
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
+    ap.add_argument("--images", type=int, default=512, help="scenes to generate when no --data-dir")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--recipe", default="byol")
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--batches", type=int, default=12, help="timed batches per pipeline and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="bench_out", help="folder for the JSON result")
+    args = ap.parse_args(argv)
+
+    data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images)
+    recipe = get_recipe(args.recipe)
+    need = (args.batches + 2 * args.workers + 2) * args.batch_size
+    n_files = len(list_images(data_dir))
+    if n_files < need:
+        raise SystemExit(f"{data_dir} has {n_files} images; {need} are needed for one pass "
+                         f"(lower --batches or --batch-size, or raise --images)")
+    warmup = 2 * args.workers + 2  # drains the prefetch queue (prefetch_factor 2 per worker)
+    common = dict(batch_size=args.batch_size, image_size=args.image_size, recipe=recipe,
+                  device=args.device, num_workers=args.workers)
+    makers = {
+        "decode ceiling": lambda: decode_loader(data_dir, args.batch_size, args.workers),
+        "baseline (torchvision)": lambda: build_baseline_loader(data_dir, persistent_workers=False, **common),
+        "torch backend": lambda: build_torch_loader(data_dir, persistent_workers=False, **common),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in makers}
+    for r in range(args.rounds):
+        for name, make in makers.items():
+            rates[name].append(images_per_second(make(), args.batch_size, warmup, args.batches))
+            print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.1f} images/s", flush=True)
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base, ceiling = med["baseline (torchvision)"], med["decode ceiling"]
+    rows = [{"pipeline": k, "images/s": v, "vs baseline": v / base, "vs decode ceiling": v / ceiling}
+            for k, v in med.items()]
+    print()
+    print(f"{n_files} images from {data_dir}, batch {args.batch_size}, {args.image_size}px, recipe {recipe.name}, "
+          f"{args.workers} workers, device {args.device}, median of {args.rounds} rounds")
+    print(markdown_table(rows, ["pipeline", "images/s", "vs baseline", "vs decode ceiling"]))
+    path = write_json(args.out, "torch_loader.json", {
+        "benchmark": "torch_loader", "data_dir": str(data_dir), "images": n_files, "batch_size": args.batch_size,
+        "image_size": args.image_size, "recipe": recipe.name, "workers": args.workers, "device": args.device,
+        "batches": args.batches, "rounds": args.rounds, "rates": rates, "median": med,
+        "speedup_vs_baseline": med["torch backend"] / base})
+    print(f"wrote {path}")
+    return med
+
+
+if __name__ == "__main__":
+    main()

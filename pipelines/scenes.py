@@ -1,0 +1,225 @@
+"""The built-in dataset: procedurally generated scenes with per-pixel labels.
+
+Each scene is a textured background with several shapes (circle, square, triangle, star,
+ring, cross). Colour and texture of a shape are drawn independently of its class, so the
+class is only recognisable from its form, which is what a dense probe on pretrained
+features should pick up. Images are JPEGs with sides between 256 and 640 pixels; beside
+each ``scene_XXXXX.jpg`` lies ``scene_XXXXX.labels.png`` (uint8 class id per pixel,
+0 = background), which :mod:`pipelines.image_folder` ignores.
+
+Generation is a pure function of (seed, split, image number), uses numpy + PIL only, and
+is cached under ``$PIXPRO_FAST_CACHE`` (default ``~/.cache/pixpro_fast``) in
+``scenes-<version>-<seed>-<n>/<split>``. A split is built in a temporary folder and renamed
+into place, so a cache folder that exists is complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+VERSION = "v1"
+CLASSES = ("background", "circle", "square", "triangle", "star", "ring", "cross")
+SPLITS = {"train": 0, "val": 1}
+MIN_SIDE, MAX_SIDE = 256, 640
+MANIFEST = "manifest.json"
+JPEG_QUALITY = 90
+
+
+def cache_root(root: str | Path | None = None) -> Path:
+    """Where generated datasets live: ``root``, else $PIXPRO_FAST_CACHE, else ~/.cache/pixpro_fast."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("PIXPRO_FAST_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pixpro_fast"
+
+
+def scenes_dir(n_images: int, seed: int = 0, root: str | Path | None = None, split: str = "train") -> Path:
+    """The folder :func:`ensure_scenes` fills for these arguments."""
+    return cache_root(root) / f"scenes-{VERSION}-{seed}-{n_images}" / split
+
+
+def label_map_path(image_path: str | Path) -> Path:
+    """``.../scene_00012.jpg`` -> ``.../scene_00012.labels.png``."""
+    p = Path(image_path)
+    return p.with_name(p.stem + ".labels.png")
+
+
+# --------------------------------------------------------------------------- drawing
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - math.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return np.array(rgb, dtype=np.float32) * 255.0
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return _hsv_to_rgb(rng.random(), rng.uniform(0.25, 1.0), rng.uniform(0.25, 1.0))
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int, channels: int = 1) -> np.ndarray:
+    """Low-frequency random field in [0, 1]: a few random values upsampled bilinearly."""
+    small = (rng.random((cells, cells, channels)) * 255).astype(np.uint8)
+    planes = [np.asarray(Image.fromarray(small[..., c]).resize((width, height), Image.Resampling.BILINEAR))
+              for c in range(channels)]
+    return np.stack(planes, axis=-1).astype(np.float32) / 255.0
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    c1, c2 = _random_colour(rng), _random_colour(rng)
+    style = rng.integers(4)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if style == 0:  # linear gradient
+        a = rng.uniform(0, 2 * np.pi)
+        t = (xx * math.cos(a) + yy * math.sin(a))
+        t = (t - t.min()) / max(float(np.ptp(t)), 1.0)
+    elif style == 1:  # soft stripes
+        a, period = rng.uniform(0, np.pi), rng.uniform(12, 80)
+        t = 0.5 + 0.5 * np.sin((xx * math.cos(a) + yy * math.sin(a)) * (2 * np.pi / period))
+    elif style == 2:  # checkerboard
+        cell = int(rng.integers(16, 72))
+        t = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
+    else:  # blotches
+        t = _smooth_field(rng, h, w, int(rng.integers(3, 10)))[..., 0]
+    img = c1 + t[..., None] * (c2 - c1)
+    img += (_smooth_field(rng, h, w, 6, 3) - 0.5) * rng.uniform(20, 80)
+    return img
+
+
+def _shape_mask(cls: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside test in the shape's own frame (unit radius)."""
+    if cls == "circle":
+        return u * u + v * v <= 1.0
+    if cls == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if cls == "triangle":
+        inside = np.ones(u.shape, dtype=bool)
+        for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
+            inside &= u * math.cos(a) + v * math.sin(a) >= -0.5
+        return inside
+    if cls == "star":  # five points, inner radius 0.42
+        rho, phi = np.hypot(u, v), np.arctan2(v, u)
+        sector = 2 * np.pi / 5
+        a = np.mod(phi, sector)
+        a = np.minimum(a, sector - a)
+        x, y = rho * np.cos(a), rho * np.sin(a)
+        px, py = 0.42 * math.cos(sector / 2), 0.42 * math.sin(sector / 2)
+        return (px - 1.0) * y - py * (x - 1.0) >= 0.0  # origin side of the edge (1,0)->(px,py)
+    if cls == "ring":
+        r2 = u * u + v * v
+        return (r2 <= 1.0) & (r2 >= 0.55 ** 2)
+    if cls == "cross":
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+    raise ValueError(f"unknown shape class {cls!r}")
+
+
+def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Fill of a shape in its frame; independent of the shape's class."""
+    c1, c2 = _random_colour(rng), _random_colour(rng)
+    kind = rng.integers(5)
+    if kind == 0:  # solid
+        t = np.zeros(u.shape, dtype=np.float32)
+    elif kind == 1:  # stripes
+        a, f = rng.uniform(0, np.pi), rng.uniform(4, 14)
+        t = (np.sin((u * math.cos(a) + v * math.sin(a)) * f) > 0).astype(np.float32)
+    elif kind == 2:  # dots
+        f = rng.uniform(5, 12)
+        t = ((np.sin(u * f) * np.sin(v * f)) > 0.4).astype(np.float32)
+    elif kind == 3:  # gradient
+        a = rng.uniform(0, 2 * np.pi)
+        t = np.clip(0.5 + 0.5 * (u * math.cos(a) + v * math.sin(a)), 0, 1).astype(np.float32)
+    else:  # speckle
+        t = rng.random(u.shape, dtype=np.float32)
+    return c1 + t[..., None] * (c2 - c1)
+
+
+def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (uint8 HxWx3 image, uint8 HxW label map)."""
+    h, w = (int(s) for s in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    img = _background(rng, h, w)
+    labels = np.zeros((h, w), dtype=np.uint8)
+    for _ in range(int(rng.integers(3, 9))):
+        cls_id = int(rng.integers(1, len(CLASSES)))
+        r = rng.uniform(0.07, 0.22) * min(h, w)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        theta = rng.uniform(0, 2 * np.pi)
+        y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, h)
+        x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, w)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dx, dy = (xx - cx) / r, (yy - cy) / r
+        u = dx * math.cos(theta) + dy * math.sin(theta)
+        v = -dx * math.sin(theta) + dy * math.cos(theta)
+        mask = _shape_mask(CLASSES[cls_id], u, v)
+        fill = _texture(rng, u, v)
+        region = img[y0:y1, x0:x1]
+        region[mask] = fill[mask]
+        labels[y0:y1, x0:x1][mask] = cls_id
+    img += rng.normal(0.0, rng.uniform(1.0, 6.0), size=(1, 1, 1)).astype(np.float32)  # global tint
+    return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+def _write_one(args) -> str:
+    folder, seed, split_code, i = args
+    image, labels = generate_scene(np.random.default_rng((seed, split_code, i)))
+    name = f"scene_{i:05d}"
+    Image.fromarray(image).save(Path(folder) / f"{name}.jpg", "JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(labels, "L").save(Path(folder) / f"{name}.labels.png", "PNG")
+    return f"{name}.jpg"
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()
+
+
+def ensure_scenes(n_images: int = 512, seed: int = 0, root: str | Path | None = None, split: str = "train",
+                  workers: int | None = None) -> Path:
+    """Generate (or reuse) ``n_images`` scenes of ``split``; returns the folder holding them."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    if n_images < 1:
+        raise ValueError(f"n_images must be positive, got {n_images}")
+    target = scenes_dir(n_images, seed, root, split)
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=target.parent))
+    try:
+        jobs = [(str(tmp), seed, SPLITS[split], i) for i in range(n_images)]
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        if workers > 1 and n_images >= 32:
+            with ProcessPoolExecutor(workers) as pool:
+                names = list(pool.map(_write_one, jobs, chunksize=8))
+        else:
+            names = [_write_one(j) for j in jobs]
+        manifest = {"version": VERSION, "seed": seed, "split": split, "n_images": n_images,
+                    "classes": list(CLASSES), "images": names}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if target.exists() and not _is_complete(target):
+            shutil.rmtree(target)  # left over from an interrupted older layout
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # someone else won the race only if theirs is complete
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_label_map(image_path: str | Path) -> np.ndarray:
+    """The uint8 (H, W) class map saved beside a scene image."""
+    with Image.open(label_map_path(image_path)) as im:
+        return np.asarray(im, dtype=np.uint8)
