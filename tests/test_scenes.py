@@ -1,0 +1,121 @@
+import colorsys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import scenes
+from pipelines.image_folder import list_images
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    return scenes.ensure_scenes(N, seed=3, root=tmp_path_factory.mktemp("cache"), workers=1)
+
+
+def test_layout_sizes_and_label_maps(train_dir):
+    images = list_images(train_dir)  # the scanner must skip the label maps
+    assert len(images) == N
+    assert train_dir.name == "train" and train_dir.parent.name == f"scenes-{scenes.VERSION}-3-{N}"
+    assert not [p for p in train_dir.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    for p in images:
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            w, h = im.size
+        assert scenes.MIN_SIDE <= w <= scenes.MAX_SIDE and scenes.MIN_SIDE <= h <= scenes.MAX_SIDE
+        labels = scenes.load_label_map(p)
+        assert labels.shape == (h, w) and labels.dtype == np.uint8
+        assert labels.max() < len(scenes.CLASSES)
+        assert (labels == 0).any() and (labels > 0).any()
+
+
+def test_deterministic_for_a_seed(train_dir, tmp_path):
+    again = scenes.ensure_scenes(N, seed=3, root=tmp_path, workers=2)
+    for a, b in zip(list_images(train_dir), list_images(again)):
+        assert a.read_bytes() == b.read_bytes()
+        assert scenes.label_map_path(a).read_bytes() == scenes.label_map_path(b).read_bytes()
+    other = scenes.ensure_scenes(N, seed=4, root=tmp_path, workers=1)
+    assert list_images(other)[0].read_bytes() != list_images(again)[0].read_bytes()
+    val = scenes.ensure_scenes(N, seed=3, root=tmp_path, split="val", workers=1)
+    assert list_images(val)[0].read_bytes() != list_images(again)[0].read_bytes()
+
+
+def test_reuses_complete_cache_and_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXPRO_FAST_CACHE", str(tmp_path / "env"))
+    first = scenes.ensure_scenes(2, seed=0, workers=1)
+    assert first.is_relative_to(tmp_path / "env")
+    stamp = {p: p.stat().st_mtime_ns for p in first.iterdir()}
+    assert scenes.ensure_scenes(2, seed=0, workers=1) == first
+    assert {p: p.stat().st_mtime_ns for p in first.iterdir()} == stamp
+
+
+def test_incomplete_cache_is_rebuilt(tmp_path):
+    target = scenes.scenes_dir(2, 0, tmp_path)
+    target.mkdir(parents=True)
+    (target / "scene_00000.jpg").write_bytes(b"partial")  # no manifest: an interrupted old build
+    out = scenes.ensure_scenes(2, seed=0, root=tmp_path, workers=1)
+    assert out == target and len(list_images(out)) == 2
+    Image.open(out / "scene_00000.jpg").load()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        scenes.ensure_scenes(2, split="test")
+    with pytest.raises(ValueError, match="n_images"):
+        scenes.ensure_scenes(0)
+
+
+@pytest.fixture(scope="module")
+def shape_instances():
+    """(class id, mean RGB) of every visible class region of 60 in-memory scenes."""
+    out = []
+    for i in range(60):
+        img, labels = scenes.generate_scene(np.random.default_rng((11, i)))
+        for c in np.unique(labels):
+            if c == 0:
+                continue
+            mask = labels == c
+            if mask.sum() >= 200:
+                out.append((int(c), img[mask].mean(axis=0)))
+    return out
+
+
+def test_every_class_present(shape_instances):
+    assert {c for c, _ in shape_instances} == set(range(1, len(scenes.CLASSES)))
+
+
+def test_shapes_have_their_form():
+    """Filled area relative to the unit disc: each class has its own, fixed by its geometry."""
+    g = np.linspace(-1.2, 1.2, 481, dtype=np.float32)
+    u, v = np.meshgrid(g, g)
+    cell = (g[1] - g[0]) ** 2
+    area = {c: scenes._shape_mask(c, u, v).sum() * cell / np.pi for c in scenes.CLASSES[1:]}
+    assert area["circle"] == pytest.approx(1.0, abs=0.01)
+    assert area["square"] == pytest.approx(4 * 0.8 ** 2 / np.pi, abs=0.01)
+    assert area["ring"] == pytest.approx(1 - 0.55 ** 2, abs=0.01)
+    assert area["triangle"] == pytest.approx(3 * np.sqrt(3) / 4 / np.pi, abs=0.01)
+    assert area["star"] == pytest.approx(5 * 0.42 * np.sin(np.pi / 5) / np.pi, abs=0.01)  # 10 triangles
+    assert area["cross"] == pytest.approx((2 * 0.6 * 1.9 - 0.6 ** 2) / np.pi, abs=0.01)
+    assert len({round(a, 2) for a in area.values()}) == len(area)
+
+
+def test_colour_does_not_predict_class(shape_instances):
+    """Per-class mean hue spreads over the whole circle, and a nearest-centroid classifier on
+    mean colour is near chance (1/6); a class-dependent palette would make it near 1."""
+    classes = sorted({c for c, _ in shape_instances})
+    hues = {c: [] for c in classes}
+    for c, rgb in shape_instances:
+        hues[c].append(colorsys.rgb_to_hsv(*(rgb / 255.0))[0])
+    for c in classes:
+        h = np.asarray(hues[c])
+        resultant = abs(np.exp(2j * np.pi * h).mean())  # 1 = one hue, ~0 = spread out
+        assert len(h) >= 10 and resultant < 0.5, (scenes.CLASSES[c], resultant)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(shape_instances))
+    half = len(order) // 2
+    fit, held = [shape_instances[i] for i in order[:half]], [shape_instances[i] for i in order[half:]]
+    centroids = {c: np.mean([x for k, x in fit if k == c], axis=0) for c in classes}
+    hits = [min(classes, key=lambda k: np.linalg.norm(x - centroids[k])) == c for c, x in held]
+    assert np.mean(hits) < 0.4

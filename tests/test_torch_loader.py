@@ -1,0 +1,435 @@
+"""The torch backend: box contract, recipe statistics, determinism, sharding, bad input."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import functional as TF
+
+from coordinate_plane import coordinate_plane, corner_errors, denormalise, write_coordinate_planes
+from pipelines import build_loader
+from pipelines import torch_loader as T
+from pipelines.batch import Batch
+from pipelines.crop import central_crop, sample_crop
+from pipelines.recipe import BYOL, MOCOV2, SIMCLR, ViewRecipe
+
+GEOMETRY = BYOL.without_colour()
+# (height, width): odd and extreme aspects, smaller than the output, and large enough
+# that JPEG draft decoding (1/2 .. 1/8 scale) is used for most crops at 64 px
+PLANE_SIZES = [(300, 301), (64, 900), (900, 64), (40, 50), (1000, 1400)]
+
+
+def corner_tolerance(height: int, width: int, size: int, lossy: bool) -> float:
+    """Allowed corner error on the [0, 1] scale.
+
+    The contract puts the view's corner pixels at the window's first and last pixel
+    (reference convention) while a resampler aligns pixel edges: the two differ by half an
+    original pixel when upscaling and half an output pixel when downscaling. On top come
+    the 8-bit position code (1/2 level) and, for JPEG, compression error (~2-3 levels).
+    A wrong flip, a window off by its own size or a draft window mapped at the wrong scale
+    all give errors of 0.1 or more.
+    """
+    half_pixel = 0.5 / (min(height, width) - 1) + 0.5 / (size - 1)
+    return half_pixel + (4.0 if lossy else 1.5) / 255
+
+
+@pytest.fixture(scope="module")
+def planes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planes")
+    return {fmt: write_coordinate_planes(root / fmt, PLANE_SIZES, fmt) for fmt in ("JPEG", "PNG")}
+
+
+def _views01(arrays):
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("size", [64, 224])
+def test_corners_match_coords(planes, fmt, size):
+    flips = drafts = 0
+    for path, (h, w) in zip(planes[fmt], PLANE_SIZES):
+        tol = corner_tolerance(h, w, size, fmt == "JPEG")
+        for k in range(12):
+            arrays, coords, params = T.render_views(path, np.random.default_rng(k), GEOMETRY, size)
+            coords = torch.tensor(coords)
+            err = corner_errors(_views01(arrays), coords)
+            assert (err <= tol).all(), (path.name, k, err.tolist(), tol, params)
+            for p, c in zip(params, coords):
+                assert (c[0] > c[2]) == p.flip
+                flips += p.flip
+            drafts += fmt == "JPEG" and T.draft_factor(params, size) > 1
+    assert flips > 0
+    if fmt == "JPEG" and size == 64:
+        assert drafts > 0
+
+
+def test_wrong_coords_would_be_caught(planes):
+    """The corner check is sensitive: the unflipped coords of a flipped view fail it."""
+    path, (h, w) = planes["PNG"][0], PLANE_SIZES[0]
+    for k in range(20):
+        arrays, coords, params = T.render_views(path, np.random.default_rng(k), GEOMETRY, 64)
+        if params[0].flip:
+            c = torch.tensor(coords[:1])[:, [2, 1, 0, 3]]
+            assert corner_errors(_views01(arrays[:1]), c).item() > 5 * corner_tolerance(h, w, 64, False)
+            return
+    pytest.fail("no flipped view drawn")
+
+
+def test_loader_corners_end_to_end(planes):
+    """Through the DataLoader, normalisation and channels-last conversion."""
+    loader = build_loader("torch", planes["JPEG"][0].parent, batch_size=len(PLANE_SIZES), image_size=64,
+                          recipe=GEOMETRY, num_workers=0, seed=5)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            for view, coords in ((batch.view1, batch.coords1), (batch.view2, batch.coords2)):
+                err = corner_errors(denormalise(view, GEOMETRY.mean, GEOMETRY.std), coords)
+                for e, i in zip(err, batch.index):
+                    h, w = PLANE_SIZES[int(i)]
+                    assert e <= corner_tolerance(h, w, 64, True)
+
+
+# --------------------------------------------------------------------------- recipe statistics
+
+def _rate_ok(hits: int, n: int, p: float) -> bool:
+    """Within 4.5 standard errors of the expected rate (exact for p in {0, 1})."""
+    return abs(hits / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+@pytest.mark.parametrize("recipe", [BYOL, SIMCLR, MOCOV2], ids=lambda r: r.name)
+def test_view_parameter_rates(recipe):
+    n = 3000
+    rng = np.random.default_rng(0)
+    for view in recipe.views:
+        draws = [T.sample_view_params(rng, view, 375, 500) for _ in range(n)]
+        assert _rate_ok(sum(d.flip for d in draws), n, view.flip_p)
+        assert _rate_ok(sum(bool(d.jitter) for d in draws), n, view.jitter_p)
+        assert _rate_ok(sum(d.grayscale for d in draws), n, view.grayscale_p)
+        assert _rate_ok(sum(d.blur_sigma is not None for d in draws), n, view.blur_p)
+        assert _rate_ok(sum(d.solarize for d in draws), n, view.solarize_p)
+        sigmas = np.array([d.blur_sigma for d in draws if d.blur_sigma is not None])
+        if len(sigmas) > 100:
+            lo, hi = view.blur_sigma
+            assert sigmas.min() >= lo and sigmas.max() <= hi
+            assert abs(sigmas.mean() - (lo + hi) / 2) < 4.5 * (hi - lo) / math.sqrt(12 * len(sigmas))
+        jitters = [d.jitter for d in draws if d.jitter]
+        first = {}
+        for j in jitters:
+            assert sorted(name for name, _ in j) == ["brightness", "contrast", "hue", "saturation"]
+            first[j[0][0]] = first.get(j[0][0], 0) + 1
+            f = dict(j)
+            assert 1 - view.brightness <= f["brightness"] <= 1 + view.brightness
+            assert 1 - view.contrast <= f["contrast"] <= 1 + view.contrast
+            assert 1 - view.saturation <= f["saturation"] <= 1 + view.saturation
+            assert -view.hue <= f["hue"] <= view.hue
+        for name in ("brightness", "contrast", "saturation", "hue"):  # random order, each first 1/4
+            assert _rate_ok(first.get(name, 0), len(jitters), 0.25)
+
+
+def test_zero_strength_jitter_is_left_out():
+    view = ViewRecipe(jitter_p=1.0, brightness=0.0, hue=0.0)
+    p = T.sample_view_params(np.random.default_rng(0), view, 100, 100)
+    assert sorted(name for name, _ in p.jitter) == ["contrast", "saturation"]
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A colourful 224x224 RGB test image with edges and smooth regions."""
+    rng = np.random.default_rng(0)
+    base = coordinate_plane(224, 224).astype(np.float32)
+    base[..., 2] = 255 * (0.5 + 0.5 * np.sin(np.arange(224) / 9.0))[None, :]
+    base[60:140, 80:170] = rng.integers(0, 256, 3)
+    return Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
+
+
+def _params(**kw):
+    defaults = dict(top=0, left=0, height=224, width=224, flip=False, jitter=(), grayscale=False,
+                    blur_sigma=None, solarize=False)
+    return T.ViewParams(**{**defaults, **kw})
+
+
+def _diff(a, b) -> np.ndarray:
+    return np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+
+
+@pytest.mark.parametrize("name,factor,tv", [
+    ("brightness", 1.3, TF.adjust_brightness), ("brightness", 0.6, TF.adjust_brightness),
+    ("contrast", 1.4, TF.adjust_contrast), ("contrast", 0.6, TF.adjust_contrast),
+    ("saturation", 0.8, TF.adjust_saturation), ("saturation", 1.2, TF.adjust_saturation),
+    ("hue", 0.1, TF.adjust_hue), ("hue", -0.07, TF.adjust_hue)])
+def test_jitter_ops_match_torchvision(photo, name, factor, tv):
+    ours = T.apply_colour(photo, _params(jitter=((name, factor),)))
+    d = _diff(ours, tv(photo, factor))
+    assert d.max() <= 1 and d.mean() < 0.6, (name, factor, d.max(), d.mean())
+    assert _diff(ours, photo).mean() > 2  # the op did something
+
+
+def test_grayscale_makes_channels_equal(photo):
+    out = np.asarray(T.apply_colour(photo, _params(grayscale=True)))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert _diff(out[..., 0], np.asarray(photo.convert("L"))).max() == 0
+
+
+def test_solarize_inverts_above_threshold(photo):
+    src = np.asarray(photo)
+    out = np.asarray(T.apply_colour(photo, _params(solarize=True), solarize_threshold=128))
+    assert (out == np.where(src >= 128, 255 - src, src)).all()
+    assert _diff(out, TF.solarize(photo, 128)).max() == 0
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_blur_matches_gaussian(photo, sigma):
+    """PIL's box-pass blur against a true Gaussian (torchvision's kernel of +-4 sigma)."""
+    ours = T.apply_colour(photo, _params(blur_sigma=sigma))
+    k = 2 * math.ceil(4 * sigma) + 1
+    ref = TF.gaussian_blur(photo, k, sigma)
+    inner = (slice(k, -k), slice(k, -k))
+    d = _diff(ours, ref)[inner]
+    assert d.mean() < 1.0 and np.percentile(d, 99) <= 4, (sigma, d.mean(), d.max())
+    assert np.asarray(ours, np.float32).std() < np.asarray(photo, np.float32).std()
+
+
+def test_jitter_order_is_applied_as_drawn(photo):
+    a = T.apply_colour(photo, _params(jitter=(("brightness", 1.4), ("contrast", 0.5))))
+    b = T.apply_colour(photo, _params(jitter=(("contrast", 0.5), ("brightness", 1.4))))
+    assert _diff(a, b).mean() > 1
+
+
+# --------------------------------------------------------------------------- crop sampler
+
+def _ks(a, b) -> float:
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(a, grid, side="right") / len(a)
+                        - np.searchsorted(b, grid, side="right") / len(b)).max())
+
+
+@pytest.mark.parametrize("hw,scale,ratio", [((375, 500), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                            ((64, 900), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                            ((300, 301), (0.2, 1.0), (0.5, 2.0))])
+def test_crop_distribution_matches_torchvision(hw, scale, ratio):
+    h, w = hw
+    n = 3000
+    img = Image.new("RGB", (w, h))
+    torch.manual_seed(0)
+    ref = np.array([transforms.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)])
+    rng = np.random.default_rng(0)
+    ours = np.array([sample_crop(rng, h, w, scale, ratio) for _ in range(n)])
+    assert (ours[:, 2] + ours[:, 0] <= h).all() and (ours[:, 3] + ours[:, 1] <= w).all()
+    assert (ours[:, :2] >= 0).all() and (ours[:, 2:] >= 1).all()
+    critical = 1.95 * math.sqrt(2 / n)  # KS at alpha ~ 0.001
+    for col in (lambda a: a[:, 2] * a[:, 3] / (h * w), lambda a: np.log(a[:, 3] / a[:, 2]),
+                lambda a: (a[:, 0] + a[:, 2] / 2) / h, lambda a: (a[:, 1] + a[:, 3] / 2) / w):
+        assert _ks(col(ours), col(ref)) < critical
+
+
+def test_crop_fallback_and_torch_generator():
+    # no window of 99-100% area with aspect 3..4 fits a square: central crop, as torchvision
+    img = Image.new("RGB", (200, 200))
+    expect = transforms.RandomResizedCrop.get_params(img, [0.99, 1.0], [3.0, 4.0])
+    assert sample_crop(np.random.default_rng(0), 200, 200, (0.99, 1.0), (3.0, 4.0)) == tuple(expect)
+    for h, w in ((100, 400), (400, 100), (64, 900)):  # too elongated for a 99% window: clamped aspect
+        expect = transforms.RandomResizedCrop.get_params(Image.new("RGB", (w, h)), [0.99, 1.0], [3 / 4, 4 / 3])
+        assert central_crop(h, w) == tuple(expect)
+        assert sample_crop(np.random.default_rng(0), h, w, (0.99, 1.0)) == tuple(expect)
+    assert central_crop(100, 400) == (0, 133, 100, 133)
+    g = torch.Generator().manual_seed(0)
+    a = [sample_crop(g, 300, 200) for _ in range(5)]
+    g.manual_seed(0)
+    assert a == [sample_crop(g, 300, 200) for _ in range(5)]
+
+
+# --------------------------------------------------------------------------- loader behaviour
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        h, w = (int(s) for s in rng.integers(48, 120, size=2))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img_{i:02d}.jpg", quality=90)
+    return root
+
+
+def _collect(loader, epoch=0, start=0):
+    loader.set_epoch(epoch, start)
+    return list(loader)
+
+
+def _same(a: Batch, b: Batch) -> bool:
+    return (torch.equal(a.view1, b.view1) and torch.equal(a.view2, b.view2) and torch.equal(a.coords1, b.coords1)
+            and torch.equal(a.coords2, b.coords2) and torch.equal(a.index, b.index))
+
+
+def test_batch_contract(small_dir):
+    loader = build_loader("torch", small_dir, batch_size=4, image_size=32, num_workers=0)
+    assert len(loader) == 2  # 10 images, drop_last
+    batches = _collect(loader)
+    assert len(batches) == 2
+    for b in batches:
+        assert isinstance(b, Batch) and len(b) == 4 and b.skipped == 0
+        for v in (b.view1, b.view2):
+            assert v.shape == (4, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
+            assert v.is_contiguous(memory_format=torch.channels_last)
+            assert v.abs().max() < 3.0 and v.std() > 0.1
+        for c in (b.coords1, b.coords2):
+            assert c.shape == (4, 4) and c.dtype == torch.float32 and 0 <= c.min() and c.max() <= 1
+        assert b.index.dtype == torch.int64
+    seen = torch.cat([b.index for b in batches])
+    assert len(set(seen.tolist())) == 8
+
+
+def test_same_seed_same_batches_any_worker_count(small_dir):
+    kw = dict(batch_size=3, image_size=32, seed=7, drop_last=False)
+    a = _collect(build_loader("torch", small_dir, num_workers=0, **kw), epoch=2)
+    b = _collect(build_loader("torch", small_dir, num_workers=2, **kw), epoch=2)
+    assert len(a) == len(b) == 4 and len(a[-1]) == 1
+    assert all(_same(x, y) for x, y in zip(a, b))
+    c = _collect(build_loader("torch", small_dir, num_workers=0, **{**kw, "seed": 8}), epoch=2)
+    assert not _same(a[0], c[0])
+    d = _collect(build_loader("torch", small_dir, num_workers=0, **kw), epoch=3)
+    assert not torch.equal(torch.cat([x.index for x in a]), torch.cat([x.index for x in d]))
+
+
+def test_resume_continues_the_sequence(small_dir):
+    loader = build_loader("torch", small_dir, batch_size=2, image_size=32, seed=1, num_workers=2,
+                          persistent_workers=True)
+    full = _collect(loader, epoch=4)
+    resumed = _collect(loader, epoch=4, start=3)
+    assert len(full) == 5 and len(resumed) == 2
+    assert all(_same(x, y) for x, y in zip(full[3:], resumed))
+    again = list(loader)  # the offset applies to one pass only
+    assert len(again) == 5 and _same(again[0], full[0])
+    with pytest.raises(ValueError):
+        loader.set_epoch(0, 6)
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sharding_covers_every_sample_once(small_dir, drop_last):
+    kw = dict(batch_size=2, image_size=32, seed=3, num_workers=0, drop_last=drop_last)
+    single = {int(i): (c1, c2) for b in _collect(build_loader("torch", small_dir, **kw), 1)
+              for i, c1, c2 in zip(b.index, b.coords1, b.coords2)}
+    shards = [_collect(build_loader("torch", small_dir, rank=r, world_size=2, **kw), 1) for r in range(2)]
+    loaders = [build_loader("torch", small_dir, rank=r, world_size=2, **kw) for r in range(2)]
+    per_rank = [torch.cat([b.index for b in s]).tolist() for s in shards]
+    assert len(loaders[0]) == len(loaders[1]) == len(shards[0]) == len(shards[1])
+    assert len(per_rank[0]) == len(per_rank[1])
+    everything = per_rank[0] + per_rank[1]
+    if drop_last:  # 10 images, 2 ranks x batch 2: 2 full batches each, 2 images left for next epoch
+        assert len(everything) == len(set(everything)) == 8
+    else:  # 10 images split 5 + 5: every image exactly once, last batch of each rank short
+        assert sorted(everything) == list(range(10))
+        assert [len(b) for b in shards[0]] == [2, 2, 1]
+    # a sample's views do not depend on the world size (draws keyed by epoch position)
+    for s in shards:
+        for b in s:
+            for i, c1, c2 in zip(b.index, b.coords1, b.coords2):
+                if int(i) in single:
+                    assert torch.equal(single[int(i)][0], c1) and torch.equal(single[int(i)][1], c2)
+
+
+def test_sharding_pads_when_uneven(tmp_path):
+    for i in range(5):
+        Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    shards = [_collect(build_loader("torch", tmp_path, batch_size=4, image_size=16, num_workers=0,
+                                    rank=r, world_size=2, drop_last=False)) for r in range(2)]
+    idx = [torch.cat([b.index for b in s]).tolist() for s in shards]
+    assert len(idx[0]) == len(idx[1]) == 3  # 5 padded to 6: one image twice
+    assert set(idx[0] + idx[1]) == set(range(5))
+
+
+@pytest.fixture()
+def damaged_dir(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"ok_{i}.jpg")
+    good = (tmp_path / "ok_0.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
+    return tmp_path
+
+
+def test_corrupt_images_are_skipped_counted_and_logged_once(damaged_dir, caplog):
+    loader = build_loader("torch", damaged_dir, batch_size=4, image_size=32, num_workers=2, drop_last=False)
+    bad = {i for i, p in enumerate(loader.images.paths) if not p.name.startswith("ok_")}
+    assert len(bad) == 2
+    with caplog.at_level(logging.WARNING, logger="pipelines.torch_loader"):
+        for epoch in range(3):
+            batches = _collect(loader, epoch)
+            assert sum(b.skipped for b in batches) >= 2  # each bad file is met at least at its own position
+            assert sum(len(b) for b in batches) == 8
+            assert not bad & set(torch.cat([b.index for b in batches]).tolist())
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 2
+    assert any("truncated.jpg" in m for m in warned) and any("garbage.jpg" in m for m in warned)
+    # replacements are deterministic
+    again = build_loader("torch", damaged_dir, batch_size=4, image_size=32, num_workers=0, drop_last=False)
+    assert all(_same(x, y) for x, y in zip(batches, _collect(again, 2)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_image_error_mode_names_the_file(damaged_dir, workers):
+    loader = build_loader("torch", damaged_dir, batch_size=8, image_size=32, num_workers=workers,
+                          on_corrupt="error", drop_last=False)
+    with pytest.raises(Exception, match=r"(truncated|garbage)\.jpg"):
+        list(loader)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        build_loader("torch", tmp_path / "no_such_dir", batch_size=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        build_loader("torch", tmp_path / "empty", batch_size=2)
+    with pytest.raises(ValueError, match="on_corrupt"):
+        build_loader("torch", tmp_path, batch_size=2, on_corrupt="ignore")
+
+
+def test_too_few_images_for_a_batch(small_dir):
+    with pytest.raises(ValueError, match="no batch"):
+        build_loader("torch", small_dir, batch_size=6, world_size=2, rank=1, num_workers=0)
+
+
+def test_image_modes_become_rgb(tmp_path):
+    plane = Image.fromarray(coordinate_plane(90, 120))
+    plane.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=98)
+    plane.convert("L").save(tmp_path / "grey.jpg", quality=98)
+    rgba = plane.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(plane.size))
+    rgba.save(tmp_path / "rgba.png")
+    plane.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(tmp_path / "palette.png")
+    pt = plane.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pt.info["transparency"] = 0
+    pt.save(tmp_path / "palette_transparent.png", transparency=0)
+    plane.convert("LA").save(tmp_path / "grey_alpha.png")
+    Image.fromarray(coordinate_plane(90, 120)[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    plane.save(tmp_path / "plane.webp", lossless=True)
+    names = {p.name for p in tmp_path.iterdir()}
+    loader = build_loader("torch", tmp_path, batch_size=len(names), image_size=48, recipe=GEOMETRY,
+                          num_workers=0, shuffle=False)
+    (batch,) = _collect(loader)
+    assert batch.view1.shape == (len(names), 3, 48, 48)
+    paths = loader.images.paths
+    for k, i in enumerate(batch.index.tolist()):
+        name = paths[i].name
+        for view, coords in ((batch.view1, batch.coords1), (batch.view2, batch.coords2)):
+            v = denormalise(view[k:k + 1], GEOMETRY.mean, GEOMETRY.std)
+            if name.startswith("grey"):
+                assert (v[:, 0] - v[:, 2]).abs().max() < 1e-5  # grey stays grey in all three channels
+            elif name.startswith(("cmyk", "rgba", "plane")):
+                # RGB content survives the mode conversion: corners still match the coords
+                assert corner_errors(v, coords[k:k + 1]).item() <= corner_tolerance(90, 120, 48, True) + 3 / 255
+
+
+def test_upscaled_small_images_and_synthetic_backend():
+    s = build_loader("synthetic", None, batch_size=3, image_size=32, batches_per_epoch=4, seed=1)
+    a = _collect(s, 0)
+    assert len(s) == 4 and len(a) == 4 and len(_collect(s, 0, 2)) == 2
+    for b in a:
+        assert b.view1.shape == (3, 3, 32, 32) and b.view1.is_contiguous(memory_format=torch.channels_last)
+        assert b.coords1.shape == (3, 4) and 0 <= b.coords1.min() and b.coords1.max() <= 1
+    assert torch.equal(a[0].coords1, _collect(build_loader("synthetic", None, batch_size=3, image_size=32,
+                                                           batches_per_epoch=4, seed=1), 0)[0].coords1)
