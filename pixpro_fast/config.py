@@ -1,0 +1,127 @@
+"""The training configuration: one flat dataclass, loadable from JSON, overridable from the
+command line, checked on load (unknown keys and bad values are errors that name them)."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .model import ModelConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None            # image folder (or .beton for ffcv); None = built-in scenes
+    loader: str = "torch"              # torch | dali | ffcv | synthetic
+    recipe: str = "byol"
+    image_size: int = 224
+    num_workers: int | None = None     # None = the loader's default
+    on_corrupt: str = "skip"           # skip | error
+    scenes_images: int = 512           # size of the built-in dataset when data is None
+    # model
+    arch: str = "resnet50"
+    encoder_weights: str | None = None
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    ppm_layers: int = 1
+    ppm_gamma: float = 2.0
+    ppm_clamp: float = 0.0
+    pos_ratio: float = 0.7
+    ins_loss_weight: float = 0.0
+    concat_views: bool = False
+    # optimisation
+    epochs: int = 100
+    max_steps: int | None = None       # stop after this many optimiser steps (schedules still span `epochs`)
+    batch_size: int = 64               # per process, per micro-batch
+    accum_steps: int = 1
+    base_lr: float = 1.0
+    lr_scaling: str = "linear"         # linear: base_lr * B / 256; sqrt: 4 * sqrt(B / 1024)
+    warmup_epochs: float = 5.0
+    final_lr: float = 1e-6
+    weight_decay: float = 1e-5
+    sgd_momentum: float = 0.9
+    lars_trust: float = 0.001
+    ema_momentum: float = 0.99
+    # engine
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    precision: str = "auto"            # auto (bf16 on GPUs that have it, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    out: str = "runs/pixpro"
+    log_every: int = 10
+    ckpt_every: int = 500              # optimiser steps between checkpoints (0: epoch ends only)
+    keep_ckpts: int = 3
+    resume: bool = True                # continue from the newest checkpoint in `out` when there is one
+    tensorboard: bool = True
+    profile: int = 0                   # record this many steps with torch.profiler, then stop
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, encoder_weights=self.encoder_weights, proj_hidden_dim=self.proj_hidden_dim,
+                           proj_dim=self.proj_dim, ppm_layers=self.ppm_layers, ppm_gamma=self.ppm_gamma,
+                           ppm_clamp=self.ppm_clamp, pos_ratio=self.pos_ratio, ins_loss_weight=self.ins_loss_weight,
+                           concat_views=self.concat_views)
+
+    def validate(self) -> "TrainConfig":
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"invalid config: {msg}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        need(self.on_corrupt in ("skip", "error"), f"on_corrupt must be 'skip' or 'error', got {self.on_corrupt!r}")
+        need(self.lr_scaling in ("linear", "sqrt"), f"lr_scaling must be 'linear' or 'sqrt', got {self.lr_scaling!r}")
+        for name in ("image_size", "batch_size", "accum_steps", "epochs", "log_every", "keep_ckpts"):
+            need(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        need(self.image_size % 32 == 0, f"image_size must be a multiple of 32 (the encoder's stride), got {self.image_size}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}")
+        need(0.0 <= self.ema_momentum <= 1.0, f"ema_momentum must lie in [0, 1], got {self.ema_momentum}")
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
+        need(self.ckpt_every >= 0, f"ckpt_every must be non-negative, got {self.ckpt_every}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown config key(s): {', '.join(hints)}")
+        return cls(**d).validate()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# Keys whose change makes a checkpoint unusable (shapes or the meaning of its state differ).
+RESUME_CRITICAL = ("arch", "proj_hidden_dim", "proj_dim", "ppm_layers", "ins_loss_weight", "batch_size",
+                   "accum_steps", "epochs", "image_size", "recipe", "seed", "data", "loader", "base_lr", "lr_scaling",
+                   "warmup_epochs", "ema_momentum", "precision")
+
+
+def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
+    """Human-readable list of the differences that make resuming from ``saved`` unsafe."""
+    cur = current.to_dict()
+    return [f"{k}: checkpoint has {saved.get(k)!r}, config has {cur[k]!r}"
+            for k in RESUME_CRITICAL if saved.get(k) != cur[k]]

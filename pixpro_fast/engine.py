@@ -1,0 +1,359 @@
+"""The training engine: a plain, explicit fit loop.
+
+Mixed precision, channels-last, optional torch.compile, LARS with per-step schedules, the
+momentum target update, gradient accumulation, torchrun + DistributedDataParallel, atomic
+checkpoints with exact resume, Ctrl-C handling, a stop on non-finite loss, and metrics
+that include the fraction of time spent waiting for data.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, resume_differences
+from .metrics import MetricsLogger, verdict
+from .model import PixPro
+from .momentum import momentum_at
+from .optim import LARS, lr_at, scaled_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class ResumeMismatchError(ValueError):
+    pass
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epoch: int
+    status: str                 # finished | max_steps | interrupted | profiled
+    images_per_sec: float
+    data_wait_fraction: float
+    last_loss: float
+    checkpoint: Path | None
+    metrics_path: Path
+    out_dir: Path
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        return "fp16"  # CPU autocast supports fp16; a GradScaler guards the backward pass
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+class Trainer:
+    """``Trainer(cfg).fit()``. A loader may be injected (tests, benchmarks); otherwise it
+    is built from the config with :func:`pipelines.build_loader`."""
+
+    def __init__(self, cfg: TrainConfig, loader=None, log_stream=None):
+        self.cfg = cfg.validate()
+        self.rank, self.world_size, self.local_rank = _dist_info()
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
+            dist.init_process_group(backend)
+        self.device = resolve_device(cfg.device, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.is_main = self.rank == 0
+        self.out_dir = Path(cfg.out)
+        self.log_stream = log_stream or sys.stderr
+        torch.manual_seed(cfg.seed)
+
+        self.loader = loader if loader is not None else self._build_loader()
+        self.steps_per_epoch = len(self.loader) // cfg.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the loader yields {len(self.loader)} batches per epoch, fewer than accum_steps="
+                             f"{cfg.accum_steps}: use a smaller batch size or more data")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.global_batch = cfg.batch_size * cfg.accum_steps * self.world_size
+        self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch, cfg.lr_scaling)
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+
+        model = PixPro(cfg.model_config())
+        if cfg.sync_bn and self.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.optimizer = LARS(self.model.online.parameters(), lr=self.peak_lr, momentum=cfg.sgd_momentum,
+                              weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        forward = self.model
+        if self.world_size > 1:
+            forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        self.ddp = forward if self.world_size > 1 else None
+        self.forward = torch.compile(forward) if cfg.compile else forward
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps
+
+    # -- setup --------------------------------------------------------------------------
+    def _build_loader(self):
+        import pipelines
+        cfg = self.cfg
+        data = cfg.data
+        if data is None and cfg.loader not in ("synthetic",):
+            from pipelines.scenes import ensure_scenes
+            data = str(ensure_scenes(n_images=cfg.scenes_images, seed=0))
+            if self.is_main:
+                print(f"no --data given: using the built-in scenes dataset at {data}", file=self.log_stream)
+        opts = dict(device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
+                    on_corrupt=cfg.on_corrupt)
+        if cfg.num_workers is not None:
+            opts["num_workers"] = cfg.num_workers
+        return pipelines.build_loader(cfg.loader, data, cfg.batch_size, cfg.image_size, cfg.recipe, **opts)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "config": self.cfg.to_dict(),
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
+        diffs = resume_differences(state.get("config", {}), self.cfg)
+        if state.get("world_size", 1) != self.world_size:
+            diffs.append(f"world_size: checkpoint has {state.get('world_size')}, this run has {self.world_size}")
+        if diffs:
+            raise ResumeMismatchError(f"cannot resume from {source}: the configuration differs:\n  - "
+                                      + "\n  - ".join(diffs)
+                                      + f"\nuse the original settings, or a new --out folder to start afresh")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"])
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.state_dict(), self.out_dir, self.step, self.cfg.keep_ckpts)
+
+    def maybe_resume(self) -> Path | None:
+        if not self.cfg.resume:
+            return None
+        ckpts = list_checkpoints(self.out_dir)
+        if not ckpts:
+            return None
+        self.load_state_dict(load_checkpoint(ckpts[-1]), str(ckpts[-1]))
+        return ckpts[-1]
+
+    # -- the loop -----------------------------------------------------------------------
+    def _train_step(self, micro_batches) -> torch.Tensor:
+        cfg = self.cfg
+        lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.final_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        stats = []
+        for i, batch in enumerate(micro_batches):
+            sync_ctx = (self.ddp.no_sync() if self.ddp is not None and i < len(micro_batches) - 1
+                        else contextlib.nullcontext())
+            with sync_ctx:
+                with autocast(self.device, self.precision):
+                    out = self.forward(batch.view1, batch.view2, batch.coords1, batch.coords2, return_stats=True)
+                loss = out.loss / len(micro_batches)
+                self.scaler.scale(loss).backward()
+            stats.append(torch.stack([out.loss.detach().float(), out.positive_pairs.float(),
+                                      out.positive_cosine.float()]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_target(momentum_at(self.step, self.total_steps, cfg.ema_momentum))
+        self.step += 1
+        return torch.stack(stats).mean(0), lr
+
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.is_main:
+            print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort at once)",
+                  file=self.log_stream, flush=True)
+
+    def fit(self) -> FitResult:
+        cfg = self.cfg
+        self._stop_requested = False
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        resumed = self.maybe_resume()
+        logger = MetricsLogger(self.out_dir, self.total_steps, enabled=self.is_main, tensorboard=cfg.tensorboard,
+                               start_step=self.step, stream=self.log_stream)
+        if self.is_main:
+            print(f"pixpro_fast: {cfg.arch} on {self.device} ({self.precision}"
+                  f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}), "
+                  f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
+                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+                  + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
+            if logger.tensorboard_note:
+                print(logger.tensorboard_note, file=self.log_stream)
+        stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        profiler = self._start_profiler() if cfg.profile > 0 else None
+        if profiler is not None:
+            stop_at = min(stop_at, self.step + cfg.profile + 2)
+        status, last_ckpt = "finished", None
+        run_wait = run_wall = 0.0
+        run_images = 0
+        win = {"wait": 0.0, "t0": time.perf_counter(), "images": 0, "stats": None, "n": 0, "skipped": 0}
+        last_loss = float("nan")
+        try:
+            while self.step < stop_at and self.epoch < cfg.epochs:
+                self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                it = iter(self.loader)
+                for _ in range(self.steps_per_epoch - self.batch_in_epoch // cfg.accum_steps):
+                    if self.step >= stop_at:
+                        break
+                    t_wait = time.perf_counter()
+                    try:
+                        micro = [next(it) for _ in range(cfg.accum_steps)]
+                    except Exception:
+                        if self._stop_requested:   # Ctrl-C also reached the loader's worker processes
+                            raise KeyboardInterrupt from None
+                        raise
+                    win["wait"] += time.perf_counter() - t_wait
+                    stats, lr = self._train_step(micro)
+                    self.batch_in_epoch += cfg.accum_steps
+                    win["skipped"] += sum(b.skipped for b in micro)
+                    win["images"] += sum(len(b) for b in micro) * self.world_size
+                    win["stats"] = stats if win["stats"] is None else win["stats"] + stats
+                    win["n"] += 1
+                    if profiler is not None:
+                        profiler.step()
+                    if self.step % cfg.log_every == 0 or self.step == stop_at:
+                        last_loss, wait, wall, images = self._log(logger, win, lr)
+                        run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self._check_finite(win, last_loss)
+                        last_ckpt = self.save() or last_ckpt
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+                del it
+                if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self._check_finite(win, last_loss)
+                    last_ckpt = self.save() or last_ckpt
+            if win["n"]:
+                last_loss, wait, wall, images = self._log(logger, win, lr)
+                run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
+            if profiler is not None:
+                status = "profiled"
+            elif self.step < self.total_steps:
+                status = "max_steps"
+            if self.step and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:09d}.pt")):
+                self._check_finite(win, last_loss)
+                last_ckpt = self.save() or last_ckpt
+        except KeyboardInterrupt:
+            status = "interrupted"
+            if win["stats"] is None or math.isfinite(float(win["stats"][0])):
+                last_ckpt = self.save() or last_ckpt
+                if self.is_main:
+                    print(f"\ninterrupted: saved {last_ckpt} at step {self.step}; run again to resume",
+                          file=self.log_stream)
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            logger.close()
+            if profiler is not None:
+                self._finish_profiler(profiler)
+        fraction = run_wait / run_wall if run_wall > 0 else 0.0
+        result = FitResult(self.step, self.epoch, status, run_images / run_wall if run_wall > 0 else 0.0, fraction,
+                           last_loss, last_ckpt, logger.path, self.out_dir)
+        if self.is_main:
+            print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
+                  f"{verdict(fraction)}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
+        return result
+
+    def _check_finite(self, win, last_loss) -> None:
+        pending = win["stats"]
+        value = last_loss if pending is None else float(pending[0])
+        if not math.isfinite(value):
+            ckpts = list_checkpoints(self.out_dir)
+            raise NonFiniteLossError(
+                f"the loss became {value} by step {self.step}; stopping without saving. The last good checkpoint "
+                f"is {ckpts[-1] if ckpts else 'none (no checkpoint was written yet)'}. Try a lower --base-lr, "
+                f"--precision fp32 or bf16, or check the input data.")
+
+    def _log(self, logger, win, lr):
+        now = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats = (win["stats"] / max(win["n"], 1)).tolist()
+        wall = max(now - win["t0"], 1e-9)
+        values = {"epoch": self.epoch, "loss": stats[0], "lr": lr,
+                  "momentum": momentum_at(self.step, self.total_steps, self.cfg.ema_momentum),
+                  "positive_pairs": stats[1], "positive_cosine": stats[2],
+                  "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
+                  "skipped_images": win["skipped"]}
+        logger.log(self.step, values)
+        out = (stats[0], win["wait"], wall, win["images"])
+        if not math.isfinite(stats[0]):
+            self._check_finite(win, stats[0])
+        win.update(wait=0.0, t0=time.perf_counter(), images=0, stats=None, n=0, skipped=0)
+        return out
+
+    # -- profiling ----------------------------------------------------------------------
+    def _start_profiler(self):
+        from torch.profiler import ProfilerActivity, profile, schedule
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=self.cfg.profile),
+                       record_shapes=False)
+        prof.__enter__()
+        return prof
+
+    def _finish_profiler(self, prof) -> None:
+        prof.__exit__(None, None, None)
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        trace = self.out_dir / "profile_trace.json"
+        prof.export_chrome_trace(str(trace))
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=15), file=self.log_stream)
+        print(f"chrome trace: {trace} (open in chrome://tracing or Perfetto)", file=self.log_stream)

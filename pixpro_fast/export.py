@@ -1,0 +1,62 @@
+"""Export the online encoder for downstream use: a torchvision ResNet state_dict, and a
+Detectron2-style pickle (``stem.conv1``, ``res2..res5``, ``.norm``, ``.shortcut``)."""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, save_atomic
+
+
+def encoder_state_from_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The online encoder's tensors under torchvision's key names (no ``fc.*``)."""
+    model = ckpt["model"]
+    prefix = "online.encoder."
+    state = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError("checkpoint holds no online encoder (keys 'online.encoder.*' missing)")
+    return state
+
+
+def detectron2_key(key: str) -> str | None:
+    """torchvision ResNet key -> Detectron2 ResNet key (None for tensors Detectron2 has no use for)."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    if key.startswith("conv1."):
+        return "stem.conv1." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.conv1.norm." + key[len("bn1."):]
+    m = re.match(r"^layer(\d)\.(\d+)\.(.+)$", key)
+    if not m:
+        raise KeyError(f"no Detectron2 name for backbone tensor {key!r}")
+    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+    rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
+    rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
+    return f"res{stage}.{block}.{rest}"
+
+
+def to_detectron2(state: dict[str, torch.Tensor]) -> dict:
+    out = {}
+    for k, v in state.items():
+        name = detectron2_key(k)
+        if name is not None:
+            out[name] = v.detach().cpu().numpy()
+    return {"model": out, "__author__": "pixpro_fast", "matching_heuristics": False}
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``encoder_torchvision.pth`` and ``encoder_detectron2.pkl`` into ``out_dir``."""
+    state = encoder_state_from_checkpoint(load_checkpoint(checkpoint))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tv = save_atomic({k: v.contiguous() for k, v in state.items()}, out_dir / "encoder_torchvision.pth")
+    d2 = out_dir / "encoder_detectron2.pkl"
+    tmp = d2.with_name(d2.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(to_detectron2(state), f)
+    tmp.replace(d2)
+    return tv, d2

@@ -1,0 +1,75 @@
+"""Training metrics: JSONL always, TensorBoard when installed, a progress bar on a terminal
+and plain lines otherwise; and the loader-bound / compute-bound verdict."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def verdict(wait_fraction: float, threshold: float = 0.10) -> str:
+    """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data."""
+    if wait_fraction >= threshold:
+        return (f"loader-bound: {wait_fraction:.0%} of wall time waiting for data "
+                "(remedies: more loader workers, a faster backend such as dali or ffcv, "
+                "smaller stored images, or fewer CPU-side augmentations)")
+    return (f"compute-bound: {wait_fraction:.0%} of wall time waiting for data "
+            "(remedies: bf16 autocast, channels-last, torch.compile, a larger batch per device)")
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: str | Path, total_steps: int, enabled: bool = True, tensorboard: bool = True,
+                 start_step: int = 0, stream=None):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.stream = stream or sys.stderr
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._tb = None
+        self._bar = None
+        self.tensorboard_note = ""
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tensorboard_note = "TensorBoard not installed: metrics go to metrics.jsonl only"
+        if self.stream.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=self.stream)
+        self._t0 = time.time()
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        short = (f"loss {values.get('loss', float('nan')):.4f}  lr {values.get('lr', 0):.3g}  "
+                 f"{values.get('images_per_sec', 0):.1f} img/s  wait {values.get('data_wait_fraction', 0):.0%}")
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix_str(short, refresh=True)
+        else:
+            elapsed = time.time() - self._t0
+            done = max(step, 1)
+            eta = elapsed / done * max(self.total_steps - step, 0) if step else 0.0
+            print(f"step {step}/{self.total_steps}  epoch {values.get('epoch', 0)}  {short}  eta {eta / 60:.1f} min",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()

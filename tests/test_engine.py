@@ -1,0 +1,223 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
+from pixpro_fast.export import detectron2_key, encoder_state_from_checkpoint, export_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, num_workers=0,
+            tensorboard=False, log_every=1, warmup_epochs=0.0, seed=3)
+
+
+def image_folder(root: Path, n: int = 12) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = 80 + 7 * i, 120 - 3 * i
+        arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
+        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
+    return root
+
+
+def run_cli(*args, timeout=300, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def cli_flags(cfg: dict) -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(flag if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [flag, str(v)]
+    return out
+
+
+def test_resume_in_fresh_process_equals_straight_run(tmp_path):
+    data = image_folder(tmp_path / "data")       # 12 images, batch 4: 3 steps per epoch
+    common = dict(TINY, data=str(data), epochs=2, precision="fp32", ckpt_every=0)
+    straight = Trainer(TrainConfig(**common, out=str(tmp_path / "a"))).fit()
+    assert straight.steps == 6 and straight.status == "finished"
+    half = Trainer(TrainConfig(**common, out=str(tmp_path / "b"), max_steps=2)).fit()   # stops mid-epoch
+    assert half.steps == 2 and half.status == "max_steps"
+    proc = run_cli(*cli_flags(dict(common, out=str(tmp_path / "b"))))
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stderr
+    a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
+    assert a["step"] == b["step"] == 6
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=1e-6, rtol=0, msg=k)
+    # the run learned something: the online encoder moved away from its initial weights
+    fresh = Trainer(TrainConfig(**common, out=str(tmp_path / "c"))).model.state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in a["model"].items() if k.startswith("online.encoder"))
+
+
+def test_resume_with_mismatched_config_names_the_difference(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path)))
+    Trainer(cfg, loader=_synthetic(cfg)).fit()
+    changed = cfg.replace(batch_size=2)
+    with pytest.raises(ResumeMismatchError, match="batch_size: checkpoint has 4, config has 2"):
+        Trainer(changed, loader=_synthetic(changed)).fit()
+    assert list_checkpoints(tmp_path)  # nothing was lost
+
+
+def _synthetic(cfg, batches=3):
+    from pipelines import build_loader
+    return build_loader("synthetic", None, cfg.batch_size, cfg.image_size, batches_per_epoch=batches, seed=cfg.seed)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path), base_lr=1e30, ckpt_every=1))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is .*ckpt_"):
+        Trainer(cfg, loader=_synthetic(cfg, batches=6)).fit()
+    ckpts = list_checkpoints(tmp_path)
+    assert ckpts
+    state = load_checkpoint(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_gradient_accumulation_counts_micro_batches_per_step(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path), accum_steps=2))
+    tr = Trainer(cfg, loader=_synthetic(cfg, batches=5))
+    assert tr.steps_per_epoch == 2 and tr.global_batch == 8
+    res = tr.fit()
+    assert res.steps == 2
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    args = cli_flags(dict(TINY, loader="synthetic", epochs=1000, out=str(out), ckpt_every=0))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: saved" in stderr
+    ckpt = load_checkpoint(list_checkpoints(out)[-1])
+    assert ckpt["step"] >= 2
+
+
+def test_export_round_trip_into_torchvision(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path / "run")))
+    res = Trainer(cfg, loader=_synthetic(cfg, batches=2)).fit()
+    proc = run_cli("export", "--checkpoint", str(res.checkpoint), "--out", str(tmp_path / "export"))
+    assert proc.returncode == 0, proc.stderr
+    state = torch.load(tmp_path / "export" / "encoder_torchvision.pth", weights_only=True)
+    net = torchvision.models.resnet18()
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    trained = encoder_state_from_checkpoint(load_checkpoint(res.checkpoint))
+    for k, v in trained.items():
+        assert torch.equal(net.state_dict()[k], v)
+    import pickle
+    with open(tmp_path / "export" / "encoder_detectron2.pkl", "rb") as f:
+        d2 = pickle.load(f)["model"]
+    assert "stem.conv1.weight" in d2 and "res5.1.conv2.norm.running_var" in d2
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_detectron2_mapping_covers_every_backbone_tensor(arch):
+    state = {k: v for k, v in getattr(torchvision.models, arch)().state_dict().items() if not k.startswith("fc.")}
+    mapped = {k: detectron2_key(k) for k in state}
+    kept = {k: v for k, v in mapped.items() if v is not None}
+    assert all(k.endswith("num_batches_tracked") for k, v in mapped.items() if v is None)
+    assert len(set(kept.values())) == len(kept)      # one-to-one
+    import re
+    pattern = re.compile(r"^(stem\.conv1(\.norm)?|res[2-5]\.\d+\.(conv[1-3](\.norm)?|shortcut(\.norm)?))\."
+                         r"(weight|bias|running_mean|running_var)$")
+    assert all(pattern.match(v) for v in kept.values()), [v for v in kept.values() if not pattern.match(v)]
+    if arch == "resnet50":
+        assert mapped["layer1.0.downsample.0.weight"] == "res2.0.shortcut.weight"
+        assert mapped["layer4.2.bn3.running_mean"] == "res5.2.conv3.norm.running_mean"
+        assert mapped["bn1.weight"] == "stem.conv1.norm.weight"
+
+
+def test_export_of_foreign_file_is_a_clear_error(tmp_path):
+    torch.save({"model": {"something": torch.zeros(1)}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no online encoder"):
+        export_checkpoint(tmp_path / "x.pt", tmp_path / "out")
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"'batchsize' \(did you mean 'batch_size'\?\)"):
+        TrainConfig.from_dict({"batchsize": 3})
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        TrainConfig.from_file(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig(image_size=100).validate()
+    proc = run_cli("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--arch", "resnet18")
+    assert proc.returncode != 0 and "missing" in proc.stderr
+    assert not (tmp_path / "o").exists() or not list_checkpoints(tmp_path / "o")
+
+
+def test_corrupt_jpeg_does_not_stop_training(tmp_path):
+    data = image_folder(tmp_path / "data", n=8)
+    good = (data / "img_00.jpg").read_bytes()
+    (data / "img_99.jpg").write_bytes(good[: len(good) // 3])       # truncated
+    cfg = TrainConfig(**dict(TINY, data=str(data), epochs=1, out=str(tmp_path / "run")))
+    res = Trainer(cfg).fit()
+    assert res.status == "finished" and res.steps == 2
+    records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
+    assert sum(r["skipped_images"] for r in records) >= 1
+
+
+def test_profile_writes_trace_and_prints_top_ops(tmp_path):
+    proc = run_cli(*cli_flags(dict(TINY, loader="synthetic", epochs=50, out=str(tmp_path), profile=2)))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "profile_trace.json").stat().st_size > 1000
+    assert "Self CPU" in proc.stderr and "wall time waiting for data" in proc.stderr
+
+
+DDP_WORKER = r'''
+import os, sys, torch
+sys.path.insert(0, sys.argv[2])
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import Trainer
+from pipelines import build_loader
+cfg = TrainConfig(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, epochs=1,
+                  loader="synthetic", tensorboard=False, out=sys.argv[1], device="cpu", warmup_epochs=0.0)
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+loader = build_loader("synthetic", None, 4, 64, batches_per_epoch=3, seed=0, rank=rank, world_size=world)
+tr = Trainer(cfg, loader=loader)
+tr.fit()
+torch.save({"params": [p.detach().clone() for p in tr.model.online.parameters()],
+            "target": [p.detach().clone() for p in tr.model.target.parameters()],
+            "coords": next(iter(loader)).coords1}, os.path.join(sys.argv[1], f"rank{rank}.pt"))
+'''
+
+
+def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29531", str(script), str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["coords"], r1["coords"])       # the ranks saw different data
+    for a, b in zip(r0["params"] + r0["target"], r1["params"] + r1["target"]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
