@@ -11,6 +11,7 @@ from pathlib import Path
 from .model import ModelConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRESETS_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -101,9 +102,13 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
+        """A JSON file, or the name of a bundled preset (see :data:`PRESETS_DIR`)."""
         path = Path(path)
+        if not path.is_file() and (PRESETS_DIR / f"{path.name}.json").is_file():
+            path = PRESETS_DIR / f"{path.name}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            presets = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+            raise FileNotFoundError(f"config file not found: {path} (bundled presets: {', '.join(presets)})")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
