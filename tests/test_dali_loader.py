@@ -1,0 +1,353 @@
+"""The DALI backend in CPU-only mode: box contract, recipe, crop distribution, sharding,
+determinism, batch contract and bad files."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
+from pipelines import build_loader  # noqa: E402
+from pipelines.dali_loader import PARAM_NAMES, DaliLoader, check_encoded, colour_matrix  # noqa: E402
+from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
+from pipelines.torch_loader import CorruptImageError  # noqa: E402
+
+P = {name: i for i, name in enumerate(PARAM_NAMES)}
+PLANE_SIZES = [(90, 400), (400, 90), (131, 257), (300, 300), (64, 640), (480, 200), (97, 113), (250, 333)]
+GEOMETRY = BYOL.without_colour()
+OFF = ViewRecipe(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+
+
+def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    low = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_images(folder: Path, n: int, seed: int = 0, sizes=((40, 120), (40, 120))) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = int(rng.integers(*sizes[0])), int(rng.integers(*sizes[1]))
+        p = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(_smooth_image(rng, h, w)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("small")
+    _write_images(folder, 96)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def planes_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("planes")
+    write_coordinate_planes(folder, PLANE_SIZES)
+    return folder
+
+
+def _loader(data_dir, batch_size=16, image_size=32, recipe=BYOL, **kw) -> DaliLoader:
+    kw.setdefault("num_workers", 2)
+    return build_loader("dali", data_dir, batch_size=batch_size, image_size=image_size, recipe=recipe, **kw)
+
+
+def _run(loader: DaliLoader, epochs) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """All batches of the given epochs and the concatenated params of both views."""
+    batches, p1, p2 = [], [], []
+    for e in epochs:
+        loader.set_epoch(e)
+        for b in loader:
+            batches.append(b)
+            p1.append(loader.last_params[0])
+            p2.append(loader.last_params[1])
+    return batches, torch.cat(p1), torch.cat(p2)
+
+
+# --------------------------------------------------------------------------- the box contract
+
+def test_coordinate_plane_corners_show_the_claimed_positions(planes_dir):
+    size = 64
+    loader = _loader(planes_dir, batch_size=8, image_size=size, recipe=GEOMETRY)
+    batches, p1, p2 = _run(loader, range(6))
+    # the contract maps output pixels linearly onto window pixels; resampling maps pixel
+    # centres: they differ by up to half an output pixel, plus JPEG error
+    tol = 0.5 / (size - 1) + 3.0 / 255
+    flips = {1: [], 2: []}
+    for b in batches:
+        for k, view, coords in ((1, b.view1, b.coords1), (2, b.view2, b.coords2)):
+            assert coords.min() >= 0.0 and coords.max() <= 1.0
+            err = corner_errors(denormalise(view, GEOMETRY.mean, GEOMETRY.std), coords)
+            assert err.max() < tol, (err.max(), coords[err.argmax()])
+            flips[k].append(coords[:, 0] > coords[:, 2])
+    flips = torch.cat(flips[1] + flips[2])
+    assert 0 < flips.sum() < len(flips)  # both flipped and unflipped views were checked
+    params = torch.cat([p1, p2])
+    assert torch.equal(flips, params[:, P["flip"]] > 0.5)
+    # odd aspect ratios reached the fallback (whole height of the 90x400 plane) as well as random windows
+    wide = params[(params[:, P["image_height"]] == 90) & (params[:, P["image_width"]] == 400)]
+    assert len(wide) > 0
+
+
+# --------------------------------------------------------------------------- batch contract
+
+def test_batch_contract(small_dir):
+    loader = _loader(small_dir, batch_size=16, image_size=32)
+    assert len(loader) == 96 // 16
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    first = batches[0]
+    kept = first.view1.clone()
+    for b in batches:
+        for v in (b.view1, b.view2):
+            assert v.shape == (16, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
+            assert v.is_contiguous(memory_format=torch.channels_last)
+            assert torch.isfinite(v).all()
+        for c in (b.coords1, b.coords2):
+            assert c.shape == (16, 4) and c.dtype == torch.float32
+        assert b.index.dtype == torch.int64 and b.index.shape == (16,)
+        assert b.skipped == 0
+    # a batch the consumer still holds is not overwritten by later ones
+    assert torch.equal(first.view1, kept)
+    # normalised with the recipe's mean/std: de-normalised values lie in [0, 1]
+    x = denormalise(first.view1, BYOL.mean, BYOL.std)
+    assert x.min() > -1e-3 and x.max() < 1 + 1e-3
+
+
+def test_bad_options(small_dir, tmp_path):
+    with pytest.raises(ValueError):
+        _loader(small_dir, on_corrupt="ignore")
+    with pytest.raises(ValueError):
+        _loader(small_dir, dali_device="tpu")
+    with pytest.raises(ValueError):
+        _loader(small_dir, rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError):
+        _loader(tmp_path / "missing")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            _loader(small_dir, dali_device="gpu")
+
+
+# --------------------------------------------------------------------------- order, shards, resume
+
+def test_two_ranks_cover_the_dataset_once_per_epoch(small_dir):
+    seen = []
+    for rank in range(2):
+        loader = _loader(small_dir, batch_size=8, image_size=16, recipe=GEOMETRY, rank=rank, world_size=2)
+        assert len(loader) == 96 // 16
+        loader.set_epoch(3)
+        seen.append(torch.cat([b.index for b in loader]))
+    assert len(seen[0]) == len(seen[1]) == 48
+    assert sorted(torch.cat(seen).tolist()) == list(range(96))
+    # drop_last=False: batches of 10, the last one short, still exactly once over both ranks
+    seen = []
+    for rank in range(2):
+        loader = _loader(small_dir, batch_size=10, image_size=16, recipe=GEOMETRY, rank=rank, world_size=2,
+                         drop_last=False)
+        sizes = [len(b) for b in loader]
+        assert sizes == [10, 10, 10, 10, 8]
+        seen.append(torch.cat([b.index for b in loader]))
+    assert sorted(torch.cat(seen).tolist()) == list(range(96))
+
+
+def test_epochs_are_deterministic_and_resume_keeps_the_order(small_dir):
+    loader = _loader(small_dir, batch_size=16, image_size=32)
+    a, pa, _ = _run(loader, [5])
+    b, pb, _ = _run(loader, [5])
+    for x, y in zip(a, b):
+        assert torch.equal(x.index, y.index)
+        assert torch.equal(x.view1, y.view1) and torch.equal(x.view2, y.view2)
+        assert torch.equal(x.coords2, y.coords2)
+    c, _, _ = _run(loader, [6])
+    assert not torch.equal(torch.cat([x.index for x in a]), torch.cat([x.index for x in c]))
+    loader.set_epoch(5, start_batch=2)
+    resumed = list(loader)
+    assert [x.index.tolist() for x in resumed] == [x.index.tolist() for x in a[2:]]
+    assert len(list(loader)) == len(loader)  # the offset applied to one pass only
+
+
+# --------------------------------------------------------------------------- recipe statistics
+
+def test_recipe_rates_and_ranges(small_dir):
+    loader = _loader(small_dir, batch_size=32, image_size=32)
+    batches, p1, p2 = _run(loader, range(6))
+    for params, view in ((p1, BYOL.view1), (p2, BYOL.view2)):
+        n = len(params)
+        for name, p in (("flip", view.flip_p), ("jitter", view.jitter_p), ("grayscale", view.grayscale_p),
+                        ("blur", view.blur_p), ("solarize", view.solarize_p)):
+            rate = params[:, P[name]].mean().item()
+            assert abs(rate - p) <= 4.5 * math.sqrt(p * (1 - p) / n) + 1e-6, (name, rate, p)
+        jit = params[:, P["jitter"]] > 0.5
+        for name, strength in (("brightness", view.brightness), ("contrast", view.contrast),
+                               ("saturation", view.saturation)):
+            f = params[:, P[name]]
+            assert (f[~jit] == 1).all()
+            assert f[jit].min() >= 1 - strength - 1e-6 and f[jit].max() <= 1 + strength + 1e-6
+            assert f[jit].std() > strength / 4  # actually drawn, not a constant
+        hue = params[:, P["hue"]]
+        assert (hue[~jit] == 0).all() and hue.abs().max() <= view.hue + 1e-6
+        blur = params[:, P["blur"]] > 0.5
+        sigma = params[:, P["sigma"]]
+        assert (sigma[~blur] == 0).all()
+        if blur.any():
+            assert sigma[blur].min() >= view.blur_sigma[0] - 1e-6 and sigma[blur].max() <= view.blur_sigma[1] + 1e-6
+    # grayscale views really are grey (every colour step after it keeps R = G = B)
+    views = torch.cat([b.view2 for b in batches])
+    gray = p2[:, P["grayscale"]] > 0.5
+    x = denormalise(views, BYOL.mean, BYOL.std)
+    spread = (x.amax(dim=1) - x.amin(dim=1)).flatten(1).amax(dim=1)
+    assert gray.any() and spread[gray].max() < 1.5 / 255
+    assert spread[~gray].median() > 5 / 255
+
+
+def _flat_folder(folder: Path, colours) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, c in enumerate(colours):
+        Image.fromarray(np.full((40, 56, 3), c, dtype=np.uint8)).save(folder / f"flat_{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("gpu_style", [False, True])
+def test_colour_steps_on_flat_images(tmp_path, gpu_style):
+    """Flat colours make every step predictable: jitter through its numpy model, blur is a no-op
+    on a flat image, solarize inverts channels >= threshold, grayscale gives the luma."""
+    colours = [(200, 100, 30), (20, 140, 250), (128, 127, 60), (90, 90, 200)]
+    folder = _flat_folder(tmp_path / "flat", colours)
+    jitter_only = replace(OFF, jitter_p=1.0)
+    grey_blur_solarize = replace(OFF, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0, solarize_threshold=100)
+    recipe = Recipe("flat", jitter_only, grey_blur_solarize)
+    loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style)
+    batches, p1, p2 = _run(loader, range(4))
+    luma = np.array([0.299, 0.587, 0.114])
+    for b, q1 in zip(batches, p1.split(4)):
+        src = np.array([colours[i] for i in b.index.tolist()], dtype=np.float64)
+        got1 = denormalise(b.view1, recipe.mean, recipe.std)[:, :, 4, 4].numpy() * 255
+        got2 = denormalise(b.view2, recipe.mean, recipe.std)[:, :, 4, 4].numpy() * 255
+        for k in range(len(src)):
+            bright, contrast = q1[k, P["brightness"]].item(), q1[k, P["contrast"]].item()
+            m = src[k] @ luma
+            y = np.clip(bright * (m + contrast * (src[k] - m)), 0, 255)
+            y = np.clip(colour_matrix(q1[k, P["saturation"]].item(), q1[k, P["hue"]].item()) @ y, 0, 255)
+            assert np.abs(got1[k] - y).max() < 3.0, (src[k], got1[k], y)
+            g = src[k] @ luma
+            want = 255 - g if round(g) >= 100 else g
+            assert np.abs(got2[k] - want).max() < 2.0, (src[k], got2[k], want)
+
+
+# --------------------------------------------------------------------------- crop distribution
+
+def test_crop_distribution_matches_torchvision(tmp_path):
+    from torchvision.transforms import RandomResizedCrop
+
+    shapes = [(90, 400), (120, 120), (70, 150)]
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i in range(48):
+        h, w = shapes[i % len(shapes)]
+        Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(folder / f"s_{i:02d}.jpg")
+    loader = _loader(folder, batch_size=48, image_size=8, recipe=GEOMETRY)
+    _, p1, p2 = _run(loader, range(12))
+    params = torch.cat([p1, p2]).double()
+    torch.manual_seed(0)
+    scale, ratio = GEOMETRY.view1.crop_scale, GEOMETRY.view1.crop_ratio
+    for h, w in shapes:
+        mine = params[(params[:, P["image_height"]] == h) & (params[:, P["image_width"]] == w)]
+        ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, h, w), list(scale), list(ratio))
+                            for _ in range(20000)], dtype=torch.float64)  # (top, left, h, w)
+        n = len(mine)
+        assert n >= 300
+        # windows inside the image
+        assert (mine[:, P["top"]] >= 0).all() and (mine[:, P["top"]] + mine[:, P["height"]] <= h).all()
+        assert (mine[:, P["left"]] >= 0).all() and (mine[:, P["left"]] + mine[:, P["width"]] <= w).all()
+        features = {
+            "area": (mine[:, P["height"]] * mine[:, P["width"]] / (h * w), ref[:, 2] * ref[:, 3] / (h * w)),
+            "log_aspect": (torch.log(mine[:, P["width"]] / mine[:, P["height"]]), torch.log(ref[:, 3] / ref[:, 2])),
+            "centre_x": (mine[:, P["left"]] + mine[:, P["width"]] / 2, ref[:, 1] + ref[:, 3] / 2),
+        }
+        critical = 1.95 * math.sqrt(1 / n + 1 / len(ref))  # two-sample KS at alpha = 0.001
+        for name, (a, b) in features.items():
+            grid = torch.cat([a, b]).unique()
+            cdf_a = torch.searchsorted(a.sort().values, grid, right=True) / len(a)
+            cdf_b = torch.searchsorted(b.sort().values, grid, right=True) / len(b)
+            ks = (cdf_a - cdf_b).abs().max().item()
+            assert ks < critical, (h, w, name, ks, critical)
+    h, w = shapes[0]  # 90x400: ratio far outside (3/4, 4/3), ~10% of draws fall back
+    mine = params[(params[:, P["image_height"]] == h) & (params[:, P["image_width"]] == w)]
+    fallback = (mine[:, P["height"]] == 90) & (mine[:, P["width"]] == 120) & (mine[:, P["left"]] == 140)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, h, w), list(scale), list(ratio))
+                        for _ in range(20000)], dtype=torch.float64)
+    p_ref = ((ref[:, 2] == 90) & (ref[:, 3] == 120) & (ref[:, 1] == 140)).double().mean().item()
+    p_mine = fallback.double().mean().item()
+    assert p_ref > 0.02
+    assert abs(p_mine - p_ref) < 4.5 * math.sqrt(p_ref * (1 - p_ref) / len(mine)), (p_mine, p_ref)
+
+
+# --------------------------------------------------------------------------- bad files
+
+def _corrupt_set(folder: Path) -> dict[str, Path]:
+    """29 good JPEGs and three bad files: a truncated JPEG and a text file (caught by the
+    byte checks) and a PNG with damaged pixel data (passes them; the DALI decoder rejects it)."""
+    good = _write_images(folder, 29, seed=3, sizes=((40, 80), (40, 80)))
+    data = good[0].read_bytes()
+    bad = {"truncated": folder / "bad_truncated.jpg", "text": folder / "bad_text.jpg",
+           "damaged": folder / "bad_damaged.png"}
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    bad["text"].write_bytes(b"this is not an image, only a file with an image name\n" * 4)
+    noise = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(bad["damaged"])
+    png = bytearray(bad["damaged"].read_bytes())
+    mid = len(png) // 2
+    png[mid:mid + 64] = bytes(64)
+    bad["damaged"].write_bytes(bytes(png))
+    assert check_encoded(bytes(png)) is None
+    return bad
+
+
+def test_check_encoded(tmp_path):
+    buf = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf)
+    png = buf.read_bytes()
+    assert check_encoded(png) is None
+    assert "PNG" in check_encoded(png[:-20])
+    assert "not a JPEG" in check_encoded(b"GIF89a" + b"\0" * 64)
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    bad = _corrupt_set(folder)
+    loader = _loader(folder, batch_size=8, image_size=16, recipe=GEOMETRY, drop_last=False)
+    bad_index = {i for i, p in enumerate(loader.paths) if Path(p) in bad.values()}
+    assert len(bad_index) == 3
+    with caplog.at_level(logging.WARNING, logger="pipelines.dali_loader"):
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert sum(len(b) for b in batches) == 32
+            assert sum(b.skipped for b in batches) == 3
+            used = set(torch.cat([b.index for b in batches]).tolist())
+            assert not used & bad_index
+    for p in bad.values():  # logged once per file, not once per epoch
+        assert sum(str(p) in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "damaged"])
+def test_corrupt_files_raise_naming_the_file(tmp_path, kind):
+    folder = tmp_path / kind
+    bad = _corrupt_set(folder)
+    for other in set(bad) - {kind}:
+        bad[other].unlink()
+    loader = _loader(folder, batch_size=8, image_size=16, recipe=GEOMETRY, drop_last=False, on_corrupt="error")
+    with pytest.raises(CorruptImageError, match=bad[kind].name):
+        list(loader)
