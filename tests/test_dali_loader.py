@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
 from pipelines.torch_loader import CorruptImageError  # noqa: E402
 
 P = {name: i for i, name in enumerate(PARAM_NAMES)}
+# CPU-only by default; PIXPRO_TEST_DEVICE=cuda runs the same checks in DALI's GPU mode
+DEVICE = torch.device(os.environ.get("PIXPRO_TEST_DEVICE", "cpu"))
 PLANE_SIZES = [(90, 400), (400, 90), (131, 257), (300, 300), (64, 640), (480, 200), (97, 113), (250, 333)]
 GEOMETRY = BYOL.without_colour()
 OFF = ViewRecipe(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
@@ -61,6 +64,7 @@ def planes_dir(tmp_path_factory) -> Path:
 
 def _loader(data_dir, batch_size=16, image_size=32, recipe=BYOL, **kw) -> DaliLoader:
     kw.setdefault("num_workers", 2)
+    kw.setdefault("device", DEVICE)
     return build_loader("dali", data_dir, batch_size=batch_size, image_size=image_size, recipe=recipe, **kw)
 
 
@@ -91,7 +95,7 @@ def test_coordinate_plane_corners_show_the_claimed_positions(planes_dir):
             assert coords.min() >= 0.0 and coords.max() <= 1.0
             err = corner_errors(denormalise(view, GEOMETRY.mean, GEOMETRY.std), coords)
             assert err.max() < tol, (err.max(), coords[err.argmax()])
-            flips[k].append(coords[:, 0] > coords[:, 2])
+            flips[k].append((coords[:, 0] > coords[:, 2]).cpu())
     flips = torch.cat(flips[1] + flips[2])
     assert 0 < flips.sum() < len(flips)  # both flipped and unflipped views were checked
     params = torch.cat([p1, p2])
@@ -112,11 +116,11 @@ def test_batch_contract(small_dir):
     kept = first.view1.clone()
     for b in batches:
         for v in (b.view1, b.view2):
-            assert v.shape == (16, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
+            assert v.shape == (16, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == DEVICE.type
             assert v.is_contiguous(memory_format=torch.channels_last)
             assert torch.isfinite(v).all()
         for c in (b.coords1, b.coords2):
-            assert c.shape == (16, 4) and c.dtype == torch.float32
+            assert c.shape == (16, 4) and c.dtype == torch.float32 and c.device.type == DEVICE.type
         assert b.index.dtype == torch.int64 and b.index.shape == (16,)
         assert b.skipped == 0
     # a batch the consumer still holds is not overwritten by later ones
