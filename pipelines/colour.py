@@ -1,0 +1,332 @@
+"""The colour half of a view recipe as batched tensor operations with per-sample parameters.
+
+Any backend that ends with a batch of RGB views (B, 3, H, W) -- uint8 on the 0..255 scale or
+float on 0..1, any memory format, CPU or CUDA -- finishes the recipe here:
+
+    params = sample_colour_params(view, batch_size, generator)   # CPU, cheap, fixable in tests
+    out = apply_colour(images, params, view.solarize_threshold, mean, std)
+
+Semantics follow torchvision's tensor functional ops on float images (each op clamps to
+[0, 1]; nothing is quantised in between), in the order of the BYOL/PixPro recipe:
+
+1. colour jitter with probability ``jitter_p``, operations in the FIXED order brightness,
+   contrast, saturation, hue. torchvision's ``ColorJitter`` draws a random order per image;
+   brightness, contrast and saturation are linear maps that commute exactly (up to the
+   clamps), so the only order dependence dropped is where hue sits relative to contrast and
+   saturation (hue rotation changes luma) and clamping effects;
+2. grayscale (ITU-R 601-2 luma, 3 channels) with probability ``grayscale_p``;
+3. Gaussian blur with probability ``blur_p``, sigma ~ U(blur_sigma) in pixels, reflect
+   padding, kernel radius ``ceil(truncate * sigma)``;
+4. solarize with probability ``solarize_p``: values >= threshold / 255 become 1 - value;
+5. normalisation ``(x - mean) / std`` into a channels-last tensor of the chosen dtype.
+
+Why parameters are drawn on the CPU: which samples take an op, and the blur kernel sizes,
+decide tensor shapes; knowing them on the host costs B random numbers and avoids a device
+synchronisation per batch. Each op touches only the samples that take it (gathered when
+fewer than all), and blur groups samples by kernel size, so its cost follows each sample's
+own sigma rather than the largest one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .recipe import ViewRecipe
+
+# ITU-R 601-2 luma weights as torchvision's rgb_to_grayscale uses them.
+LUMA = (0.2989, 0.587, 0.114)
+
+
+# --------------------------------------------------------------------------- parameters
+
+@dataclass
+class ColourParams:
+    """Per-sample colour decisions for a batch, all (B,) CPU tensors.
+
+    Neutral values mark samples an op leaves alone: factors 1.0, hue 0.0, sigma 0.0 (no blur).
+    ``jitter`` says whether the jitter block applies (its four factors are then drawn).
+    """
+    jitter: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    grayscale: torch.Tensor
+    blur_sigma: torch.Tensor
+    solarize: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.jitter.shape[0]
+
+    def select(self, index: torch.Tensor | slice) -> "ColourParams":
+        return ColourParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def neutral(batch_size: int) -> "ColourParams":
+        """Parameters that change nothing (only normalisation happens)."""
+        z = torch.zeros(batch_size)
+        off = torch.zeros(batch_size, dtype=torch.bool)
+        return ColourParams(off, z + 1, z + 1, z + 1, z.clone(), off.clone(), z.clone(), off.clone())
+
+
+def _factors(u: torch.Tensor, strength: float) -> torch.Tensor:
+    """U(max(0, 1 - s), 1 + s) from U(0, 1) draws, as ColorJitter samples its factors."""
+    lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
+    return lo + (hi - lo) * u
+
+
+def sample_colour_params(view: ViewRecipe, batch_size: int,
+                         generator: torch.Generator | None = None) -> ColourParams:
+    """Draw every colour decision of ``batch_size`` views of one recipe (on the CPU)."""
+    u = torch.rand((batch_size, 9), generator=generator, dtype=torch.float64)
+    jitter = u[:, 0] < view.jitter_p
+    one = torch.ones(batch_size, dtype=torch.float64)
+    pick = lambda values, neutral: torch.where(jitter, values, neutral).float()
+    blur = u[:, 6] < view.blur_p
+    lo, hi = view.blur_sigma
+    return ColourParams(
+        jitter=jitter,
+        brightness=pick(_factors(u[:, 1], view.brightness), one),
+        contrast=pick(_factors(u[:, 2], view.contrast), one),
+        saturation=pick(_factors(u[:, 3], view.saturation), one),
+        hue=pick(view.hue * (2 * u[:, 4] - 1), 0 * one),
+        grayscale=u[:, 5] < view.grayscale_p,
+        blur_sigma=torch.where(blur, lo + (hi - lo) * u[:, 7], 0 * one).float(),
+        solarize=u[:, 8] < view.solarize_p,
+    )
+
+
+# --------------------------------------------------------------------------- single operations
+# Each works in place on a float (n, 3, H, W) tensor on the 0..1 scale and per-sample (n,)
+# parameters already on its device, and returns it.
+
+def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return values.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, 1, 1, 1)
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma (n, 1, H, W) of an RGB batch."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    out = r * LUMA[0]
+    out.add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
+    return out
+
+
+def adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return x.mul_(_per_sample(factor, x)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast_(x: torch.Tensor, factor: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Blend with the mean luma of each image. ``clamp=False`` is exact when every factor <= 1."""
+    mean = grey(x).mean(dim=(1, 2, 3), keepdim=True)
+    x.lerp_(mean.expand_as(x), 1.0 - _per_sample(factor, x))
+    return x.clamp_(0.0, 1.0) if clamp else x
+
+
+def adjust_saturation_(x: torch.Tensor, factor: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """Blend with the luma image. ``clamp=False`` is exact when every factor <= 1."""
+    x.lerp_(grey(x).expand_as(x), 1.0 - _per_sample(factor, x))
+    return x.clamp_(0.0, 1.0) if clamp else x
+
+
+def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue by ``shift`` turns, without building H, S, V planes.
+
+    HSV keeps each pixel's max and min channel; with ``c = max - min`` and the rotated hue
+    ``h'`` in sixths, channel n (R: 5, G: 3, B: 1) is ``max - c * clamp(min(k, 4 - k), 0, 1)``
+    for ``k = (n + h') mod 6`` -- the branch-free form of torchvision's six-sector
+    hsv -> rgb table, fed by the same rgb -> hue formulas. Sector choices are made with
+    0/1 float masks and lerps, and ``mod`` with ``frac``: ``torch.where`` and ``remainder``
+    are many times slower than plain arithmetic on the CPU.
+    """
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    inv = chroma.clamp(min=1e-12).reciprocal_()  # chroma 0: r = g = b and every numerator is 0
+    dr, dg, db = maxc - r, maxc - g, maxc - b
+    h_r = (db - dg).mul_(inv)                     # max is r
+    h_g = (dr - db).mul_(inv).add_(2.0)           # max is g (and not r)
+    h_b = (dg - dr).mul_(inv).add_(4.0)           # max is b only
+    is_r = torch.sign(dr).neg_().add_(1.0)        # dr >= 0, and 0 exactly where r is the max
+    is_g = torch.sign(dg).neg_().add_(1.0)
+    h6 = torch.lerp(torch.lerp(h_b, h_g, is_g), h_r, is_r)
+    # turns, shifted; + 1 keeps the argument of frac positive (|shift| <= 0.5, h6 >= -1)
+    q = h6.mul_(1.0 / 6.0).add_(_per_sample(shift, x).view(-1, 1, 1) + 1.0)
+    for n, channel in ((5.0, r), (3.0, g), (1.0, b)):
+        k = torch.frac(q + n / 6.0).mul_(6.0)
+        t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.addcmul(maxc, chroma, t, value=-1.0, out=channel)
+    return x
+
+
+def to_grayscale_(x: torch.Tensor) -> torch.Tensor:
+    return x.copy_(grey(x).expand_as(x))
+
+
+def solarize_(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Invert values >= ``threshold`` (on the 0..1 scale): ``x + m * (1 - 2x)`` with a 0/1 mask."""
+    mask = torch.ge(x, threshold, out=torch.empty_like(x))
+    return x.addcmul_(mask, 1.0 - 2.0 * x)
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(n, 2 * radius + 1) normalised Gaussian kernels, one per sigma."""
+    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    s = sigma.to(device=device, dtype=dtype).view(-1, 1)
+    k = torch.exp(-0.5 * (t / s) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def blur_radius(sigma: float, truncate: float = 3.0) -> int:
+    return max(1, int(math.ceil(truncate * sigma)))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of (n, C, H, W) with per-sample sigma and one common radius.
+
+    Reflect padding on both axes, then a horizontal and a vertical pass: the arithmetic of
+    torchvision's ``gaussian_blur`` with kernel size ``2 * radius + 1``. Returns a new
+    tensor. On CUDA the passes are depthwise convolutions; on the CPU they are
+    ``2 * radius + 1`` shifted multiply-adds each, several times faster there than
+    PyTorch's CPU depthwise convolution for these kernel sizes.
+    """
+    n, c, h, w = x.shape
+    k = gaussian_kernels(sigma, radius, x.dtype, x.device)  # (n, K)
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    if x.device.type != "cpu":
+        k = k.repeat_interleave(c, dim=0)
+        y = F.conv2d(padded.view(1, n * c, h + 2 * radius, w + 2 * radius), k.view(n * c, 1, 1, -1), groups=n * c)
+        return F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c).view(n, c, h, w)
+    taps = k.view(n, -1, 1, 1, 1).unbind(1)  # each (n, 1, 1, 1)
+    rows = padded[..., 0:w] * taps[0]
+    for j in range(1, len(taps)):
+        rows.addcmul_(padded[..., j:j + w], taps[j])
+    out = rows[:, :, 0:h] * taps[0]
+    for j in range(1, len(taps)):
+        out.addcmul_(rows[:, :, j:j + h], taps[j])
+    return out
+
+
+def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor, truncate: float = 3.0) -> torch.Tensor:
+    """Blur every sample with its own sigma (a CPU tensor) in place, at its own kernel size:
+    one sample at a time on the CPU, samples grouped by kernel size elsewhere."""
+    radii = [blur_radius(s, truncate) for s in sigma.tolist()]
+    if x.device.type == "cpu":
+        for i, radius in enumerate(radii):
+            x[i:i + 1] = gaussian_blur(x[i:i + 1], sigma[i:i + 1], radius)
+        return x
+    for radius in sorted(set(radii)):
+        members = [i for i, r in enumerate(radii) if r == radius]
+        if len(members) == len(radii):
+            x.copy_(gaussian_blur(x, sigma, radius))
+        else:
+            idx = torch.tensor(members, device=x.device)
+            x.index_copy_(0, idx, gaussian_blur(x.index_select(0, idx), sigma[members], radius))
+    return x
+
+
+# --------------------------------------------------------------------------- the whole view
+
+def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn) -> None:
+    """Run ``fn(sub, members)`` on the samples where ``mask`` (CPU bool) holds, in place."""
+    members = mask.nonzero().flatten()
+    if len(members) == 0:
+        return
+    if len(members) == len(mask):
+        fn(x, slice(None))
+        return
+    idx = members.to(x.device, non_blocking=True)
+    sub = x.index_select(0, idx)
+    fn(sub, members)
+    x.index_copy_(0, idx, sub)
+
+
+def _to_float01(images: torch.Tensor) -> torch.Tensor:
+    """A fresh contiguous (planar) float32 copy on the 0..1 scale."""
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    if images.dtype == torch.uint8:
+        torch.mul(images, 1.0 / 255.0, out=out)
+    else:
+        out.copy_(images)
+    return out
+
+
+def colour_(x: torch.Tensor, params: ColourParams, solarize_threshold: int = 128,
+            blur_truncate: float = 3.0) -> torch.Tensor:
+    """Steps 1-4 of the module docstring, in place on a planar float (B, 3, H, W) on 0..1."""
+    p = params
+
+    def jitter(sub, members):
+        q = p.select(members)
+        adjust_brightness_(sub, q.brightness)
+        adjust_contrast_(sub, q.contrast, clamp=bool((q.contrast > 1).any()))
+        adjust_saturation_(sub, q.saturation, clamp=bool((q.saturation > 1).any()))
+        if bool((q.hue != 0).any()):
+            adjust_hue_(sub, q.hue)
+
+    _on_subset(x, p.jitter, jitter)
+    _on_subset(x, p.grayscale, lambda sub, _: to_grayscale_(sub))
+    _on_subset(x, p.blur_sigma > 0, lambda sub, m: gaussian_blur_(sub, p.blur_sigma[m], blur_truncate))
+    _on_subset(x, p.solarize, lambda sub, _: solarize_(sub, solarize_threshold / 255.0))
+    return x
+
+
+def normalise(x01: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / std`` of a 0..1 float batch into a channels-last tensor of ``dtype``."""
+    b, c, h, w = x01.shape
+    if out is None:
+        out = torch.empty((b, c, h, w), dtype=dtype, device=x01.device, memory_format=torch.channels_last)
+    scale = torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1)
+    dev = x01.device
+    out.copy_(torch.addcmul(shift.to(dev, non_blocking=True), x01, scale.to(dev, non_blocking=True)))
+    return out
+
+
+def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold: int = 128,
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype: torch.dtype = torch.float32,
+                 chunk: int | None = None, blur_truncate: float = 3.0) -> torch.Tensor:
+    """Colour-augment and normalise a batch of RGB views.
+
+    ``images``: (B, 3, H, W) uint8 (0..255) or float (0..1), any memory format and device;
+    it is not modified. Returns ``dtype`` (B, 3, H, W) in channels-last memory on the same
+    device. ``chunk`` processes that many samples at a time (the default, 8 on the CPU,
+    keeps each chunk's working set in cache; the whole batch at once on a GPU).
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+    if len(params) != images.shape[0]:
+        raise ValueError(f"{len(params)} parameter rows for a batch of {images.shape[0]}")
+    b = images.shape[0]
+    out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=torch.channels_last)
+    if chunk is None:
+        chunk = 8 if images.device.type == "cpu" else b
+    for start in range(0, b, max(chunk, 1)):
+        stop = min(start + chunk, b)
+        x = _to_float01(images[start:stop])
+        colour_(x, params.select(slice(start, stop)), solarize_threshold, blur_truncate)
+        normalise(x, mean, std, dtype, out=out[start:stop])
+    return out
+
+
+class ColourAugment:
+    """One view's colour recipe bound to its normalisation: ``aug(images, generator)``."""
+
+    def __init__(self, view: ViewRecipe, mean, std, dtype: torch.dtype = torch.float32,
+                 chunk: int | None = None):
+        self.view, self.mean, self.std, self.dtype, self.chunk = view, tuple(mean), tuple(std), dtype, chunk
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ColourParams:
+        return sample_colour_params(self.view, batch_size, generator)
+
+    def apply(self, images: torch.Tensor, params: ColourParams) -> torch.Tensor:
+        return apply_colour(images, params, self.view.solarize_threshold, self.mean, self.std,
+                            self.dtype, self.chunk)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], generator))
