@@ -3,7 +3,9 @@
 Same files, same cores, same batch size and worker count. Each round runs every pipeline
 in turn (fresh workers, warm-up batches drained first so that prefetched batches do not
 flatter anyone) and the median over rounds is reported, so a noisy machine slows every
-contender alike. Prints a table and writes JSON; asserts nothing.
+contender alike. Beside the wall-clock rate, each pipeline's CPU cost per image is measured
+in-process (no workers, ``time.process_time`` counts every thread): a figure that other
+load on a shared machine barely moves. Prints a table and writes JSON; asserts nothing.
 
     python -m benchmarks.bench_torch_loader --batches 20 --rounds 3
 """
@@ -59,54 +61,84 @@ def images_per_second(loader, batch_size: int, warmup: int, batches: int) -> flo
     return batches * batch_size / elapsed
 
 
+def cpu_ms_per_image(loader, batch_size: int, batches: int) -> float:
+    """CPU milliseconds per image of a loader built with num_workers=0 (first batch untimed).
+
+    Runs with one torch thread, as DataLoader workers do: a multi-threaded op on a busy
+    machine would bill spin-waiting as work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        it = iter(loader)
+        next(it)
+        t0 = time.process_time()
+        for _ in range(batches):
+            next(it)
+        return (time.process_time() - t0) * 1000 / (batches * batch_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
-    ap.add_argument("--images", type=int, default=512, help="scenes to generate when no --data-dir")
+    ap.add_argument("--images", type=int, default=None,
+                    help="scenes to generate when no --data-dir (default: enough for one pass)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--batches", type=int, default=12, help="timed batches per pipeline and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpu-batches", type=int, default=2, help="batches per in-process CPU-cost measurement")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="bench_out", help="folder for the JSON result")
     args = ap.parse_args(argv)
 
-    data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images)
+    warmup = 2 * args.workers + 2  # drains the prefetch queue (prefetch_factor 2 per worker)
+    need = (args.batches + warmup) * args.batch_size
+    data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images or -(-need // 512) * 512)
     recipe = get_recipe(args.recipe)
-    need = (args.batches + 2 * args.workers + 2) * args.batch_size
     n_files = len(list_images(data_dir))
     if n_files < need:
         raise SystemExit(f"{data_dir} has {n_files} images; {need} are needed for one pass "
                          f"(lower --batches or --batch-size, or raise --images)")
-    warmup = 2 * args.workers + 2  # drains the prefetch queue (prefetch_factor 2 per worker)
     common = dict(batch_size=args.batch_size, image_size=args.image_size, recipe=recipe,
                   device=args.device, num_workers=args.workers)
     makers = {
-        "decode ceiling": lambda: decode_loader(data_dir, args.batch_size, args.workers),
-        "baseline (torchvision)": lambda: build_baseline_loader(data_dir, persistent_workers=False, **common),
-        "torch backend": lambda: build_torch_loader(data_dir, persistent_workers=False, **common),
+        "decode ceiling": lambda w: decode_loader(data_dir, args.batch_size, w),
+        "baseline (torchvision)": lambda w: build_baseline_loader(data_dir, persistent_workers=False,
+                                                                  **{**common, "num_workers": w}),
+        "torch backend": lambda w: build_torch_loader(data_dir, persistent_workers=False,
+                                                      **{**common, "num_workers": w}),
     }
     rates: dict[str, list[float]] = {k: [] for k in makers}
+    cpu: dict[str, list[float]] = {k: [] for k in makers}
     for r in range(args.rounds):
         for name, make in makers.items():
-            rates[name].append(images_per_second(make(), args.batch_size, warmup, args.batches))
-            print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.1f} images/s", flush=True)
+            rates[name].append(images_per_second(make(args.workers), args.batch_size, warmup, args.batches))
+            cpu[name].append(cpu_ms_per_image(make(0), args.batch_size, args.cpu_batches))
+            print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.1f} images/s, "
+                  f"{cpu[name][-1]:.2f} CPU ms/image", flush=True)
 
     med = {k: statistics.median(v) for k, v in rates.items()}
-    base, ceiling = med["baseline (torchvision)"], med["decode ceiling"]
-    rows = [{"pipeline": k, "images/s": v, "vs baseline": v / base, "vs decode ceiling": v / ceiling}
-            for k, v in med.items()]
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    base, base_cpu = med["baseline (torchvision)"], med_cpu["baseline (torchvision)"]
+    ceiling = med["decode ceiling"]
+    rows = [{"pipeline": k, "images/s": v, "vs baseline": v / base, "vs decode ceiling": v / ceiling,
+             "CPU ms/image": med_cpu[k], "CPU vs baseline": base_cpu / med_cpu[k]} for k, v in med.items()]
     print()
     print(f"{n_files} images from {data_dir}, batch {args.batch_size}, {args.image_size}px, recipe {recipe.name}, "
           f"{args.workers} workers, device {args.device}, median of {args.rounds} rounds")
-    print(markdown_table(rows, ["pipeline", "images/s", "vs baseline", "vs decode ceiling"]))
+    print(markdown_table(rows, ["pipeline", "images/s", "vs baseline", "vs decode ceiling", "CPU ms/image",
+                                "CPU vs baseline"]))
     path = write_json(args.out, "torch_loader.json", {
         "benchmark": "torch_loader", "data_dir": str(data_dir), "images": n_files, "batch_size": args.batch_size,
         "image_size": args.image_size, "recipe": recipe.name, "workers": args.workers, "device": args.device,
         "batches": args.batches, "rounds": args.rounds, "rates": rates, "median": med,
-        "speedup_vs_baseline": med["torch backend"] / base})
+        "cpu_ms_per_image": cpu, "median_cpu_ms_per_image": med_cpu,
+        "speedup_vs_baseline": med["torch backend"] / base,
+        "cpu_speedup_vs_baseline": base_cpu / med_cpu["torch backend"]})
     print(f"wrote {path}")
     return med
 

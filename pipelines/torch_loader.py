@@ -189,7 +189,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def render_views(path: str | Path, rng: np.random.Generator, recipe: Recipe, size: int,
                  reducing_gap: float | None = 2.0) -> tuple[list[np.ndarray], list[tuple[float, ...]], list[ViewParams]]:
     """Decode ``path`` once and produce both views as uint8 HxWx3 arrays (flip applied),
-    their coords per the box contract, and the parameters drawn."""
+    their coords per the box contract, and the parameters drawn.
+
+    Resampling is PIL's antialiased bilinear, as torchvision's on PIL images; where a window
+    is at least ``reducing_gap`` times the output size it is first box-reduced by an integer
+    factor (PIL's ``reducing_gap``; Pillow calls the result indistinguishable from the direct
+    resize in most cases from 3.0 up, 2.0 trades a little of that for speed). None turns it
+    off. With JPEG draft decoding this step rarely triggers."""
     with Image.open(path) as img:
         width, height = img.size
         params = [sample_view_params(rng, v, height, width) for v in recipe.views]
@@ -391,8 +397,19 @@ class TorchLoader:
                      coords[:, 0], coords[:, 1], index.to(dev, non_blocking=nb), int(skipped))
 
     def __iter__(self) -> Iterator[Batch]:
-        for raw in self._loader:
-            yield self._to_batch(raw)
+        try:
+            for raw in self._loader:
+                yield self._to_batch(raw)
+        except BaseException:
+            self.close()  # a failed pass leaves no half-read persistent workers behind
+            raise
+
+    def close(self) -> None:
+        """Stop the worker processes now (they are restarted by the next pass)."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
 
 
 def build_torch_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

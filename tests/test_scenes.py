@@ -57,7 +57,8 @@ def test_incomplete_cache_is_rebuilt(tmp_path):
     (target / "scene_00000.jpg").write_bytes(b"partial")  # no manifest: an interrupted old build
     out = scenes.ensure_scenes(2, seed=0, root=tmp_path, workers=1)
     assert out == target and len(list_images(out)) == 2
-    Image.open(out / "scene_00000.jpg").load()
+    with Image.open(out / "scene_00000.jpg") as im:
+        im.load()
 
 
 def test_bad_arguments():
