@@ -17,7 +17,7 @@ pytest.importorskip("nvidia.dali")
 
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
-from pipelines.dali_loader import PARAM_NAMES, DaliLoader, check_encoded, colour_matrix  # noqa: E402
+from pipelines.dali_loader import PARAM_NAMES, DaliLoader, colour_matrix, image_shape  # noqa: E402
 from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
 from pipelines.torch_loader import CorruptImageError  # noqa: E402
 
@@ -166,7 +166,7 @@ def test_two_ranks_cover_the_dataset_once_per_epoch(small_dir):
     assert sorted(torch.cat(seen).tolist()) == list(range(96))
 
 
-def test_epochs_are_deterministic_and_resume_keeps_the_order(small_dir):
+def test_epochs_are_deterministic_and_resume_is_exact(small_dir):
     loader = _loader(small_dir, batch_size=16, image_size=32)
     a, pa, _ = _run(loader, [5])
     b, pb, _ = _run(loader, [5])
@@ -179,6 +179,8 @@ def test_epochs_are_deterministic_and_resume_keeps_the_order(small_dir):
     loader.set_epoch(5, start_batch=2)
     resumed = list(loader)
     assert [x.index.tolist() for x in resumed] == [x.index.tolist() for x in a[2:]]
+    for x, y in zip(resumed, a[2:]):  # the draws depend on (seed, epoch, rank, batch) only
+        assert torch.equal(x.view1, y.view1) and torch.equal(x.coords1, y.coords1)
     assert len(list(loader)) == len(loader)  # the offset applied to one pass only
 
 
@@ -315,17 +317,26 @@ def _corrupt_set(folder: Path) -> dict[str, Path]:
     mid = len(png) // 2
     png[mid:mid + 64] = bytes(64)
     bad["damaged"].write_bytes(bytes(png))
-    assert check_encoded(bytes(png)) is None
+    assert image_shape(bytes(png)) == (40, 50)
     return bad
 
 
-def test_check_encoded(tmp_path):
+def test_image_shape_reads_headers_and_rejects_damage(tmp_path):
     buf = tmp_path / "x.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf)
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(buf)
     png = buf.read_bytes()
-    assert check_encoded(png) is None
-    assert "PNG" in check_encoded(png[:-20])
-    assert "not a JPEG" in check_encoded(b"GIF89a" + b"\0" * 64)
+    assert image_shape(png) == (8, 9)
+    for fmt, kw in (("JPEG", {"quality": 90}), ("JPEG", {"progressive": True}), ("WEBP", {})):
+        Image.fromarray(np.zeros((37, 61, 3), np.uint8)).save(buf, fmt, **kw)
+        assert image_shape(buf.read_bytes()) == (37, 61)
+    with pytest.raises(ValueError, match="PNG"):
+        image_shape(png[:-20])
+    with pytest.raises(ValueError, match="not a JPEG"):
+        image_shape(b"GIF89a" + b"\0" * 64)
+    Image.fromarray(np.zeros((37, 61, 3), np.uint8)).save(buf, "JPEG")
+    jpeg = buf.read_bytes()
+    with pytest.raises(ValueError, match="JPEG"):
+        image_shape(jpeg[:2] + b"\0" * 40 + jpeg[-2:])
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
