@@ -1,0 +1,334 @@
+"""The ffcv backend and its writer: box contract, recipe statistics, determinism, sharding,
+batch contract, bad input. Skipped where FFCV is not installed.
+
+FFCV JIT-compiles a loader's pipeline on its first batch (several seconds on 2 cores), so
+the loaders are built once per module and reused through ``set_epoch``.
+"""
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("ffcv")
+# numba may complain while collecting the dispatchers of a finished loader; harmless
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
+from pipelines import build_loader  # noqa: E402
+from pipelines import ffcv_loader as FL  # noqa: E402
+from pipelines import ffcv_writer as FW  # noqa: E402
+from pipelines.batch import Batch  # noqa: E402
+from pipelines.crop import sample_crop  # noqa: E402
+from pipelines.recipe import BYOL, ViewRecipe  # noqa: E402
+
+GEOMETRY = BYOL.without_colour()
+SIZE = 64
+# (height, width): odd and extreme aspects, smaller than the output, and large enough for
+# DCT-scaled decoding (windows >= 2 * SIZE) to happen
+PLANE_SIZES = [(300, 301), (64, 900), (900, 64), (40, 50), (700, 1000), (512, 384)]
+
+
+def corner_tolerance(height: int, width: int, size: int) -> float:
+    """Allowed corner error on the [0, 1] scale (same reasoning as the torch backend's test).
+
+    The contract puts the view's corner pixels at the window's first and last pixel while a
+    resampler aligns pixel edges: half an input pixel when upscaling, half an output pixel
+    when downscaling; DCT-scaled decoding moves a window edge by less than one decoded
+    pixel (its box is reported in the decoded image, whose pixel is up to 8 original ones,
+    so the bound is in decoded pixels: at least ``size`` of them span the window). Then the
+    8-bit position code and JPEG error (4 levels). A wrong flip or a window off by its own
+    size gives errors of 0.1 or more.
+    """
+    half_pixel = 0.5 / (min(height, width) - 1) + 0.5 / (size - 1)
+    return half_pixel + 1.0 / size + 4.0 / 255
+
+
+@pytest.fixture(scope="module")
+def plane_beton(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ffcv_planes")
+    write_coordinate_planes(root / "img", PLANE_SIZES * 3)
+    out = root / "planes.beton"
+    report = FW.write_beton(root / "img", out, max_resolution=0, jpeg_quality=95, num_workers=2, progress=False)
+    assert report.written == 3 * len(PLANE_SIZES) and not report.skipped
+    return out
+
+
+@pytest.fixture(scope="module")
+def geometry_loader(plane_beton):
+    return FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=2, seed=5)
+
+
+def _collect(loader, epoch=0, start=0):
+    loader.set_epoch(epoch, start)
+    return [Batch(b.view1.clone(), b.view2.clone(), b.coords1, b.coords2, b.index, b.skipped) for b in loader]
+
+
+def _same(a: Batch, b: Batch) -> bool:
+    return (torch.equal(a.view1, b.view1) and torch.equal(a.view2, b.view2) and torch.equal(a.coords1, b.coords1)
+            and torch.equal(a.coords2, b.coords2) and torch.equal(a.index, b.index))
+
+
+# --------------------------------------------------------------------------- the box contract
+
+def test_corners_match_coords_flips_included(geometry_loader):
+    flips = scaled = 0
+    for epoch in range(3):
+        for batch in _collect(geometry_loader, epoch):
+            assert batch.skipped == 0
+            for view, coords in ((batch.view1, batch.coords1), (batch.view2, batch.coords2)):
+                err = corner_errors(denormalise(view, GEOMETRY.mean, GEOMETRY.std), coords)
+                for e, i, c in zip(err, batch.index, coords):
+                    h, w = PLANE_SIZES[int(i) % len(PLANE_SIZES)]
+                    assert e <= corner_tolerance(h, w, SIZE), (int(i), e.item(), c.tolist())
+                    flips += bool(c[0] > c[2])
+                    # a window of at least 2 * SIZE decoded pixels means the JPEG was DCT-scaled
+                    scaled += bool(abs(c[2] - c[0]) * (w - 1) >= 2 * SIZE and abs(c[3] - c[1]) * (h - 1) >= 2 * SIZE)
+    assert flips > 0 and scaled > 0
+
+
+def test_wrong_coords_would_be_caught(geometry_loader):
+    """The corner check is sensitive: unflipping the coords of a flipped view fails it."""
+    for batch in _collect(geometry_loader, 0):
+        flipped = batch.coords1[:, 0] > batch.coords1[:, 2]
+        if flipped.any():
+            k = int(flipped.nonzero()[0])
+            h, w = PLANE_SIZES[int(batch.index[k]) % len(PLANE_SIZES)]
+            c = batch.coords1[k:k + 1][:, [2, 1, 0, 3]]
+            err = corner_errors(denormalise(batch.view1[k:k + 1], GEOMETRY.mean, GEOMETRY.std), c)
+            assert err.item() > 3 * corner_tolerance(h, w, SIZE)
+            return
+    pytest.fail("no flipped view drawn")
+
+
+# --------------------------------------------------------------------------- determinism and epochs
+
+def test_same_batches_for_any_thread_count_and_resume(plane_beton, geometry_loader):
+    full = _collect(geometry_loader, epoch=4)
+    assert len(full) == len(geometry_loader) == (3 * len(PLANE_SIZES)) // 4
+    one_thread = FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=1, seed=5)
+    assert all(_same(a, b) for a, b in zip(full, _collect(one_thread, epoch=4)))
+    resumed = _collect(geometry_loader, epoch=4, start=2)
+    assert len(resumed) == len(full) - 2 and all(_same(a, b) for a, b in zip(full[2:], resumed))
+    again = list(geometry_loader)  # the offset applies to one pass only
+    assert len(again) == len(full) and _same(again[0], full[0])
+    other = _collect(geometry_loader, epoch=5)
+    assert not torch.equal(torch.cat([b.index for b in full]), torch.cat([b.index for b in other]))
+    with pytest.raises(ValueError):
+        geometry_loader.set_epoch(0, len(geometry_loader) + 1)
+
+
+def test_leaving_a_pass_early_then_starting_another(geometry_loader):
+    geometry_loader.set_epoch(6)
+    for _ in zip(range(1), geometry_loader):
+        pass
+    rest = _collect(geometry_loader, epoch=6)
+    assert len(rest) == len(geometry_loader)
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sharding_plans_cover_the_epoch(plane_beton, drop_last):
+    n = 3 * len(PLANE_SIZES)  # 18 samples, 2 ranks x batch 4
+    loaders = [FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=1,
+                             rank=r, world_size=2, drop_last=drop_last, seed=2) for r in range(2)]
+    orders = [l._rank_order(3).astype(np.int64) for l in loaders]
+    assert len(loaders[0]) == len(loaders[1])
+    if drop_last:
+        assert len(orders[0]) == len(orders[1]) == 8 and len(set(orders[0]) | set(orders[1])) == 16
+    else:  # padded to 9 + 9: every sample at least once, the last batch of a rank short
+        assert len(orders[0]) == len(orders[1]) == 9 and set(orders[0]) | set(orders[1]) == set(range(n))
+        assert len(loaders[0]) == 3
+    assert not set(orders[0][:8]) & set(orders[1][:8])
+
+
+def test_quasi_random_order_is_a_deterministic_permutation():
+    pages = np.repeat(np.arange(10), 7)[np.random.default_rng(0).permutation(70)]
+    a = FL.quasi_random_order(pages, seed=1, epoch=2, window=8)
+    assert sorted(a.tolist()) == list(range(70))
+    assert np.array_equal(a, FL.quasi_random_order(pages, seed=1, epoch=2, window=8))
+    assert not np.array_equal(a, FL.quasi_random_order(pages, seed=1, epoch=3, window=8))
+    # nearly sequential on disk: a window of 8 samples touches few pages
+    touched = [len(set(pages[a[i:i + 8]])) for i in range(0, 64, 8)]
+    assert max(touched) <= 3
+
+
+def test_quasi_random_loader_plan(plane_beton):
+    loader = FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=1,
+                           order="quasi_random")
+    order = loader._rank_order(0).astype(np.int64)
+    assert len(order) == 16 and len(set(order.tolist())) == 16
+
+
+# --------------------------------------------------------------------------- recipe statistics
+
+def test_window_sampler_matches_the_torchvision_distribution():
+    """The decoder's numba sampler against pipelines.crop (torchvision's algorithm)."""
+    n, (h, w) = 4000, (375, 500)
+    lr = (math.log(3 / 4), math.log(4 / 3))
+    ours, state = [], FL._stream(0, 0, 0, 0)
+    for _ in range(n):
+        # keep the state uint64 between calls, as inside the compiled decoder
+        top, left, ch, cw, state = FL.sample_window(np.uint64(state), h, w, 0.08, 1.0, *lr)
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        ours.append((ch * cw / (h * w), cw / ch, (top + ch / 2) / h))
+    rng = np.random.default_rng(0)
+    ref = []
+    for _ in range(n):
+        top, left, ch, cw = sample_crop(rng, h, w)
+        ref.append((ch * cw / (h * w), cw / ch, (top + ch / 2) / h))
+    ours, ref = np.array(ours), np.array(ref)
+    for k in range(3):
+        qs = np.linspace(0.05, 0.95, 10)
+        assert np.abs(np.quantile(ours[:, k], qs) - np.quantile(ref[:, k], qs)).max() < 0.05, k
+
+
+def FOLDER_SIZE(i: int) -> tuple[int, int]:
+    return 60 + 7 * i, 90 + 3 * i
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """24 small colourful images in two classes, plus a corrupt and a truncated JPEG."""
+    root = tmp_path_factory.mktemp("ffcv_folder") / "data"
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        cls = root / ("cat" if i % 2 else "dog")
+        cls.mkdir(parents=True, exist_ok=True)
+        h, w = FOLDER_SIZE(i)
+        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)
+        img.save(cls / f"img_{i:02d}.jpg", quality=92)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    data = (root / "dog" / "img_00.jpg").read_bytes()
+    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_beton(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ffcv_out") / "folder.beton"
+    assert FW.main(["--data", str(folder), "--out", str(out), "--num-workers", "2", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_loader(folder_beton):
+    return build_loader("ffcv", folder_beton, batch_size=8, image_size=32, recipe=BYOL, num_workers=2, seed=3)
+
+
+def _rate_ok(hits: int, n: int, p: float) -> bool:
+    return abs(hits / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_recipe_statistics_through_the_loader(full_loader):
+    flips = [0, 0]
+    grey = [0, 0]
+    areas = []
+    n = 0
+    for epoch in range(12):
+        for b in _collect(full_loader, epoch):
+            n += len(b)
+            for v, (view, coords) in enumerate(((b.view1, b.coords1), (b.view2, b.coords2))):
+                flips[v] += int((coords[:, 0] > coords[:, 2]).sum())
+                spread = view.float().amax(dim=(2, 3)) - view.float().amin(dim=(2, 3))
+                x = denormalise(view, BYOL.mean, BYOL.std)
+                same = ((x[:, 0] - x[:, 1]).abs().amax(dim=(1, 2)) < 1e-4) & ((x[:, 1] - x[:, 2]).abs().amax(dim=(1, 2)) < 1e-4)
+                grey[v] += int((same & (spread.amax(dim=1) > 0)).sum())
+                areas += ((coords[:, 2] - coords[:, 0]).abs() * (coords[:, 3] - coords[:, 1]).abs()).tolist()
+    assert n == 12 * 24
+    for v, view in enumerate(BYOL.views):
+        assert _rate_ok(flips[v], n, view.flip_p), (v, flips[v], n)
+        # a grayscale view has r == g == b after normalisation is undone; other views almost never do
+        assert _rate_ok(grey[v], n, view.grayscale_p), (v, grey[v], n)
+    # crop areas (normalised as the contract does) against torchvision's sampler on the same images
+    areas = np.array(areas)
+    rng = np.random.default_rng(0)
+    ref = []
+    for i in range(24):
+        h, w = FOLDER_SIZE(i)
+        for _ in range(100):
+            top, left, ch, cw = sample_crop(rng, h, w)
+            ref.append((ch - 1) / (h - 1) * (cw - 1) / (w - 1))
+    ref = np.array(ref)
+    assert areas.min() >= 0.03 and areas.max() <= 1.0
+    assert abs(areas.mean() - ref.mean()) < 4.5 * math.sqrt(areas.var() / len(areas) + ref.var() / len(ref))
+
+
+# --------------------------------------------------------------------------- batch contract
+
+def test_batch_contract(full_loader, folder):
+    assert len(full_loader) == 3  # 24 readable images, batch 8, drop_last
+    batches = _collect(full_loader, 0)
+    assert len(batches) == 3
+    for b in batches:
+        assert isinstance(b, Batch) and len(b) == 8 and b.skipped == 0
+        for v in (b.view1, b.view2):
+            assert v.shape == (8, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
+            assert v.is_contiguous(memory_format=torch.channels_last)
+            assert torch.isfinite(v).all() and v.abs().max() < 3.0 and v.std() > 0.05
+        for c in (b.coords1, b.coords2):
+            assert c.shape == (8, 4) and c.dtype == torch.float32 and 0 <= c.min() and c.max() <= 1
+        assert b.index.dtype == torch.int64
+    seen = torch.cat([b.index for b in batches]).tolist()
+    # indices are positions in the folder listing, which includes the two unreadable files
+    names = [p.name for p in FW.scan_image_folder(folder).paths]
+    assert len(set(seen)) == 24 and all(names[i].startswith("img_") for i in seen)
+
+
+def test_build_loader_options_and_dtype(folder_beton):
+    loader = build_loader("ffcv", folder_beton, batch_size=5, image_size=24, recipe=GEOMETRY, num_workers=1,
+                          drop_last=False, dtype=torch.bfloat16, batches_ahead=1, os_cache=False)
+    assert len(loader) == 5
+    sizes = [len(b) for b in _collect(loader, 0)]
+    assert sizes == [5, 5, 5, 5, 4]
+    b = next(iter(loader))
+    assert b.view1.dtype == torch.bfloat16 and b.view1.is_contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------- writer
+
+def test_writer_reports_skipped_images_and_refuses_overwrite(folder, folder_beton, capsys):
+    from ffcv.reader import Reader
+    reader = Reader(str(folder_beton))
+    assert int(reader.num_samples) == 24
+    names = list(reader.handlers)
+    labels = np.asarray(reader.metadata[f"f{names.index('label')}"]).reshape(-1)
+    index = np.asarray(reader.metadata[f"f{names.index('index')}"]).reshape(-1)
+    listing = FW.scan_image_folder(folder)
+    assert [listing.labels[i] for i in index] == labels.tolist()
+    assert set(labels.tolist()) == {0, 1}
+
+    capsys.readouterr()
+    before = folder_beton.stat().st_mtime_ns
+    assert FW.main(["--data", str(folder), "--out", str(folder_beton), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to overwrite" in err and "--force" in err
+    assert folder_beton.stat().st_mtime_ns == before
+
+    assert FW.main(["--data", str(folder), "--out", str(folder_beton), "--quiet", "--force",
+                    "--num-workers", "1", "--max-resolution", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 24 images" in out and "skipped 2 unreadable image(s)" in out
+    assert "broken.jpg" in out and "truncated.jpg" in out
+    reader = Reader(str(folder_beton))
+    image_meta = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    assert int(np.maximum(image_meta["width"], image_meta["height"]).max()) == 64
+
+
+def test_writer_with_nothing_readable(tmp_path):
+    (tmp_path / "only.jpg").write_bytes(b"garbage")
+    with pytest.raises(FileNotFoundError, match="could be decoded"):
+        FW.write_beton(tmp_path, tmp_path / "x.beton", num_workers=1, progress=False)
+    assert not (tmp_path / "x.beton").exists()
+
+
+def test_clear_errors(tmp_path, folder, monkeypatch):
+    with pytest.raises(IsADirectoryError, match="ffcv_writer"):
+        build_loader("ffcv", folder, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="ffcv_writer"):
+        build_loader("ffcv", tmp_path / "missing.beton", batch_size=2)
+    monkeypatch.setitem(sys.modules, "ffcv", None)
+    with pytest.raises(ImportError, match=r"pip install \.\[ffcv\]"):
+        FW.require_ffcv()
