@@ -58,6 +58,8 @@ import io
 import logging
 import math
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -412,6 +414,56 @@ class _EpochFeeder:
             yield tuple(out[n] for n in names)
 
 
+class _ReadAhead:
+    """Runs the feeder in a background thread, ``depth`` batches ahead, order kept: file
+    reads and draws then overlap DALI's work instead of stalling the consuming thread."""
+
+    def __init__(self, feeder: "_EpochFeeder", depth: int):
+        self.feeder = feeder
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for batch in self.feeder:
+                if not self._put(("batch", batch)):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(("error", exc))
+
+    def __iter__(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dali-feeder", daemon=True)
+            self._thread.start()
+        return self
+
+    def __next__(self):
+        kind, value = self._queue.get()
+        if kind == "end":
+            self._queue.put((kind, value))  # stay exhausted
+            raise StopIteration
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop reading ahead; returns once the reading thread is done."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+
 # --------------------------------------------------------------------------- the loader
 
 def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str, int | None]:
@@ -505,14 +557,15 @@ class DaliLoader:
 
     def _start(self, epoch: int, start: int, order: np.ndarray):
         feeder = _EpochFeeder(self, order, epoch, start)
+        source = _ReadAhead(feeder, self.prefetch + 1)
         seed = int(np.random.SeedSequence([self.seed, epoch, self.rank, start]).generate_state(1)[0] & 0x7FFFFFFF)
         pipe = pipeline_def(two_view_pipeline)(
             batch_size=self.batch_size, num_threads=self.num_workers, device_id=self.device_id, seed=seed,
-            prefetch_queue_depth=self.prefetch, source=feeder, recipe=self.recipe, image_size=self.image_size,
+            prefetch_queue_depth=self.prefetch, source=source, recipe=self.recipe, image_size=self.image_size,
             dali_device=self.dali_device, gpu_style=self.gpu_style)
         it = DALIGenericIterator(pipe, list(OUTPUTS), last_batch_policy=LastBatchPolicy.PARTIAL,
                                  auto_reset=False, prepare_first_batch=False)
-        return feeder, it
+        return feeder, source, it
 
     def _to_batch(self, out: dict, fed: dict) -> Batch:
         dev = self.device
@@ -533,29 +586,32 @@ class DaliLoader:
         self.start_batch = 0  # a resume offset applies to one pass only
         order = epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
         while position < self.num_batches:
-            feeder, it = self._start(epoch, position, order)
-            while True:
-                try:
-                    out = next(it)
-                except StopIteration:
-                    return
-                except CorruptImageError:
-                    raise
-                except RuntimeError as err:
-                    del it
-                    suspects = [i for k in range(position, position + self.prefetch + 2)
-                                for i in feeder.fed.get(k, {}).get("index", [])]
-                    culprits = self._undecodable(suspects)
-                    if not culprits:
+            feeder, source, it = self._start(epoch, position, order)
+            try:
+                while True:
+                    try:
+                        out = next(it)
+                    except StopIteration:
+                        return
+                    except CorruptImageError:
                         raise
-                    for index in culprits:
-                        try:
-                            self._mark_bad(index, "the DALI decoder rejected it")
-                        except CorruptImageError as exc:
-                            raise exc from err
-                    break  # restart the pipeline at the failed batch, culprits now replaced
-                yield self._to_batch(out[0], feeder.fed.pop(position))
-                position += 1
+                    except RuntimeError as err:
+                        del it
+                        source.close()  # every batch not yet yielded is in feeder.fed
+                        suspects = [i for rec in list(feeder.fed.values()) for i in rec["index"]]
+                        culprits = self._undecodable(suspects)
+                        if not culprits:
+                            raise
+                        for index in culprits:
+                            try:
+                                self._mark_bad(index, "the DALI decoder rejected it")
+                            except CorruptImageError as exc:
+                                raise exc from err
+                        break  # restart the pipeline at the failed batch, culprits now replaced
+                    yield self._to_batch(out[0], feeder.fed.pop(position))
+                    position += 1
+            finally:
+                source.close()
 
 
 def build_dali_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,
