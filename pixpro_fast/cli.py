@@ -6,9 +6,9 @@ import dataclasses
 import sys
 import typing
 
-from .config import TrainConfig
+from .config import PRESETS_DIR, TrainConfig
 
-SUBCOMMANDS = ("train", "export")
+SUBCOMMANDS = ("train", "export", "eval")
 
 
 def _flag_type(tp):
@@ -32,7 +32,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    """--config (file or bundled preset), else the bundled defaults of --method, then the flags."""
+    if args.config:
+        cfg = TrainConfig.from_file(args.config)
+    elif args.method and (PRESETS_DIR / f"{args.method}.json").is_file():
+        cfg = TrainConfig.from_file(args.method)
+    else:
+        cfg = TrainConfig()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                if getattr(args, f.name, None) is not None}
     return cfg.replace(**changes)
@@ -41,6 +47,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "train"
+    if command == "eval":
+        from .probe import eval_command
+        return eval_command(argv)
     if command == "export":
         ap = argparse.ArgumentParser(prog="train.py export",
                                      description="Write the online encoder of a checkpoint as a torchvision "
@@ -53,7 +62,8 @@ def main(argv=None) -> int:
         print(f"wrote {tv}\nwrote {d2}")
         return 0
     ap = argparse.ArgumentParser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), "
-                                                              "export. Every TrainConfig field is a flag.")
+                                                              "export, eval (dense linear probe). Every TrainConfig "
+                                                              "field is a flag.")
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:

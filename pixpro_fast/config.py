@@ -24,7 +24,8 @@ class TrainConfig:
     num_workers: int | None = None     # None = the loader's default
     on_corrupt: str = "skip"           # skip | error
     scenes_images: int = 512           # size of the built-in dataset when data is None
-    # model
+    # objective and model
+    method: str = "pixpro"             # pixpro | pixpro_ins | pixcontrast | byol | simsiam | simclr | mocov2 | swav
     arch: str = "resnet50"
     encoder_weights: str | None = None
     proj_hidden_dim: int = 4096
@@ -34,8 +35,20 @@ class TrainConfig:
     ppm_clamp: float = 0.0
     pos_ratio: float = 0.7
     ins_loss_weight: float = 0.0
+    pixpro_weight: float = 1.0
+    pixcontrast_weight: float = 0.0
+    neg_ratio: float = 0.7             # PixContrast: cells at or beyond this distance ratio are negatives
+    temperature: float = 0.3           # PixContrast, SimCLR, MoCo v2, SwAV
+    queue_size: int = 65536            # MoCo v2 queue of keys
+    moco_symmetric: bool = False
+    num_prototypes: int = 3000         # SwAV
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 3
+    swav_queue: int = 0                # SwAV: past embeddings kept for the codes (0: none)
+    freeze_prototypes_steps: int = 0
     concat_views: bool = False
     # optimisation
+    optimizer: str = "lars"            # lars | sgd (SGD with momentum and weight decay on every parameter)
     epochs: int = 100
     max_steps: int | None = None       # stop after this many optimiser steps (schedules still span `epochs`)
     batch_size: int = 64               # per process, per micro-batch
@@ -48,6 +61,7 @@ class TrainConfig:
     sgd_momentum: float = 0.9
     lars_trust: float = 0.001
     ema_momentum: float = 0.99
+    ema_schedule: str = "cosine"       # cosine: rises to 1 over training; constant
     # engine
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     precision: str = "auto"            # auto (bf16 on GPUs that have it, fp32 on CPU) | fp32 | bf16 | fp16
@@ -62,12 +76,15 @@ class TrainConfig:
     resume: bool = True                # continue from the newest checkpoint in `out` when there is one
     tensorboard: bool = True
     profile: int = 0                   # record this many steps with torch.profiler, then stop
+    probe_every: int = 0               # dense linear probe of the online encoder every N steps (0: never)
+    probe_images: int = 64             # scenes per split for that probe (train and val)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, encoder_weights=self.encoder_weights, proj_hidden_dim=self.proj_hidden_dim,
                            proj_dim=self.proj_dim, ppm_layers=self.ppm_layers, ppm_gamma=self.ppm_gamma,
                            ppm_clamp=self.ppm_clamp, pos_ratio=self.pos_ratio, ins_loss_weight=self.ins_loss_weight,
-                           concat_views=self.concat_views)
+                           pixpro_weight=self.pixpro_weight, pixcontrast_weight=self.pixcontrast_weight,
+                           neg_ratio=self.neg_ratio, temperature=self.temperature, concat_views=self.concat_views)
 
     def validate(self) -> "TrainConfig":
         def need(ok, msg):
@@ -83,6 +100,18 @@ class TrainConfig:
         need(0.0 <= self.ema_momentum <= 1.0, f"ema_momentum must lie in [0, 1], got {self.ema_momentum}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
         need(self.ckpt_every >= 0, f"ckpt_every must be non-negative, got {self.ckpt_every}")
+        need(self.probe_every >= 0, f"probe_every must be non-negative, got {self.probe_every}")
+        need(self.probe_images >= 1, f"probe_images must be at least 1, got {self.probe_images}")
+        from .methods import METHODS
+        need(self.method in METHODS, f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        need(self.optimizer in ("lars", "sgd"), f"optimizer must be 'lars' or 'sgd', got {self.optimizer!r}")
+        need(self.ema_schedule in ("cosine", "constant"),
+             f"ema_schedule must be 'cosine' or 'constant', got {self.ema_schedule!r}")
+        need(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        need(self.method != "pixcontrast" or self.pixcontrast_weight > 0,
+             "method 'pixcontrast' needs pixcontrast_weight > 0 (start from --config pixcontrast)")
+        need(self.method != "pixpro_ins" or self.ins_loss_weight > 0,
+             "method 'pixpro_ins' needs ins_loss_weight > 0 (start from --config pixpro_ins)")
         return self
 
     def to_dict(self) -> dict:
@@ -120,7 +149,7 @@ class TrainConfig:
 
 
 # Keys whose change makes a checkpoint unusable (shapes or the meaning of its state differ).
-RESUME_CRITICAL = ("arch", "proj_hidden_dim", "proj_dim", "ppm_layers", "ins_loss_weight", "batch_size",
+RESUME_CRITICAL = ("method", "arch", "proj_hidden_dim", "proj_dim", "ppm_layers", "ins_loss_weight", "batch_size",
                    "accum_steps", "epochs", "image_size", "recipe", "seed", "data", "loader", "base_lr", "lr_scaling",
                    "warmup_epochs", "ema_momentum", "precision")
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, resume_differences
 from .metrics import MetricsLogger, verdict
-from .model import PixPro
+from .methods import build_method
 from .momentum import momentum_at
 from .optim import LARS, lr_at, scaled_lr
 
@@ -114,13 +114,17 @@ class Trainer:
         self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch, cfg.lr_scaling)
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
 
-        model = PixPro(cfg.model_config())
+        model = build_method(cfg)
         if cfg.sync_bn and self.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
-        self.optimizer = LARS(self.model.online.parameters(), lr=self.peak_lr, momentum=cfg.sgd_momentum,
-                              weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust)
+        if cfg.optimizer == "lars":
+            self.optimizer = LARS(self.model.online.parameters(), lr=self.peak_lr, momentum=cfg.sgd_momentum,
+                                  weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.online.parameters(), lr=self.peak_lr,
+                                             momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         forward = self.model
         if self.world_size > 1:
@@ -132,6 +136,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps
+        self._probe = None        # OnlineProbe, built on first use (cfg.probe_every)
 
     # -- setup --------------------------------------------------------------------------
     def _build_loader(self):
@@ -201,10 +206,14 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             stats.append(torch.stack([out.loss.detach().float(), out.positive_pairs.float(),
                                       out.positive_cosine.float()]))
+        if hasattr(self.model, "before_optimizer_step"):
+            self.model.before_optimizer_step(self.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(momentum_at(self.step, self.total_steps, cfg.ema_momentum))
+        if hasattr(self.model, "after_optimizer_step"):
+            self.model.after_optimizer_step()
+        self.model.update_target(self._momentum())
         self.step += 1
         return torch.stack(stats).mean(0), lr
 
@@ -216,6 +225,11 @@ class Trainer:
             print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort at once)",
                   file=self.log_stream, flush=True)
 
+    def _momentum(self) -> float:
+        if self.cfg.ema_schedule == "constant":
+            return self.cfg.ema_momentum
+        return momentum_at(self.step, self.total_steps, self.cfg.ema_momentum)
+
     def fit(self) -> FitResult:
         cfg = self.cfg
         self._stop_requested = False
@@ -226,7 +240,7 @@ class Trainer:
         logger = MetricsLogger(self.out_dir, self.total_steps, enabled=self.is_main, tensorboard=cfg.tensorboard,
                                start_step=self.step, stream=self.log_stream)
         if self.is_main:
-            print(f"pixpro_fast: {cfg.arch} on {self.device} ({self.precision}"
+            print(f"pixpro_fast: {cfg.method}, {cfg.arch} on {self.device} ({self.precision}"
                   f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}), "
                   f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
                   f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
@@ -258,6 +272,10 @@ class Trainer:
                         raise
                     win["wait"] += time.perf_counter() - t_wait
                     stats, lr = self._train_step(micro)
+                    if cfg.probe_every and self.step % cfg.probe_every == 0 and self.is_main:
+                        t_probe = time.perf_counter()
+                        win["probe"] = self._online_probe()
+                        win["t0"] += time.perf_counter() - t_probe   # probe time is not training time
                     self.batch_in_epoch += cfg.accum_steps
                     win["skipped"] += sum(b.skipped for b in micro)
                     win["images"] += sum(len(b) for b in micro) * self.world_size
@@ -327,16 +345,23 @@ class Trainer:
         stats = (win["stats"] / max(win["n"], 1)).tolist()
         wall = max(now - win["t0"], 1e-9)
         values = {"epoch": self.epoch, "loss": stats[0], "lr": lr,
-                  "momentum": momentum_at(self.step, self.total_steps, self.cfg.ema_momentum),
+                  "momentum": self._momentum(),
                   "positive_pairs": stats[1], "positive_cosine": stats[2],
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
-                  "skipped_images": win["skipped"]}
+                  "skipped_images": win["skipped"], **win.pop("probe", {})}
         logger.log(self.step, values)
         out = (stats[0], win["wait"], wall, win["images"])
         if not math.isfinite(stats[0]):
             self._check_finite(win, stats[0])
         win.update(wait=0.0, t0=time.perf_counter(), images=0, stats=None, n=0, skipped=0)
         return out
+
+    def _online_probe(self) -> dict:
+        """probe_miou of the current online encoder (a frozen copy; see :mod:`.probe`)."""
+        if self._probe is None:
+            from .probe import OnlineProbe
+            self._probe = OnlineProbe(self.cfg.probe_images, device=self.device)
+        return self._probe(self.model.online["encoder"])
 
     # -- profiling ----------------------------------------------------------------------
     def _start_profiler(self):

@@ -57,3 +57,34 @@ class PixelPropagation(nn.Module):
         # y[:, :, i] = sum_j value[:, :, j] * sim[i, j]
         y = torch.bmm(value, sim.transpose(1, 2))
         return y.view(n, c, h, w)
+
+
+class MLP1d(nn.Module):
+    """Linear layers with BatchNorm + ReLU between them, on pooled (B, D) features.
+
+    ``num_layers`` Linear layers; every hidden layer is followed by BN (if ``hidden_bn``) and
+    ReLU; ``last_bn`` adds a BatchNorm without affine parameters after the output layer
+    (SimSiam's projector).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, hidden_bn: bool = True,
+                 last_bn: bool = False):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        for i in range(num_layers):
+            last = i == num_layers - 1
+            followed_by_bn = (hidden_bn and not last) or (last and last_bn)
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=not followed_by_bn))
+            if not last:
+                if hidden_bn:
+                    layers.append(nn.BatchNorm1d(dims[i + 1]))
+                layers.append(nn.ReLU(inplace=True))
+        if last_bn:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

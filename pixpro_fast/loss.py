@@ -12,6 +12,16 @@ import torch.nn.functional as F
 from .geometry import cell_centers
 
 
+def squared_distance_ratio(coords_a: torch.Tensor, coords_b: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, H*W): squared distance between the centres of cell i of view a and cell j of
+    view b in original-image coordinates, divided by the squared larger cell diagonal."""
+    ax, ay, adiag = cell_centers(coords_a, height, width)
+    bx, by, bdiag = cell_centers(coords_b, height, width)
+    dx = ax[:, :, None] - bx[:, None, :]
+    dy = ay[:, :, None] - by[:, None, :]
+    return (dx * dx + dy * dy) / (torch.maximum(adiag, bdiag) ** 2)[:, None, None]
+
+
 def positive_mask(coords_a: torch.Tensor, coords_b: torch.Tensor, height: int, width: int,
                   pos_ratio: float = 0.7) -> torch.Tensor:
     """(B, H*W, H*W) bool: cell i of view a is positive with cell j of view b.
@@ -20,12 +30,7 @@ def positive_mask(coords_a: torch.Tensor, coords_b: torch.Tensor, height: int, w
     divided by the larger of the two views' cell diagonals, is below ``pos_ratio``
     (compared squared, so no square root is taken).
     """
-    ax, ay, adiag = cell_centers(coords_a, height, width)
-    bx, by, bdiag = cell_centers(coords_b, height, width)
-    dx = ax[:, :, None] - bx[:, None, :]
-    dy = ay[:, :, None] - by[:, None, :]
-    limit = (pos_ratio * torch.maximum(adiag, bdiag)) ** 2
-    return (dx * dx + dy * dy) < limit[:, None, None]
+    return squared_distance_ratio(coords_a, coords_b, height, width) < pos_ratio ** 2
 
 
 def pixpro_loss(pred_1: torch.Tensor, pred_2: torch.Tensor, target_1: torch.Tensor, target_2: torch.Tensor,
@@ -75,3 +80,34 @@ def instance_loss(pred_1: torch.Tensor, pred_2: torch.Tensor, target_1: torch.Te
     p1, p2 = F.normalize(pred_1.float(), dim=1), F.normalize(pred_2.float(), dim=1)
     z1, z2 = F.normalize(target_1.float(), dim=1), F.normalize(target_2.float(), dim=1)
     return -2.0 * ((p1 * z2).sum(1).mean() + (p2 * z1).sum(1).mean())
+
+
+def pixcontrast_loss(online_1: torch.Tensor, online_2: torch.Tensor, target_1: torch.Tensor, target_2: torch.Tensor,
+                     coords_1: torch.Tensor, coords_2: torch.Tensor, pos_ratio: float = 0.7, neg_ratio: float = 0.7,
+                     temperature: float = 0.3) -> torch.Tensor:
+    """PixContrast (the PixPro paper's pixel-level InfoNCE), symmetric over the two views.
+
+    For cell i of one view's online projection, the positives are the cells j of the other
+    view's target projection within ``pos_ratio`` (the PixPro mask) and the negatives those
+    at or beyond ``neg_ratio`` (>= pos_ratio; cells in between are ignored):
+    ``-log(sum_pos e^{cos/t} / (sum_pos e^{cos/t} + sum_neg e^{cos/t}))``, averaged over the
+    cells that have a positive, in both directions.
+    """
+    if neg_ratio < pos_ratio:
+        raise ValueError(f"neg_ratio ({neg_ratio}) must not be below pos_ratio ({pos_ratio})")
+    b, c, h, w = online_1.shape
+    ratio = squared_distance_ratio(coords_1, coords_2, h, w)        # (B, L1, L2)
+    pos = ratio < pos_ratio ** 2
+    keep = pos | (ratio >= neg_ratio ** 2)
+    total, count = online_1.new_zeros((), dtype=torch.float32), online_1.new_zeros((), dtype=torch.float32)
+    for q, k, p, kp in ((online_1, target_2, pos, keep), (online_2, target_1, pos.transpose(1, 2), keep.transpose(1, 2))):
+        qn = F.normalize(q.float().flatten(2), dim=1)
+        kn = F.normalize(k.float().flatten(2), dim=1)
+        logits = torch.bmm(qn.transpose(1, 2), kn).float() / temperature    # (B, Lq, Lk)
+        neg_inf = torch.finfo(logits.dtype).min
+        num = torch.logsumexp(logits.masked_fill(~p, neg_inf), dim=2)
+        den = torch.logsumexp(logits.masked_fill(~kp, neg_inf), dim=2)
+        has_pos = p.any(dim=2)
+        total = total + ((den - num) * has_pos).sum()
+        count = count + has_pos.sum()
+    return total / count.clamp(min=1)

@@ -22,3 +22,16 @@ def update_target(target_params: list[torch.Tensor], online_params: list[torch.T
     accumulated by its forward passes in training mode (as in the reference method).
     """
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+
+
+def paired_parameters(online, target) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(target params, online params) for every module of ``target`` (a ModuleDict whose keys
+    name modules of ``online``), in the same order, checked name by name."""
+    t_out, o_out = [], []
+    for key, module in target.items():
+        for (tn, tp), (on, op) in zip(module.named_parameters(), online[key].named_parameters()):
+            if tn != on or tp.shape != op.shape:
+                raise RuntimeError(f"target and online differ at {key}.{tn} / {key}.{on}")
+            t_out.append(tp)
+            o_out.append(op)
+    return t_out, o_out

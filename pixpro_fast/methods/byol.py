@@ -1,0 +1,26 @@
+"""BYOL (Grill et al. 2020): online projector + predictor regress the momentum target's projection."""
+from __future__ import annotations
+
+import torch
+
+from ..heads import MLP1d
+from ..loss import instance_loss
+from .base import InstanceMethod, mean_cosine, pooled
+
+
+class BYOL(InstanceMethod):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.online["projector"] = MLP1d(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.online["predictor"] = MLP1d(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.make_target("encoder", "projector")
+
+    def loss_and_stats(self, view1, view2):
+        on, tg = self.online, self.target
+        p1 = on["predictor"](on["projector"](pooled(on["encoder"], view1)))
+        p2 = on["predictor"](on["projector"](pooled(on["encoder"], view2)))
+        with torch.no_grad():
+            z1 = tg["projector"](pooled(tg["encoder"], view1))
+            z2 = tg["projector"](pooled(tg["encoder"], view2))
+        # -2 cos(p1, z2) - 2 cos(p2, z1): BYOL's 2 - 2 cos per direction, less its constant
+        return instance_loss(p1, p2, z1, z2), mean_cosine(p1, z2)

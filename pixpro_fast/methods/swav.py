@@ -1,0 +1,85 @@
+"""SwAV (Caron et al. 2020): online clustering onto prototypes with Sinkhorn-Knopp codes,
+and the swapped prediction of one view's code from the other view (two views, no
+multi-crop). A queue of past embeddings is optional."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..distributed import all_reduce_sum, world
+from ..heads import MLP1d
+from .base import InstanceMethod, mean_cosine, pooled
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """Equipartitioned soft codes (B, K) for prototype scores (B, K), over every rank's batch.
+
+    Alternately normalises prototype rows (sums over all ranks) to 1/K and sample columns
+    to 1/B_total, starting from exp(scores / eps); each returned row sums to 1.
+    """
+    q = torch.exp(scores.float() / eps).t()                   # (K, B)
+    k_protos = q.shape[0]
+    b_total = q.shape[1] * world()[1]
+    q /= all_reduce_sum(q.sum())
+    for _ in range(iters):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= k_protos
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b_total
+    return (q * b_total).t()
+
+
+def swapped_prediction_loss(scores1, scores2, codes1, codes2, temperature: float) -> torch.Tensor:
+    """``-(sum q1 log softmax(s2 / t) + sum q2 log softmax(s1 / t)) / 2`` averaged over the batch."""
+    l12 = (codes1 * F.log_softmax(scores2.float() / temperature, dim=1)).sum(1).mean()
+    l21 = (codes2 * F.log_softmax(scores1.float() / temperature, dim=1)).sum(1).mean()
+    return -0.5 * (l12 + l21)
+
+
+class SwAV(InstanceMethod):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.online["projector"] = MLP1d(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.online["prototypes"] = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
+        self.normalize_prototypes()
+        self.register_buffer("queue", torch.zeros(2, cfg.swav_queue, cfg.proj_dim))
+        self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        w = self.online["prototypes"].weight
+        w.copy_(F.normalize(w, dim=1))
+
+    def before_optimizer_step(self, step: int) -> None:
+        """The prototypes stay fixed for the first ``freeze_prototypes_steps`` steps."""
+        if step < self.cfg.freeze_prototypes_steps:
+            self.online["prototypes"].weight.grad = None
+
+    def after_optimizer_step(self) -> None:
+        self.normalize_prototypes()
+
+    @torch.no_grad()
+    def _codes(self, view_index: int, scores: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n = scores.shape[0]
+        if cfg.swav_queue > 0:
+            if int(self.queue_fill) >= cfg.swav_queue:    # the queue is full: use it for the codes
+                queued = self.queue[view_index].to(scores.dtype) @ self.online["prototypes"].weight.t().to(scores.dtype)
+                codes = sinkhorn(torch.cat([queued, scores.detach()]), cfg.sinkhorn_eps, cfg.sinkhorn_iters)[-n:]
+            else:
+                codes = sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+            self.queue[view_index] = torch.cat([z.detach().to(self.queue.dtype), self.queue[view_index, :-n]])
+            return codes
+        return sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+
+    def loss_and_stats(self, view1, view2):
+        on = self.online
+        z1 = F.normalize(on["projector"](pooled(on["encoder"], view1)).float(), dim=1)
+        z2 = F.normalize(on["projector"](pooled(on["encoder"], view2)).float(), dim=1)
+        s1, s2 = on["prototypes"](z1), on["prototypes"](z2)
+        q1, q2 = self._codes(0, s1, z1), self._codes(1, s2, z2)
+        if self.cfg.swav_queue > 0:
+            self.queue_fill.add_(z1.shape[0])
+        return swapped_prediction_loss(s1, s2, q1, q2, self.cfg.temperature), mean_cosine(z1, z2)

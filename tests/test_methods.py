@@ -1,0 +1,252 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.loss import pixcontrast_loss
+from pixpro_fast.methods import METHODS, build_method
+from pixpro_fast.methods.mocov2 import moco_loss
+from pixpro_fast.methods.simclr import nt_xent_loss
+from pixpro_fast.methods.simsiam import simsiam_loss
+from pixpro_fast.methods.swav import sinkhorn, swapped_prediction_loss
+from reference import cell_centre
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_pixcontrast_matches_plain_loop():
+    gen = torch.Generator().manual_seed(0)
+    h, w = 4, 5
+    o1, o2, t1, t2 = [torch.randn(3, 6, h, w, generator=gen, dtype=torch.float64) for _ in range(4)]
+    c1 = torch.tensor([[0.1, 0.1, 0.7, 0.8], [0.0, 0.0, 1.0, 1.0], [0.9, 0.2, 0.3, 0.9]])
+    c2 = torch.tensor([[0.3, 0.2, 0.9, 0.9], [0.2, 0.1, 0.6, 0.5], [0.1, 0.0, 0.8, 0.7]])
+    pos_r, neg_r, tau = 0.7, 1.5, 0.3
+    terms = []
+    for q, k, cq, ck in ((o1, t2, c1, c2), (o2, t1, c2, c1)):
+        for n in range(3):
+            for i in range(h * w):
+                xi, yi, di = cell_centre(cq[n], i // w, i % w, h, w)
+                num, den, has = 0.0, 0.0, False
+                for j in range(h * w):
+                    xj, yj, dj = cell_centre(ck[n], j // w, j % w, h, w)
+                    d = math.hypot(xi - xj, yi - yj) / max(di, dj)
+                    e = math.exp(cos(q[n, :, i // w, i % w], k[n, :, j // w, j % w]) / tau)
+                    if d < pos_r:
+                        num += e
+                        den += e
+                        has = True
+                    elif d >= neg_r:
+                        den += e
+                if has:
+                    terms.append(-math.log(num / den))
+    ours = pixcontrast_loss(o1.float(), o2.float(), t1.float(), t2.float(), c1, c2, pos_r, neg_r, tau)
+    assert ours.item() == pytest.approx(sum(terms) / len(terms), rel=1e-4)
+    with pytest.raises(ValueError, match="neg_ratio"):
+        pixcontrast_loss(o1, o2, t1, t2, c1, c2, 0.7, 0.5)
+
+
+def test_nt_xent_matches_plain_loop():
+    gen = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    tau = 0.2
+    allz = torch.cat([z1, z2])
+    losses = []
+    for a in range(10):
+        pos = (a + 5) % 10
+        num = math.exp(cos(allz[a], allz[pos]) / tau)
+        den = sum(math.exp(cos(allz[a], allz[b]) / tau) for b in range(10) if b != a)
+        losses.append(-math.log(num / den))
+    assert nt_xent_loss(z1, z2, tau).item() == pytest.approx(sum(losses) / 10, rel=1e-5)
+
+
+def test_simsiam_loss_and_stop_gradient():
+    gen = torch.Generator().manual_seed(2)
+    p1, p2, z1, z2 = [torch.randn(4, 8, generator=gen, requires_grad=True) for _ in range(4)]
+    ref = -0.5 * (sum(cos(p1[i].detach(), z2[i].detach()) for i in range(4)) / 4
+                  + sum(cos(p2[i].detach(), z1[i].detach()) for i in range(4)) / 4)
+    loss = simsiam_loss(p1, p2, z1, z2)
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    loss.backward()
+    assert z1.grad is None and z2.grad is None and p1.grad is not None
+
+
+def test_moco_loss_matches_plain_loop():
+    gen = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(4, 8, generator=gen), dim=1)
+    k = F.normalize(torch.randn(4, 8, generator=gen), dim=1)
+    queue = F.normalize(torch.randn(8, 6, generator=gen), dim=0)
+    tau = 0.2
+    ref = 0.0
+    for i in range(4):
+        pos = math.exp(float(q[i] @ k[i]) / tau)
+        neg = sum(math.exp(float(q[i] @ queue[:, j]) / tau) for j in range(6))
+        ref += -math.log(pos / (pos + neg)) / 4
+    assert moco_loss(q, k, queue, tau).item() == pytest.approx(ref, rel=1e-5)
+
+
+def sinkhorn_reference(scores, eps, iters):
+    q = torch.exp(scores.double() / eps).t()
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        for r in range(k):
+            q[r] = q[r] / q[r].sum() / k
+        for c in range(b):
+            q[:, c] = q[:, c] / q[:, c].sum() / b
+    return (q * b).t()
+
+
+def test_sinkhorn_matches_plain_loop_and_balances_prototypes():
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(12, 5, generator=gen).clamp(-1, 1)
+    codes = sinkhorn(scores, 0.05, 3)
+    torch.testing.assert_close(codes.double(), sinkhorn_reference(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(codes.sum(1), torch.ones(12), atol=1e-5, rtol=0)
+    many = sinkhorn(scores, 0.5, 50)   # converged: every prototype gets an equal share
+    torch.testing.assert_close(many.sum(0), torch.full((5,), 12 / 5), atol=1e-3, rtol=0)
+
+
+def test_swapped_prediction_matches_plain_loop():
+    gen = torch.Generator().manual_seed(5)
+    s1, s2 = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    q1, q2 = torch.softmax(torch.randn(3, 4, generator=gen), 1), torch.softmax(torch.randn(3, 4, generator=gen), 1)
+    tau = 0.1
+    ref = 0.0
+    for i in range(3):
+        ls2 = s2[i] / tau - torch.logsumexp(s2[i] / tau, 0)
+        ls1 = s1[i] / tau - torch.logsumexp(s1[i] / tau, 0)
+        ref += -0.5 * (float((q1[i] * ls2).sum()) + float((q2[i] * ls1).sum())) / 3
+    assert swapped_prediction_loss(s1, s2, q1, q2, tau).item() == pytest.approx(ref, rel=1e-5)
+
+
+def small_config(method):
+    return TrainConfig.from_file(method).replace(arch="resnet18", image_size=64, proj_hidden_dim=64,
+                                                 proj_dim=64 if method == "simsiam" else 32, queue_size=16,
+                                                 num_prototypes=10, swav_queue=8 if method == "swav" else 0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_one_step_changes_online_weights_only(method):
+    torch.manual_seed(0)
+    cfg = small_config(method)
+    model = build_method(cfg)
+    online_before = {k: v.clone() for k, v in model.online.state_dict().items()}
+    target_before = {k: v.clone() for k, v in model.target.state_dict().items()}
+    opt = torch.optim.SGD(model.online.parameters(), lr=0.5)
+    v1, v2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    c1 = torch.tensor([[0.0, 0.0, 0.8, 0.8]] * 4)
+    c2 = torch.tensor([[0.2, 0.2, 1.0, 1.0]] * 4)
+    for _ in range(2):      # the second step sees a full SwAV queue
+        out = model(v1, v2, c1, c2, return_stats=True)
+        assert torch.isfinite(out.loss)
+        opt.zero_grad()
+        out.loss.backward()
+        assert all(p.grad is None for p in model.target.parameters())
+        opt.step()
+    changed = [k for k, v in model.online.state_dict().items() if not torch.equal(v, online_before[k])]
+    assert any(k.startswith("encoder.") and k.endswith("weight") for k in changed)
+    target_params = {n for n, _ in model.target.named_parameters()}
+    assert all(torch.equal(v, target_before[k]) for k, v in model.target.state_dict().items() if k in target_params)
+    if len(model.target):
+        model.update_target(0.5)
+        assert any(not torch.equal(p, target_before[n]) for n, p in model.target.named_parameters())
+
+
+def test_moco_queue_wraps_and_swav_prototypes_stay_normalised():
+    moco = build_method(small_config("mocov2"))
+    keys = F.normalize(torch.randn(8, 32), dim=1)
+    moco.enqueue(keys)
+    moco.enqueue(keys * -1)
+    assert int(moco.queue_ptr) == 0                      # 16 slots, two batches of 8: wrapped
+    torch.testing.assert_close(moco.queue.t()[8:], keys * -1)
+    moco.enqueue(keys * 0.5)                              # the oldest keys go first
+    torch.testing.assert_close(moco.queue.t()[:8], keys * 0.5)
+    torch.testing.assert_close(moco.queue.t()[8:], keys * -1)
+    swav = build_method(small_config("swav"))
+    with torch.no_grad():
+        swav.online["prototypes"].weight.mul_(3.0)
+    swav.after_optimizer_step()
+    torch.testing.assert_close(swav.online["prototypes"].weight.norm(dim=1), torch.ones(10))
+
+
+def test_method_presets_load_and_unknown_method_is_named():
+    for m in METHODS:
+        assert TrainConfig.from_file(m).method == m
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainConfig(method="dino").validate()
+    with pytest.raises(ValueError, match="pixcontrast_weight"):
+        TrainConfig(method="pixcontrast").validate()
+
+
+GATHER_WORKER = r'''
+import os, sys, torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from pixpro_fast.methods.simclr import nt_xent_loss
+from pixpro_fast.methods.swav import sinkhorn
+from pixpro_fast.methods.mocov2 import MoCoV2
+from pixpro_fast.config import TrainConfig
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+gen = torch.Generator().manual_seed(7)
+z1, z2, scores = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen), torch.randn(8, 5, generator=gen)
+mine = slice(rank * 4, rank * 4 + 4)
+a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
+loss = nt_xent_loss(a, b, 0.2)
+loss.backward()
+codes = sinkhorn(scores[mine], 0.05, 3)
+torch.manual_seed(0)
+moco = MoCoV2(TrainConfig(method="mocov2", arch="resnet18", proj_hidden_dim=32, proj_dim=16, queue_size=16))
+moco.enqueue(z1[mine])
+torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad, "codes": codes, "queue": moco.queue},
+           os.path.join(sys.argv[1], f"rank{rank}.pt"))
+dist.destroy_process_group()
+'''
+
+
+def test_gathering_methods_across_two_ranks_equal_single_process_on_concatenated_batch(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(GATHER_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29533", str(script), str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+    gen = torch.Generator().manual_seed(7)
+    z1, z2, scores = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen), torch.randn(8, 5, generator=gen)
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    full = nt_xent_loss(a, b, 0.2)
+    full.backward()
+    # the mean over ranks of the per-rank losses is the single-process loss
+    assert ((r[0]["loss"] + r[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-5)
+    # DDP averages gradients over ranks: (sum of each rank's gradient) / 2 == full-batch gradient
+    torch.testing.assert_close(torch.cat([r[0]["grad_a"], r[1]["grad_a"]]) / 2, a.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([r[0]["grad_b"], r[1]["grad_b"]]) / 2, b.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(r[0]["queue"], r[1]["queue"])
+    torch.testing.assert_close(r[0]["queue"][:, :8].t(), z1)
+
+
+def test_method_flag_trains_from_the_command_line(tmp_path):
+    args = ["--method", "mocov2", "--loader", "synthetic", "--arch", "resnet18", "--image-size", "64",
+            "--batch-size", "4", "--proj-hidden-dim", "32", "--proj-dim", "16", "--queue-size", "16", "--max-steps", "2",
+            "--no-tensorboard", "--out", str(tmp_path)]
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pixpro_fast: mocov2" in proc.stderr          # the bundled MoCo v2 defaults were loaded
+    from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert state["config"]["optimizer"] == "sgd" and state["config"]["ema_schedule"] == "constant"
+    assert "queue" in state["model"]
