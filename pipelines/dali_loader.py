@@ -60,7 +60,6 @@ import math
 import os
 import queue
 import threading
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
