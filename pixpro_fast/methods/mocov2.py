@@ -14,7 +14,7 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     """InfoNCE with the key of the same sample as positive and the queue (d, K) as negatives;
     q and k normalised (B, d)."""
     l_pos = (q * k).sum(1, keepdim=True)
-    l_neg = q @ queue
+    l_neg = (q @ queue).float()
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 

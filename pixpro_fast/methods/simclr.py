@@ -23,7 +23,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     total = all1.shape[0]
     keys = torch.cat([all1, all2])                                   # (2N, d)
     anchors = torch.cat([z1, z2])                                    # (2n, d)
-    logits = anchors @ keys.t() / temperature
+    logits = (anchors @ keys.t()).float() / temperature
     own = torch.arange(n, device=z1.device) + rank * n
     self_idx = torch.cat([own, own + total])
     pos_idx = torch.cat([own + total, own])

@@ -1,0 +1,79 @@
+"""Training-step images/sec of every objective beside PixPro: same backbone, batch, image
+size, precision and memory format, synthetic tensors (no loader), timed side by side.
+
+    python -m benchmarks.bench_methods --arch resnet18 --image-size 64 --batch-size 32
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import Trainer
+from pixpro_fast.methods import METHODS
+from pipelines.synthetic import SyntheticLoader
+
+from .common import markdown_table, time_interleaved, write_json
+
+
+def method_step(method: str, arch: str, image_size: int, batch_size: int, device: str, precision: str,
+                channels_last: bool = True):
+    """A closure running one engine training step of ``method`` on a fixed synthetic batch."""
+    cfg = TrainConfig.from_file(method).replace(
+        arch=arch, image_size=image_size, batch_size=batch_size, device=device, precision=precision,
+        channels_last=channels_last, tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False,
+        out="bench_out/unused")
+    loader = SyntheticLoader(batch_size, image_size, device=device, batches_per_epoch=1)
+    trainer = Trainer(cfg, loader=loader)
+    batch = next(iter(loader))
+    return lambda: trainer._train_step([batch])
+
+
+def flops_per_image(step, batch_size: int) -> float:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / batch_size
+
+
+def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="bf16", iters=5,
+        methods=None) -> dict:
+    methods = list(methods or METHODS)
+    steps = {m: method_step(m, arch, image_size, batch_size, device, precision) for m in methods}
+    flops = {m: flops_per_image(s, batch_size) for m, s in steps.items()}
+    times = time_interleaved(steps, device, warmup=2, iters=iters)
+    ref = "pixpro" if "pixpro" in times else methods[0]
+    rows = [{"method": m, "description": METHODS[m][1], "gflops_per_image": flops[m] / 1e9,
+             "step_time_vs_pixpro": times[m] / times[ref], "images_per_sec_vs_pixpro": times[ref] / times[m],
+             "images_per_sec": batch_size / times[m]} for m in methods]
+    return {"arch": arch, "image_size": image_size, "batch_size": batch_size, "device": device,
+            "precision": precision, "rows": rows}
+
+
+def table(result: dict, absolute: bool = False) -> str:
+    cols = ["method", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro"]
+    return markdown_table(result["rows"], cols + (["images_per_sec"] if absolute else []))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--methods", help="comma-separated subset (default: all)")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    result = run(args.arch, args.image_size, args.batch_size, args.device, args.precision, args.iters,
+                 args.methods.split(",") if args.methods else None)
+    print(f"{args.arch}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}")
+    print(table(result, absolute=args.device.startswith("cuda")))
+    print("wrote", write_json(args.out, "methods.json", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
