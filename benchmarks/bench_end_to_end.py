@@ -1,0 +1,139 @@
+"""A real loader feeding the real training step: where does the time go?
+
+For each installed backend, the engine's :class:`~pixpro_fast.engine.Trainer` is built with
+that loader and its own step is driven for N steps by a lean loop that times, per step, the
+wait for the next batch and the step itself (the device is synchronised after the step, so
+the split is honest on a GPU too). The first steps (worker start-up, the prefetch queue
+filling) are left out. The wait fraction goes through :func:`pixpro_fast.metrics.verdict`
+("loader-bound: 38% of wall time waiting ..." or "compute-bound ...", with the remedy).
+
+The same loop over the synthetic loader (no decoding) gives the compute ceiling of the same
+run, so each backend's end-to-end rate is also reported as a fraction of that ceiling.
+
+    python -m benchmarks.bench_end_to_end --backends torch,dali --steps 8
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import pipelines
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import Trainer
+from pixpro_fast.metrics import verdict
+
+from .common import markdown_table, sync, write_json
+
+
+def summarise(waits: list[float], computes: list[float], batch_size: int) -> dict:
+    """Per-step wait and compute times -> totals, wait fraction, rate and the verdict."""
+    if len(waits) != len(computes) or not waits:
+        raise ValueError("need one wait and one compute time per step, at least one step")
+    wait, compute = sum(waits), sum(computes)
+    wall = wait + compute
+    fraction = wait / wall if wall > 0 else 0.0
+    return {"steps": len(waits), "wait_s": wait, "compute_s": compute, "wall_s": wall,
+            "wait_fraction": fraction, "images_per_s": batch_size * len(waits) / wall if wall > 0 else 0.0,
+            "median_wait_s": statistics.median(waits), "median_compute_s": statistics.median(computes),
+            "verdict": verdict(fraction)}
+
+
+def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], list[float]]:
+    """Drive ``trainer``'s step over its loader; per-step (wait, compute) seconds after ``skip`` steps."""
+    waits, computes = [], []
+    loader, dev = trainer.loader, trainer.device
+    loader.set_epoch(0)
+    it = iter(loader)
+    for i in range(skip + steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        trainer._train_step([batch])
+        sync(dev)
+        t2 = time.perf_counter()
+        if i >= skip:
+            waits.append(t1 - t0)
+            computes.append(t2 - t1)
+    del it
+    return waits, computes
+
+
+def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", image_size: int = 128,
+        batch_size: int = 32, steps: int = 8, skip: int = 2, precision: str = "bf16", channels_last: bool = True,
+        compiled: bool = False, workers: int | None = None, device: str = "cpu", proj_hidden_dim: int = 4096,
+        data_for: dict | None = None, log=print) -> dict:
+    """``data_for`` maps a backend to its own data path where it needs one (ffcv: a .beton)."""
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    rows, skipped = [], {}
+    base_cfg = dict(arch=arch, image_size=image_size, batch_size=batch_size, proj_hidden_dim=proj_hidden_dim,
+                    device=device, precision=precision, channels_last=channels_last, compile=compiled,
+                    tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False, num_workers=workers)
+    with tempfile.TemporaryDirectory() as out:
+        for backend in ("synthetic",) + tuple(backends):
+            data = (data_for or {}).get(backend, data_dir)
+            cfg = TrainConfig(**base_cfg, loader=backend, data=str(data), out=out)
+            try:
+                opts = {"device": device}
+                if backend == "synthetic":
+                    opts["batches_per_epoch"] = skip + steps
+                else:
+                    opts["num_workers"] = workers
+                loader = pipelines.build_loader(backend, data, batch_size, image_size, cfg.recipe, **opts)
+            except Exception as exc:   # library missing, or data this backend cannot read: a skip, not a failure
+                skipped[backend] = f"{type(exc).__name__}: {exc}"[:300]
+                log(f"  end-to-end: {backend} skipped ({skipped[backend]})")
+                continue
+            if len(loader) < skip + steps:
+                skipped[backend] = f"{len(loader)} batches per epoch, {skip + steps} needed"
+                continue
+            trainer = Trainer(cfg, loader=loader)
+            waits, computes = measure(trainer, steps, skip)
+            row = {"backend": backend, **summarise(waits, computes, batch_size), "waits": waits,
+                   "computes": computes}
+            rows.append(row)
+            log(f"  end-to-end {backend}: {row['verdict'].split(' (')[0]}")
+            del trainer, loader
+    ceiling = rows[0]["images_per_s"]
+    for r in rows:
+        r["vs_compute_ceiling"] = r["images_per_s"] / ceiling
+    return {"arch": arch, "image_size": image_size, "batch_size": batch_size, "steps": steps, "skipped_steps": skip,
+            "precision": precision, "channels_last": channels_last, "compiled": compiled, "workers": workers,
+            "device": device, "data_dir": str(data_dir), "rows": rows, "skipped": skipped}
+
+
+def table(result: dict, absolute: bool = False) -> str:
+    cols = ["backend", "wait_fraction", "vs_compute_ceiling", "verdict"] + (["images_per_s"] if absolute else [])
+    out = markdown_table(result["rows"], cols)
+    for name, why in result["skipped"].items():
+        out += f"\n\n{name}: skipped ({why})"
+    return out
+
+
+def main(argv=None):
+    from pipelines.scenes import ensure_scenes
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--backends", default="torch,dali,ffcv")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    data_dir = args.data_dir or ensure_scenes(512)
+    result = run(data_dir, tuple(args.backends.split(",")), args.arch, args.image_size, args.batch_size, args.steps,
+                 precision=args.precision, device=args.device)
+    print(table(result, absolute=args.device != "cpu"))
+    print("wrote", write_json(args.out, "end_to_end.json", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

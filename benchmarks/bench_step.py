@@ -1,0 +1,254 @@
+"""The PixPro training step on synthetic tensors (no loader), beside a supervised step.
+
+For each arch, every setting of precision (fp32, bf16, fp16) x memory format (contiguous,
+channels-last) x eager / torch.compile is timed side by side in one interleaved run:
+
+- the PixPro step is the engine's own (:meth:`pixpro_fast.engine.Trainer._train_step`):
+  forward of both views through the online and (no-grad) target branches, the loss,
+  backward, the LARS step and the momentum update;
+- the supervised step is the same torchvision ResNet with its ``fc`` head, cross-entropy
+  and SGD with momentum, on one view of the same batch size.
+
+FLOPs per image are counted with :class:`torch.utils.flop_counter.FlopCounterMode` for both
+steps (a PixPro "image" is one sample with its two views), so each row reports the PixPro
+step's FLOP throughput relative to the supervised step's: above 1 means the PixPro step
+keeps the hardware at least as busy as plain supervised training does. Each row also gives
+its speedup over the fp32 / contiguous / eager PixPro step of the same run and its model
+FLOP utilisation against a large bf16 ``torch.matmul`` timed on the same device in the
+same run (on a GPU, that is MFU against the GPU's achievable bf16 matmul rate).
+
+    python -m benchmarks.bench_step --arch resnet18 --image-size 64 --batch-size 32
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
+
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import Trainer, autocast
+from pixpro_fast.model import ModelConfig, PixPro
+from pipelines.synthetic import SyntheticLoader
+
+from .common import markdown_table, sync, time_interleaved, write_json
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class StepSetting:
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
+
+    @property
+    def memory_format(self) -> str:
+        return "channels-last" if self.channels_last else "contiguous"
+
+    @property
+    def mode(self) -> str:
+        return "compiled" if self.compiled else "eager"
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}/{self.memory_format}/{self.mode}"
+
+
+BASELINE = StepSetting("fp32", False, False)
+
+
+def settings_grid(precisions=PRECISIONS, compiled: str = "channels-last") -> list[StepSetting]:
+    """All eager settings, plus compiled ones: 'none', 'best' (bf16 channels-last only),
+    'channels-last' (every precision, channels-last) or 'all'."""
+    eager = [StepSetting(p, cl, False) for p in precisions for cl in (False, True)]
+    if compiled == "none":
+        extra = []
+    elif compiled == "best":
+        extra = [StepSetting("bf16", True, True)]
+    elif compiled == "channels-last":
+        extra = [StepSetting(p, True, True) for p in precisions]
+    elif compiled == "all":
+        extra = [dataclasses.replace(s, compiled=True) for s in eager]
+    else:
+        raise ValueError(f"compiled must be none, best, channels-last or all, got {compiled!r}")
+    return eager + extra
+
+
+# -- the two steps ------------------------------------------------------------------------
+
+def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSetting, device: str = "cpu",
+                proj_hidden_dim: int = 4096):
+    """A closure running one engine training step on a fixed synthetic batch."""
+    cfg = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, proj_hidden_dim=proj_hidden_dim,
+                      device=device, precision=setting.precision, channels_last=setting.channels_last,
+                      compile=setting.compiled, tensorboard=False, epochs=1000, warmup_epochs=0.0,
+                      out="bench_out/unused", resume=False)
+    loader = SyntheticLoader(batch_size, image_size, device=device, batches_per_epoch=1)
+    trainer = Trainer(cfg, loader=loader)
+    batch = next(iter(loader))
+    if not setting.channels_last:
+        batch = dataclasses.replace(batch, view1=batch.view1.contiguous(), view2=batch.view2.contiguous())
+
+    def step():
+        trainer._train_step([batch])
+    return step
+
+
+def supervised_step(arch: str, image_size: int, batch_size: int, setting: StepSetting, device: str = "cpu",
+                    num_classes: int = 1000):
+    """A closure running one plain supervised step (ResNet + fc, cross-entropy, SGD) on one view."""
+    dev = torch.device(device)
+    fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes).to(dev, memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=setting.precision == "fp16")
+    forward = torch.compile(model) if setting.compiled else model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
+
+    def step():
+        with autocast(dev, setting.precision):
+            loss = F.cross_entropy(forward(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+# -- FLOPs and the matmul rate ------------------------------------------------------------
+
+def _count(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def pixpro_flops_per_image(arch: str, image_size: int, batch_size: int = 2, proj_hidden_dim: int = 4096) -> float:
+    """FLOPs of one PixPro forward + backward per sample (both views, both branches, PPM, loss)."""
+    torch.manual_seed(0)
+    model = PixPro(ModelConfig(arch=arch, proj_hidden_dim=proj_hidden_dim))
+    loader = SyntheticLoader(batch_size, image_size, batches_per_epoch=1)
+    b = next(iter(loader))
+    return _count(lambda: model(b.view1, b.view2, b.coords1, b.coords2).backward()) / batch_size
+
+
+def supervised_flops_per_image(arch: str, image_size: int, batch_size: int = 2, num_classes: int = 1000) -> float:
+    """FLOPs of one supervised forward + backward (ResNet + fc + cross-entropy) per image."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    x = torch.randn(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, num_classes, (batch_size,))
+    return _count(lambda: F.cross_entropy(model(x), y).backward()) / batch_size
+
+
+def matmul_flops_per_sec(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int | None = None,
+                         iters: int = 7) -> float:
+    """Achieved FLOP/s of a large square ``torch.matmul``: the practical peak the step is held to."""
+    dev = torch.device(device)
+    n = n or (8192 if dev.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    times = []
+    for i in range(iters + 2):
+        sync(dev)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        sync(dev)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+# -- the section ----------------------------------------------------------------------------
+
+def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, settings: list[StepSetting] | None = None,
+        device: str = "cpu", warmup: int = 2, iters: int = 5, proj_hidden_dim: int = 4096,
+        matmul_n: int | None = None, log=print) -> dict:
+    """Time every setting's PixPro and supervised steps in one interleaved run; one row per setting."""
+    settings = list(settings or settings_grid())
+    if BASELINE not in settings:
+        settings.insert(0, BASELINE)
+    flops_pix = pixpro_flops_per_image(arch, image_size, proj_hidden_dim=proj_hidden_dim)
+    flops_sup = supervised_flops_per_image(arch, image_size)
+    matmul = {"bf16": matmul_flops_per_sec(device, torch.bfloat16, matmul_n),
+              "fp32": matmul_flops_per_sec(device, torch.float32, matmul_n)}
+
+    fns, skipped = {}, []
+    for s in settings:
+        try:
+            pix = pixpro_step(arch, image_size, batch_size, s, device, proj_hidden_dim)
+            sup = supervised_step(arch, image_size, batch_size, s, device)
+            t0 = time.perf_counter()
+            pix(), sup()   # first call: compiles where compiled, fails early where unsupported
+            log(f"  step {arch} {image_size}px {s.name}: ready in {time.perf_counter() - t0:.1f}s")
+        except Exception as exc:  # an unsupported setting on this device is reported, not fatal
+            skipped.append({"setting": s.name, "reason": f"{type(exc).__name__}: {exc}"[:300]})
+            log(f"  step {arch} {s.name}: skipped ({skipped[-1]['reason']})")
+            continue
+        fns[("pixpro", s)] = pix
+        fns[("supervised", s)] = sup
+    if ("pixpro", BASELINE) not in fns:
+        raise RuntimeError(f"the fp32 eager baseline step failed on {device}: {skipped}")
+    times = time_interleaved(fns, device, warmup=warmup, iters=iters)
+
+    base = times[("pixpro", BASELINE)]
+    rows = []
+    for s in settings:
+        if ("pixpro", s) not in times:
+            continue
+        t_pix, t_sup = times[("pixpro", s)], times[("supervised", s)]
+        pix_rate = flops_pix * batch_size / t_pix
+        sup_rate = flops_sup * batch_size / t_sup
+        rows.append({
+            "device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
+            "setting": s.name, "precision": s.precision, "memory_format": s.memory_format, "mode": s.mode,
+            "pixpro_step_s": t_pix, "supervised_step_s": t_sup,
+            "pixpro_images_per_s": batch_size / t_pix, "supervised_images_per_s": batch_size / t_sup,
+            "speedup_vs_fp32_eager": base / t_pix,
+            "flop_throughput_ratio": pix_rate / sup_rate,
+            "pixpro_flops_per_s": pix_rate, "supervised_flops_per_s": sup_rate,
+            "mfu_vs_bf16_matmul": pix_rate / matmul["bf16"],
+            "supervised_mfu_vs_bf16_matmul": sup_rate / matmul["bf16"],
+        })
+    return {"device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
+            "proj_hidden_dim": proj_hidden_dim, "warmup": warmup, "iters": iters,
+            "flops_per_image": {"pixpro": flops_pix, "supervised": flops_sup, "ratio": flops_pix / flops_sup},
+            "matmul_flops_per_s": matmul, "rows": rows, "skipped": skipped}
+
+
+def table(result: dict, absolute: bool = False) -> str:
+    cols = ["device", "arch", "image_size", "setting", "speedup_vs_fp32_eager", "flop_throughput_ratio",
+            "mfu_vs_bf16_matmul"]
+    if absolute:
+        cols += ["pixpro_images_per_s", "supervised_images_per_s"]
+    return markdown_table(result["rows"], cols)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--compiled", default="best", choices=["none", "best", "channels-last", "all"])
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    result = run(args.arch, args.image_size, args.batch_size,
+                 settings_grid(tuple(args.precisions.split(",")), args.compiled), args.device, iters=args.iters)
+    print(table(result, absolute=args.device != "cpu"))
+    print("wrote", write_json(args.out, "step.json", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

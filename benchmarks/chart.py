@@ -1,0 +1,77 @@
+"""One PNG summarising a suite run: loaders, step levers, peers, end-to-end time split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def _bars(ax, labels, values, title, ylabel, ref: float | None = None, ref_label: str = ""):
+    if not values:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_axis_off()
+        return
+    ax.bar(range(len(values)), values, color="tab:blue")
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+    if ref is not None:
+        ax.axhline(ref, color="tab:red", linestyle="--", linewidth=1, label=ref_label)
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+
+
+def draw(result: dict, path: str | Path) -> Path:
+    """Write the chart of a suite ``result`` (as written to suite.json) to ``path``."""
+    sections = result.get("sections", {})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+
+    loaders = sections.get("loaders") or {}
+    rows = loaders.get("rows", [])
+    _bars(axes[0, 0], [r["pipeline"] for r in rows], [r["vs_baseline"] for r in rows],
+          "Loaders: images/s relative to the torchvision baseline", "x baseline", 1.0, "baseline")
+
+    step_rows = [r for s in sections.get("step") or [] for r in s.get("rows", [])]
+    labels = [f"{r['device']} {r['arch']}@{r['image_size']}\n{r['setting']}" for r in step_rows]
+    _bars(axes[0, 1], labels, [r["speedup_vs_fp32_eager"] for r in step_rows],
+          "PixPro step: speedup over fp32 / contiguous / eager", "x fp32 eager", 1.0, "fp32 eager")
+    if step_rows:
+        ax2 = axes[0, 1].twinx()
+        ax2.plot(range(len(step_rows)), [r["flop_throughput_ratio"] for r in step_rows], "o", color="tab:orange",
+                 label="FLOP throughput vs supervised")
+        ax2.set_ylabel("PixPro / supervised FLOP/s", fontsize=8, color="tab:orange")
+        ax2.legend(fontsize=7, loc="upper left")
+
+    peer_rows = [r for s in sections.get("peers") or [] for r in s.get("rows", [])]
+    _bars(axes[1, 0], [f"{r['device']} {r['arch']}@{r['image_size']}\n{r['comparison']}" for r in peer_rows],
+          [r["speedup_vs_pixelcl"] for r in peer_rows], "Our step vs PixelCL's", "x PixelCL", 1.5, "target 1.5x")
+
+    e2e = sections.get("end_to_end") or {}
+    e_rows = e2e.get("rows", [])
+    ax = axes[1, 1]
+    if e_rows:
+        names = [r["backend"] for r in e_rows]
+        wait = [r["wait_fraction"] for r in e_rows]
+        ax.bar(names, [1 - w for w in wait], color="tab:green", label="compute")
+        ax.bar(names, wait, bottom=[1 - w for w in wait], color="tab:red", label="waiting for data")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of wall time", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.set_title("End to end: compute vs waiting for data", fontsize=9)
+    else:
+        _bars(ax, [], [], "End to end", "")
+
+    m = result.get("machine", {})
+    fig.suptitle(f"pixpro_fast benchmark suite ({result.get('mode', '?')}): {m.get('cpu_count', '?')} CPU cores, "
+                 f"{m.get('cpu_capability', '?')}, torch {m.get('torch', '?')}"
+                 + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"), fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

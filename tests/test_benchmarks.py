@@ -1,0 +1,204 @@
+"""The benchmark suite: its smoke mode runs end to end and writes consistent results; the
+verdict, FLOP counting and skip paths behave. Nothing here asserts a speed."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, chart
+from pixpro_fast.metrics import verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def image_folder(root: Path, n: int = 32) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = 96 + 5 * i, 128 - 2 * i
+        arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
+        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
+    return root
+
+
+def close(a, b, rel=1e-9):
+    return math.isclose(a, b, rel_tol=rel)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite")
+    data = image_folder(tmp / "data")
+    out = tmp / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out), "--data-dir", str(data),
+                           "--backends", "torch", "--threads", "1", "--no-cuda"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "suite.json").read_text()), proc.stdout
+
+
+def test_smoke_writes_json_markdown_and_chart(smoke):
+    out, result, stdout = smoke
+    assert result["mode"] == "smoke"
+    assert set(result["sections"]) == {"loaders", "step", "end_to_end", "peers"}
+    assert {"cpu_count", "torch", "cpu_capability"} <= set(result["machine"])
+    assert result["machine"]["torch_threads"] == 1
+    assert all(v > 0 for v in result["durations_s"].values())
+    assert (out / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "suite.md").read_text()
+    for heading in ("## Loaders", "## Step", "## End to end", "## Peers", "## Summary"):
+        assert heading in md
+    assert "| pipeline |" in stdout and "speedup_vs_fp32_eager" in stdout
+
+
+def test_smoke_loader_ratios_match_rates(smoke):
+    ld = smoke[1]["sections"]["loaders"]
+    rows = {r["pipeline"]: r for r in ld["rows"]}
+    assert {bench_loaders.DECODE, bench_loaders.BASELINE, "torch loader (2 views + boxes)",
+            "torchvision stock 1-view RRC"} <= set(rows)
+    base = rows[bench_loaders.BASELINE]["images_per_s"]
+    ceiling = rows[bench_loaders.DECODE]["images_per_s"]
+    for name, r in rows.items():
+        assert r["images_per_s"] > 0
+        assert close(r["images_per_s"], sorted(ld["rates"][name])[len(ld["rates"][name]) // 2])
+        assert close(r["vs_baseline"], r["images_per_s"] / base)
+        assert close(r["vs_decode_ceiling"], r["images_per_s"] / ceiling)
+    assert rows[bench_loaders.BASELINE]["vs_baseline"] == 1.0
+
+
+def test_smoke_step_ratios_match_times(smoke):
+    (sec,) = smoke[1]["sections"]["step"]
+    flops = sec["flops_per_image"]
+    assert flops["pixpro"] > flops["supervised"] > 0
+    assert close(flops["ratio"], flops["pixpro"] / flops["supervised"])
+    rows = {r["setting"]: r for r in sec["rows"]}
+    assert set(rows) == {"fp32/contiguous/eager", "bf16/channels-last/eager"}
+    base = rows["fp32/contiguous/eager"]["pixpro_step_s"]
+    for r in rows.values():
+        assert r["pixpro_step_s"] > 0 and r["supervised_step_s"] > 0
+        assert close(r["speedup_vs_fp32_eager"], base / r["pixpro_step_s"])
+        assert close(r["flop_throughput_ratio"],
+                     flops["pixpro"] * r["supervised_step_s"] / (flops["supervised"] * r["pixpro_step_s"]))
+        assert close(r["pixpro_images_per_s"], sec["batch_size"] / r["pixpro_step_s"])
+        assert 0 < r["mfu_vs_bf16_matmul"]
+        assert close(r["mfu_vs_bf16_matmul"], r["pixpro_flops_per_s"] / sec["matmul_flops_per_s"]["bf16"])
+
+
+def test_smoke_end_to_end_split_and_verdict(smoke):
+    e2e = smoke[1]["sections"]["end_to_end"]
+    rows = {r["backend"]: r for r in e2e["rows"]}
+    assert set(rows) == {"synthetic", "torch"}
+    for r in rows.values():
+        assert len(r["waits"]) == len(r["computes"]) == e2e["steps"] == r["steps"]
+        assert close(r["wait_s"], sum(r["waits"])) and close(r["compute_s"], sum(r["computes"]))
+        assert close(r["wait_fraction"], r["wait_s"] / (r["wait_s"] + r["compute_s"]))
+        assert r["verdict"] == verdict(r["wait_fraction"])
+        assert close(r["vs_compute_ceiling"], r["images_per_s"] / rows["synthetic"]["images_per_s"])
+
+
+def test_smoke_peers_ratio_or_skip(smoke):
+    (sec,) = smoke[1]["sections"]["peers"]
+    if importlib.util.find_spec(bench_peers.PACKAGE) is None:
+        assert sec["skipped"] and sec["rows"] == []
+        return
+    assert sec["skipped"] is None and len(sec["rows"]) == 2
+    for r in sec["rows"]:
+        assert r["ours_step_s"] > 0 and r["pixelcl_step_s"] > 0
+        assert close(r["speedup_vs_pixelcl"], r["pixelcl_step_s"] / r["ours_step_s"])
+
+
+# -- the verdict, on synthetic timings --------------------------------------------------------
+
+def test_verdict_thresholds():
+    assert verdict(0.38).startswith("loader-bound: 38% of wall time waiting")
+    assert verdict(0.10).startswith("loader-bound")          # the threshold itself counts as loader-bound
+    assert verdict(0.0999).startswith("compute-bound")
+    assert verdict(0.0).startswith("compute-bound: 0%")
+    assert verdict(0.2, threshold=0.25).startswith("compute-bound")
+    assert "workers" in verdict(0.5) and "bf16" in verdict(0.01)   # each names its remedy
+
+
+def test_summarise_synthetic_timings():
+    s = bench_end_to_end.summarise([0.25] * 4, [0.75] * 4, batch_size=16)
+    assert close(s["wait_fraction"], 0.25) and close(s["wall_s"], 4.0)
+    assert close(s["images_per_s"], 64 / 4.0)
+    assert s["verdict"].startswith("loader-bound: 25% of wall time waiting")
+    fast = bench_end_to_end.summarise([0.001, 0.002, 0.001], [1.0, 1.1, 0.9], batch_size=8)
+    assert fast["verdict"].startswith("compute-bound") and close(fast["median_compute_s"], 1.0)
+    with pytest.raises(ValueError):
+        bench_end_to_end.summarise([0.1], [0.2, 0.3], 4)
+    with pytest.raises(ValueError):
+        bench_end_to_end.summarise([], [], 4)
+
+
+# -- FLOP counting ----------------------------------------------------------------------------
+
+def test_flop_ratio_resnet18_64px():
+    """Online fwd+bwd of two views (6F), target fwd of two views (2F), supervised fwd+bwd (3F):
+    about 8/3 plus the projector and PPM."""
+    pix = bench_step.pixpro_flops_per_image("resnet18", 64)
+    sup = bench_step.supervised_flops_per_image("resnet18", 64)
+    assert 1e8 < sup < 2e9
+    assert 2.6 < pix / sup < 3.3
+
+
+def test_settings_grid():
+    grid = bench_step.settings_grid(compiled="best")
+    assert len(grid) == 7 and bench_step.BASELINE in grid
+    assert [s for s in grid if s.compiled] == [bench_step.StepSetting("bf16", True, True)]
+    assert len(bench_step.settings_grid(compiled="all")) == 12
+    with pytest.raises(ValueError):
+        bench_step.settings_grid(compiled="some")
+
+
+# -- skipping what is not installed -----------------------------------------------------------
+
+def test_loader_backend_without_its_library_is_skipped(tmp_path, monkeypatch):
+    def missing(bench):
+        raise bench_loaders.Unavailable("FakeLib not installed")
+    monkeypatch.setitem(bench_loaders.BACKENDS, "fake", missing)
+    data = image_folder(tmp_path / "data", n=12)
+    res = bench_loaders.run(data, batch_size=2, image_size=32, workers=0, batches=1, rounds=1, backends=("fake",),
+                            work_dir=tmp_path, log=lambda *a: None)
+    assert res["skipped"] == {"fake": "FakeLib not installed"}
+    assert [r["pipeline"] for r in res["rows"]] == [bench_loaders.DECODE, bench_loaders.BASELINE]
+
+
+def test_peer_is_skipped_when_package_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == bench_peers.PACKAGE else real(name, *a))
+    reason = bench_peers.pixelcl_missing()
+    assert reason and bench_peers.PIP_NAME in reason
+    res = bench_peers.run("resnet18", 64, 2, log=lambda *a: None)
+    assert res["rows"] == [] and res["skipped"] == reason
+    assert "skipped" in bench_peers.table(res)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None and importlib.util.find_spec("ffcv") is None,
+                    reason="neither DALI nor FFCV is installed")
+def test_dali_and_ffcv_rows_run_where_installed(tmp_path):
+    data = image_folder(tmp_path / "data", n=16)
+    res = bench_loaders.run(data, batch_size=2, image_size=32, workers=1, batches=1, rounds=1,
+                            backends=("dali", "ffcv"), work_dir=tmp_path, log=lambda *a: None)
+    names = {r["pipeline"] for r in res["rows"]}
+    for lib, backend, rows in (("nvidia.dali", "dali", {"dali loader (2 views + boxes)", "DALI stock 1-view RRC"}),
+                               ("ffcv", "ffcv", {"ffcv loader (2 views + boxes)", "FFCV stock 1-view RRC"})):
+        if importlib.util.find_spec(lib) is not None and backend not in res["skipped"]:
+            assert rows <= names
+    assert all(r["images_per_s"] > 0 for r in res["rows"])
+
+
+def test_chart_draws_partial_results(tmp_path):
+    result = {"mode": "smoke", "machine": {"cpu_count": 2}, "sections": {
+        "end_to_end": {"rows": [{"backend": "torch", "wait_fraction": 0.4}]}}}
+    path = chart.draw(result, tmp_path / "c.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
