@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import queue
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -149,7 +150,8 @@ def _view_state(view: ViewRecipe) -> list[float]:
 class TwoViewDecoder(Operation):
     """Decode an ``RGBImageField`` once and cut two random-resized-crop views from it.
 
-    Outputs ``(view1, view2, info)``: two (B, S, S, 3) uint8 arrays (flip applied) and
+    Outputs ``(view1, view2, info)``: two (B, 3, S, S) uint8 arrays (planar, flip applied:
+    OpenCV resizes into an interleaved scratch buffer and one loop transposes and flips) and
     (B, 2, 8) int32 ``info`` rows, per view ``top, left, height, width`` of the window in
     the decoded image, ``flip``, the decoded image's ``height, width`` and ``ok`` (0 when
     libjpeg reported an error; the view is then mid-grey).
@@ -177,10 +179,11 @@ class TwoViewDecoder(Operation):
         widths, heights = self.metadata["width"], self.metadata["height"]
         self.max_width, self.max_height = int(widths.max()), int(heights.max())
         s = self.output_size
-        view = AllocationQuery((s, s, 3), np.dtype("<u1"))
-        return (replace(previous_state, jit_mode=True, shape=(s, s, 3), dtype=np.dtype("<u1")),
+        u8 = np.dtype("<u1")
+        view = AllocationQuery((3, s, s), u8)
+        return (replace(previous_state, jit_mode=True, shape=(3, s, s), dtype=u8),
                 (view, view, AllocationQuery((2, 8), np.dtype("<i4")),
-                 AllocationQuery((self.max_height * self.max_width * 3,), np.dtype("<u1"))))
+                 AllocationQuery((self.max_height * self.max_width * 3,), u8), AllocationQuery((s, s, 3), u8)))
 
     def generate_code(self):
         mem_read = self.memory_read
@@ -194,7 +197,7 @@ class TwoViewDecoder(Operation):
         scale_decode = self.scale_decode
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            out1, out2, info, temp_storage = my_storage
+            out1, out2, info, temp_storage, scratch_storage = my_storage
             state = np.empty(_STATE_LEN, dtype=np.float64)
             memcpy_c(state_address, state.ctypes.data, state_bytes)
             ints = state[:2].view(np.int64)
@@ -234,6 +237,7 @@ class TwoViewDecoder(Operation):
                     dh, dw = height, width
                     temp[:dh * dw * 3] = image_data[:dh * dw * 3]
                 decoded = temp[:dh * dw * 3].reshape(dh, dw, 3)
+                scratch = scratch_storage[dst_ix]
                 for v in range(2):
                     out = out1[dst_ix] if v == 0 else out2[dst_ix]
                     # window in the decoded image (the exact one for denom 1)
@@ -241,15 +245,18 @@ class TwoViewDecoder(Operation):
                     left = wins[v, 1] // denom
                     h = max(1, min(dh - top, (wins[v, 0] + wins[v, 2]) // denom - top))
                     w = max(1, min(dw - left, (wins[v, 1] + wins[v, 3]) // denom - left))
-                    resize_c(0, decoded.ctypes.data, dh, dw, top, top + h, left, left + w, out.ctypes.data,
+                    resize_c(0, decoded.ctypes.data, dh, dw, top, top + h, left, left + w, scratch.ctypes.data,
                              size, size)
                     if wins[v, 4]:
-                        for r in range(size):
-                            for c in range(size // 2):
-                                for ch in range(3):
-                                    tmp = out[r, c, ch]
-                                    out[r, c, ch] = out[r, size - 1 - c, ch]
-                                    out[r, size - 1 - c, ch] = tmp
+                        for ch in range(3):
+                            for r in range(size):
+                                for c in range(size):
+                                    out[ch, r, c] = scratch[r, size - 1 - c, ch]
+                    else:
+                        for ch in range(3):
+                            for r in range(size):
+                                for c in range(size):
+                                    out[ch, r, c] = scratch[r, c, ch]
                     row = info[dst_ix, v]
                     row[0], row[1], row[2], row[3] = top, left, h, w
                     row[4], row[5], row[6], row[7] = wins[v, 4], dh, dw, ok
@@ -299,14 +306,24 @@ def quasi_random_order(pages: np.ndarray, seed: int, epoch: int, window: int) ->
 # --------------------------------------------------------------------------- the loader
 
 class FFCVLoader:
-    """Two-view loader over a ``.beton`` file (see the module docstring for the contract)."""
+    """Two-view loader over a ``.beton`` file (see the module docstring for the contract).
+
+    Options beyond the common ones: ``order`` ('random' | 'quasi_random'), ``os_cache``
+    (FFCV: rely on the OS page cache, else a process cache), ``batches_ahead`` (FFCV's
+    queue depth), ``dtype`` of the views, ``scale_decode`` (JPEG DCT down-scaling),
+    ``colour_chunk`` (see :func:`pipelines.colour.apply_colour`), and on a CPU device
+    ``colour_threads`` / ``prefetch`` for the thread that finishes batches.
+    ``pin_memory``, ``prefetch_factor`` and ``persistent_workers`` are the torch backend's
+    and are accepted and ignored (FFCV pins its buffers itself when CUDA is present).
+    """
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, order: str = "random",
                  os_cache: bool = True, batches_ahead: int = 3, on_corrupt: str = "skip",
                  image_field: str = "image", dtype: torch.dtype = torch.float32, scale_decode: bool = True,
-                 colour_chunk: int | None = None, **ignored):
+                 colour_chunk: int | None = None, colour_threads: int = 1, prefetch: int = 2,
+                 pin_memory=None, prefetch_factor=None, persistent_workers=None):
         if data_dir is None:
             raise ValueError("the ffcv backend reads a .beton file: pass its path as data_dir")
         path = Path(data_dir).expanduser()
@@ -328,6 +345,7 @@ class FFCVLoader:
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.order, self.on_corrupt = order, on_corrupt
+        self.colour_threads, self.prefetch = colour_threads, prefetch
         self.num_workers = (os.cpu_count() or 1) if num_workers is None or num_workers < 1 else num_workers
         self.decoder = TwoViewDecoder(image_size, recipe.views, seed, scale_decode)
         self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk) for v in recipe.views]
@@ -442,7 +460,7 @@ class FFCVLoader:
         g = self._colour_generator(epoch, batch)
         params = [aug.sample(len(sample_ids), g) for aug in self.colour]
         u1, u2 = self._to_device([v1, v2])
-        views = [aug.apply(u.permute(0, 3, 1, 2), p) for aug, u, p in zip(self.colour, (u1, u2), params)]
+        views = [aug.apply(u, p) for aug, u, p in zip(self.colour, (u1, u2), params)]
         dev, nb = self.device, self.device.type == "cuda"
         index = torch.from_numpy(self._index_of[sample_ids.astype(np.int64)])
         return Batch(views[0], views[1], coords[0].to(dev, non_blocking=nb), coords[1].to(dev, non_blocking=nb),
@@ -459,13 +477,67 @@ class FFCVLoader:
             return
         it = iter(self._ffcv)
         self._active = it
+        batches = (self._to_batch(raw, planned[k * self.batch_size:(k + 1) * self.batch_size], epoch, start + k)
+                   for k, raw in enumerate(it))
         try:
-            for k, raw in enumerate(it):
-                ids = planned[k * self.batch_size:(k + 1) * self.batch_size]
-                yield self._to_batch(raw, ids, epoch, start + k)
+            if self.device.type == "cpu":
+                yield from _finish_in_thread(batches, self.colour_threads, self.prefetch)
+            else:
+                yield from batches  # on a GPU the colour work is kernel launches: cheap in this thread
         finally:
             if self._active is it:
                 self._stop_active()
+
+
+def _finish_in_thread(batches: Iterator[Batch], threads: int, prefetch: int) -> Iterator[Batch]:
+    """Run ``batches`` (CPU colour work included) in a thread of its own, ``prefetch`` ahead.
+
+    The thread has its own intra-op thread count (OpenMP's is per calling thread): FFCV
+    sets the caller's to its worker count, and torch's threads spinning beside FFCV's busy
+    decoding threads on the same cores cost far more than they gain. It also overlaps the
+    colour work with whatever the consumer does between batches.
+    """
+    out: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        torch.set_num_threads(max(1, threads))
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+
+    worker = threading.Thread(target=work, name="ffcv-colour", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                out.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 def build_ffcv_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,
