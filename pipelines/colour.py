@@ -276,17 +276,33 @@ def normalise(x01: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
     return out
 
 
+ENGINES = ("auto", "torch", "numba")
+
+
+def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'auto' is the fused numba engine for float32 output on the CPU when numba is there,
+    else tensor ops."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    from . import colour_cpu
+    return "numba" if device.type == "cpu" and dtype == torch.float32 and colour_cpu.available() else "torch"
+
+
 def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold: int = 128,
                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None, blur_truncate: float = 3.0) -> torch.Tensor:
+                 chunk: int | None = None, blur_truncate: float = 3.0, engine: str = "auto") -> torch.Tensor:
     """Colour-augment and normalise a batch of RGB views.
 
     ``images``: (B, 3, H, W) uint8 (0..255) or float (0..1), any memory format and device;
     it is not modified. Returns ``dtype`` (B, 3, H, W) in channels-last memory on the same
-    device. ``chunk`` processes that many samples at a time through one reused buffer: the
-    default, 4 on the CPU, keeps the working set in cache (a fresh batch-sized buffer per
-    step costs more in page faults and memory traffic than the arithmetic); the whole
-    batch at once on a GPU.
+    device. ``engine``: 'torch' (tensor ops, any device), 'numba' (fused CPU loops, see
+    :mod:`pipelines.colour_cpu`; float32 output) or 'auto'. For the tensor-op engine,
+    ``chunk`` processes that many samples at a time through one reused buffer: the default,
+    4 on the CPU, keeps the working set in cache (a fresh batch-sized buffer per step costs
+    more in page faults and memory traffic than the arithmetic); the whole batch at once on
+    a GPU.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) RGB images, got shape {tuple(images.shape)}")
@@ -294,6 +310,11 @@ def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold:
         raise ValueError(f"{len(params)} parameter rows for a batch of {images.shape[0]}")
     b, c, h, w = images.shape
     out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=torch.channels_last)
+    if resolve_engine(engine, images.device, dtype) == "numba":
+        if images.device.type != "cpu" or dtype != torch.float32:
+            raise ValueError("the numba engine works on CPU tensors and writes float32")
+        from . import colour_cpu
+        return colour_cpu.apply(images, params, solarize_threshold, mean, std, blur_truncate, out)
     if chunk is None:
         chunk = 4 if images.device.type == "cpu" else b
     chunk = max(1, min(chunk, b))
@@ -313,15 +334,16 @@ class ColourAugment:
     """One view's colour recipe bound to its normalisation: ``aug(images, generator)``."""
 
     def __init__(self, view: ViewRecipe, mean, std, dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None):
+                 chunk: int | None = None, engine: str = "auto"):
         self.view, self.mean, self.std, self.dtype, self.chunk = view, tuple(mean), tuple(std), dtype, chunk
+        self.engine = engine
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ColourParams:
         return sample_colour_params(self.view, batch_size, generator)
 
     def apply(self, images: torch.Tensor, params: ColourParams) -> torch.Tensor:
         return apply_colour(images, params, self.view.solarize_threshold, self.mean, self.std,
-                            self.dtype, self.chunk)
+                            self.dtype, self.chunk, engine=self.engine)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images.shape[0], generator))

@@ -18,10 +18,13 @@ import torchvision.transforms.functional as TF
 from pipelines.colour import (ColourAugment, ColourParams, adjust_brightness_, adjust_contrast_,
                               adjust_hue_, adjust_saturation_, apply_colour, blur_radius, gaussian_blur_,
                               normalise, sample_colour_params, solarize_, to_grayscale_)
+from pipelines import colour_cpu
 from pipelines.recipe import BYOL, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = 1e-5
+# (device, engine) pairs that can run here: tensor ops everywhere, the fused loops on the CPU
+ENGINES = [(d, "torch") for d in DEVICES] + ([("cpu", "numba")] if colour_cpu.available() else [])
 
 
 def images(b=6, h=37, w=45, seed=0):
@@ -124,9 +127,9 @@ def mixed_params(b: int) -> ColourParams:
     return q
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,engine", ENGINES)
 @pytest.mark.parametrize("dtype_in", [torch.uint8, torch.float32])
-def test_full_view_matches_torchvision_chain(device, dtype_in):
+def test_full_view_matches_torchvision_chain(device, engine, dtype_in):
     b = 16
     x01 = images(b=b, h=32, w=40, seed=1)
     x01 = (x01 * 255).round() / 255  # representable exactly as uint8
@@ -135,7 +138,7 @@ def test_full_view_matches_torchvision_chain(device, dtype_in):
     want = per_image(x01, lambda im, i: reference_view(im, q, i, view, IMAGENET_MEAN, IMAGENET_STD))
     src = (x01 * 255).round().to(torch.uint8) if dtype_in == torch.uint8 else x01
     src = src.to(device).contiguous(memory_format=torch.channels_last)
-    got = apply_colour(src, q, view.solarize_threshold, IMAGENET_MEAN, IMAGENET_STD)
+    got = apply_colour(src, q, view.solarize_threshold, IMAGENET_MEAN, IMAGENET_STD, engine=engine)
     assert got.shape == (b, 3, 32, 40) and got.dtype == torch.float32 and got.device.type == device
     assert got.is_contiguous(memory_format=torch.channels_last)
     close(got, want, 4 * TOL / min(IMAGENET_STD))  # normalisation scales errors by 1/std
@@ -145,18 +148,42 @@ def test_chunking_and_input_layout_do_not_change_the_result():
     b = 11
     x = (images(b=b, seed=2) * 255).round().to(torch.uint8)
     q = mixed_params(b)
-    ref = apply_colour(x, q, chunk=b)
-    nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # how FFCV hands views over
+    ref = apply_colour(x, q, chunk=b, engine="torch")
+    nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # interleaved memory
     for chunk in (1, 3, 8):
-        close(apply_colour(nhwc, q, chunk=chunk), ref, 0.0)
+        close(apply_colour(nhwc, q, chunk=chunk, engine="torch"), ref, 0.0)
+    if colour_cpu.available():
+        fused = apply_colour(x, q, engine="numba")
+        close(apply_colour(nhwc, q, engine="numba"), fused, 0.0)
+        close(fused, ref, 4 * TOL / min(IMAGENET_STD))
 
 
-def test_input_is_not_modified_and_neutral_params_only_normalise():
-    x = images(b=4)
+@pytest.mark.skipif(not colour_cpu.available(), reason="numba is not installed")
+def test_fused_engine_is_the_cpu_default_and_refuses_what_it_cannot_do():
+    from pipelines.colour import resolve_engine
+    assert resolve_engine("auto", torch.device("cpu"), torch.float32) == "numba"
+    assert resolve_engine("auto", torch.device("cpu"), torch.bfloat16) == "torch"
+    assert resolve_engine("auto", torch.device("cuda"), torch.float32) == "torch"
+    with pytest.raises(ValueError):
+        apply_colour(images(b=2), ColourParams.neutral(2), dtype=torch.bfloat16, engine="numba")
+    with pytest.raises(ValueError):
+        apply_colour(images(b=2), ColourParams.neutral(2), engine="fast")
+    # every blur size the recipe can draw, on an image barely larger than the largest kernel
+    x = images(b=6, h=14, w=15)
+    q = ColourParams.neutral(6)
+    q.blur_sigma[:] = torch.tensor([0.1, 0.4, 0.8, 1.2, 1.5, 2.0])
+    want = per_image(x, lambda im, i: TF.gaussian_blur(im, [2 * blur_radius(q.blur_sigma[i].item()) + 1] * 2,
+                                                       [q.blur_sigma[i].item()] * 2))
+    close(apply_colour(x, q, engine="numba"), want)
+
+
+@pytest.mark.parametrize("device,engine", ENGINES)
+def test_input_is_not_modified_and_neutral_params_only_normalise(device, engine):
+    x = images(b=4).to(device)
     before = x.clone()
-    got = apply_colour(x, ColourParams.neutral(4), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    got = apply_colour(x, ColourParams.neutral(4), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5), engine=engine)
     assert torch.equal(x, before)
-    close(got, TF.normalize(x, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)))
+    close(got, TF.normalize(x.cpu(), (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)), 4 * TOL)
 
 
 def test_output_dtype_option():
@@ -166,18 +193,19 @@ def test_output_dtype_option():
     close(got, x, 1 / 128)  # bf16 has 8 significant bits
 
 
-def test_jitter_order_is_brightness_contrast_saturation_hue():
+@pytest.mark.parametrize("device,engine", ENGINES)
+def test_jitter_order_is_brightness_contrast_saturation_hue(device, engine):
     """Hue before saturation gives a different image; we must match b, c, s, h exactly."""
     x = images(b=1)
     q = ColourParams.neutral(1)
     q.jitter[:] = True
     q.saturation[:] = 0.3
     q.hue[:] = 0.3
-    got = apply_colour(x, q)
+    got = apply_colour(x.to(device), q, engine=engine)
     ours = TF.adjust_hue(TF.adjust_saturation(x[0], 0.3), 0.3)
     other = TF.adjust_saturation(TF.adjust_hue(x[0], 0.3), 0.3)
     assert (ours - other).abs().max() > 0.05
-    close(got[0], ours)
+    close(got[0], ours, 2e-5)
 
 
 def test_sampled_rates_and_ranges():
