@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from pixpro_fast import LARS, ModelConfig, PixPro, lr_at, momentum_at, scaled_lr
 from pixpro_fast.encoder import build_encoder
-from pixpro_fast.heads import MLP2d, PixelPropagation
+from pixpro_fast.heads import Conv1x1, MLP2d, PixelPropagation
 from pixpro_fast.momentum import update_target
 from reference import ppm_reference
 
@@ -191,6 +191,32 @@ def test_channels_last_model_equals_contiguous():
     m2 = copy.deepcopy(m)
     b = m2.to(memory_format=torch.channels_last)(cl(v1), cl(v2), c, c)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_matmul_path_equals_conv2d_values_and_gradients(bias):
+    """On channels-last input Conv1x1 takes a matmul over channels; it must be the same
+    function (and gradients) as the 1x1 convolution, and return a channels-last result."""
+    torch.manual_seed(7)
+    layer = Conv1x1(6, 5, bias=bias)
+    x = torch.randn(2, 6, 4, 3)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y = layer(x_cl)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    w, b = layer.weight.detach().clone().requires_grad_(), None
+    if bias:
+        b = layer.bias.detach().clone().requires_grad_()
+    y_ref = torch.nn.functional.conv2d(x_ref, w, b)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x_cl.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, w.grad, atol=1e-5, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, b.grad, atol=1e-5, rtol=1e-5)
+    assert set(layer.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
 
 
 def test_concat_views_option_changes_only_batchnorm_statistics():
