@@ -55,6 +55,8 @@ class MetricsLogger:
                     self._tb.add_scalar(k, v, step)
         short = (f"loss {values.get('loss', float('nan')):.4f}  lr {values.get('lr', 0):.3g}  "
                  f"{values.get('images_per_sec', 0):.1f} img/s  wait {values.get('data_wait_fraction', 0):.0%}")
+        if "probe_miou" in values:
+            short += f"  probe mIoU {100 * values['probe_miou']:.1f}"
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix_str(short, refresh=True)

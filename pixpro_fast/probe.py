@@ -1,0 +1,507 @@
+"""Dense linear probe: does a frozen encoder tell the scenes' shapes apart, pixel by pixel?
+
+Protocol (built-in scenes, :mod:`pipelines.scenes`):
+
+- Images: shorter side resized to ``image_size`` and centre-cropped to a square (bilinear,
+  antialiased), ImageNet normalisation. Labels: the same square window resized with
+  nearest-neighbour straight to ``image_size / label_stride`` (default stride 4), so the
+  probe is scored on a label grid four times coarser than the input, like the
+  stride-4 outputs of common segmentation heads.
+- Features: the frozen encoder runs once per image in eval mode (BatchNorm running
+  statistics) and the chosen stage maps (``layer4``, optionally ``layer3``, ...) are kept
+  in memory at their native resolution, standardised per channel with train-split
+  statistics (a fixed affine map: it changes no linear decision, it only makes one small
+  optimisation budget fit every encoder).
+- Classifier: a 1x1 convolution on the stage maps upsampled bilinearly to the label grid,
+  concatenated. Upsampling and a 1x1 convolution are both linear and the bilinear weights
+  sum to one, so the two commute: the classifier is applied at native resolution and only
+  its K-channel logits are upsampled, which is exactly the same function and far cheaper.
+  Cross-entropy, Adam, a fixed number of steps on mini-batches drawn from a fixed random
+  sample of train pixels (``pixels_per_image`` label-grid positions per train image).
+- Metrics on the val split (its scenes are drawn from another random stream): pixel
+  accuracy and mean IoU over the classes that occur in the val ground truth, background
+  included. A class absent from the ground truth is left out of the mean (its IoU is
+  undefined or 0/0); its false positives still count against the classes they cover.
+
+Everything is deterministic for a fixed ``seed`` on a given machine.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+IGNORE_INDEX = 255
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    image_size: int = 160
+    label_stride: int = 4
+    layers: tuple[str, ...] = ("layer4",)
+    train_images: int = 256
+    val_images: int = 128
+    steps: int = 1000
+    batch_size: int = 4096        # pixels per probe step
+    pixels_per_image: int = 128   # training pixels drawn once per train image
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    seed: int = 0
+    scenes_seed: int = 0          # which generated scenes dataset (pipelines.scenes seed)
+    feature_batch: int = 32
+
+    def __post_init__(self):
+        if self.image_size < 32 or self.image_size % self.label_stride:
+            raise ValueError(f"image_size must be at least 32 and a multiple of label_stride={self.label_stride}, "
+                             f"got {self.image_size}")
+        for name in ("label_stride", "train_images", "val_images", "steps", "batch_size", "pixels_per_image",
+                     "feature_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.layers:
+            raise ValueError("layers must name at least one feature map")
+
+    @property
+    def label_size(self) -> int:
+        return self.image_size // self.label_stride
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class ProbeSplit:
+    """uint8 images (N, S, S, 3) and int64 label maps (N, S/stride, S/stride)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def square_window(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centred square of side min(width, height), as a PIL box."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def load_scene(image_path: str | Path, image_size: int, label_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene resized (shorter side) and centre-cropped: (S, S, 3) uint8 image, (L, L) uint8 labels."""
+    from pipelines.scenes import load_label_map
+    with Image.open(image_path) as im:
+        im = im.convert("RGB")
+        box = square_window(*im.size)
+        image = np.asarray(im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box))
+    labels = Image.fromarray(load_label_map(image_path))
+    if labels.size != im.size:
+        raise ValueError(f"label map of {image_path} is {labels.size}, the image {im.size}")
+    labels = np.asarray(labels.resize((label_size, label_size), Image.Resampling.NEAREST, box=box))
+    return image, labels
+
+
+def load_scenes_split(split: str, n_images: int, image_size: int, label_stride: int = 4, scenes_seed: int = 0,
+                      root: str | Path | None = None) -> ProbeSplit:
+    """The first ``n_images`` scenes of ``split`` ('train' or 'val'), generated on first use."""
+    from pipelines.scenes import ensure_scenes
+    folder = ensure_scenes(n_images=n_images, seed=scenes_seed, root=root, split=split)
+    names = json.loads((folder / "manifest.json").read_text())["images"]
+    label_size = image_size // label_stride
+    images = np.empty((n_images, image_size, image_size, 3), dtype=np.uint8)
+    labels = np.empty((n_images, label_size, label_size), dtype=np.uint8)
+    for i, name in enumerate(names[:n_images]):
+        images[i], labels[i] = load_scene(folder / name, image_size, label_size)
+    return ProbeSplit(torch.from_numpy(images), torch.from_numpy(labels).long())
+
+
+def load_probe_data(cfg: ProbeConfig, root: str | Path | None = None) -> tuple[ProbeSplit, ProbeSplit]:
+    return (load_scenes_split("train", cfg.train_images, cfg.image_size, cfg.label_stride, cfg.scenes_seed, root),
+            load_scenes_split("val", cfg.val_images, cfg.image_size, cfg.label_stride, cfg.scenes_seed, root))
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW with ImageNet mean/std."""
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------- features
+
+class PixelColour(nn.Module):
+    """A stand-in encoder whose only "feature" is the normalised colour, averaged over each
+    4x4 cell: the floor a probe must clear to show it learned more than colour."""
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixels": F.avg_pool2d(x, 4)}
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: torch.Tensor, layers: tuple[str, ...], batch_size: int = 32,
+                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Run ``encoder.forward_stages`` in eval mode over uint8 NHWC ``images``; float32 CPU maps."""
+    was_training = encoder.training
+    encoder.eval()
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalise(images[start:start + batch_size]).to(device)
+            stages = encoder.forward_stages(x)
+            for name in layers:
+                if name not in stages:
+                    raise ValueError(f"the encoder has no feature map {name!r}; it offers {sorted(stages)}")
+                out[name].append(stages[name].float().cpu())
+    finally:
+        encoder.train(was_training)
+    return {name: torch.cat(maps) for name, maps in out.items()}
+
+
+def channel_stats(features: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std over images and positions (std floored so dead channels stay 0)."""
+    stats = {}
+    for name, f in features.items():
+        flat = f.transpose(0, 1).reshape(f.shape[1], -1).double()
+        mean, std = flat.mean(1), flat.std(1)
+        stats[name] = (mean.float().view(1, -1, 1, 1), std.clamp_min(1e-6).float().view(1, -1, 1, 1))
+    return stats
+
+
+def standardise(features: dict[str, torch.Tensor], stats) -> dict[str, torch.Tensor]:
+    return {name: (f - stats[name][0]) / stats[name][1] for name, f in features.items()}
+
+
+# --------------------------------------------------------------------------- the classifier
+
+class LinearProbe(nn.Module):
+    """A 1x1 convolution over the concatenation of bilinearly upsampled feature maps,
+    computed as per-map 1x1 convolutions whose logits are upsampled and summed (the same
+    function, see the module docstring)."""
+
+    def __init__(self, channels: dict[str, int], num_classes: int):
+        super().__init__()
+        self.names = list(channels)
+        self.heads = nn.ModuleDict({name: nn.Conv2d(c, num_classes, 1, bias=False) for name, c in channels.items()})
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, features: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        logits = self.bias.view(1, -1, 1, 1)
+        for name in self.names:
+            z = self.heads[name](features[name])
+            if z.shape[-2:] != (size, size):
+                z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
+            logits = logits + z
+        return logits
+
+
+def sample_pixels(features: dict[str, torch.Tensor], labels: torch.Tensor, per_image: int,
+                  gen: torch.Generator, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training pixels: ``per_image`` random label-grid positions of every image (ignored
+    pixels dropped), with the bilinearly upsampled features there: X (P, sum C), y (P,)."""
+    n, size = len(labels), labels.shape[-1]
+    per_image = min(per_image, size * size)
+    names = list(features)
+    xs, ys = [], []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        up = torch.cat([F.interpolate(features[k][start:stop], size=(size, size), mode="bilinear",
+                                      align_corners=False) if features[k].shape[-1] != size else features[k][start:stop]
+                        for k in names], dim=1).flatten(2)                                  # (b, C, L*L)
+        pos = torch.stack([torch.randperm(size * size, generator=gen)[:per_image] for _ in range(stop - start)])
+        x = torch.gather(up, 2, pos.unsqueeze(1).expand(-1, up.shape[1], -1))               # (b, C, per_image)
+        y = torch.gather(labels[start:stop].flatten(1), 1, pos)
+        xs.append(x.transpose(1, 2).reshape(-1, up.shape[1]))
+        ys.append(y.reshape(-1))
+    x, y = torch.cat(xs), torch.cat(ys)
+    keep = y != IGNORE_INDEX
+    return x[keep], y[keep]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run small tensor ops on one thread: for matrices this small, a second intra-op
+    thread only adds synchronisation, which on a busy machine costs far more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_probe(features: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int, steps: int,
+                batch_size: int = 4096, lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
+                pixels_per_image: int = 128) -> LinearProbe:
+    """Fit a :class:`LinearProbe` on (already standardised) features against label maps.
+
+    The classifier is trained on a fixed random sample of pixels (features upsampled to
+    the label grid at those positions, held as one matrix), in mini-batches of pixels:
+    the same model as the dense one, at a fraction of the cost per step."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = sample_pixels(features, labels, pixels_per_image, gen)
+    if len(y) == 0:
+        raise ValueError("no labelled pixels to train the probe on")
+    linear = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        linear.weight.normal_(0.0, 0.01, generator=gen)
+        linear.bias.zero_()
+    opt = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    with single_thread():
+        for _ in range(steps):
+            idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=gen)
+            loss = F.cross_entropy(linear(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    probe = LinearProbe({k: v.shape[1] for k, v in features.items()}, num_classes)
+    with torch.no_grad():
+        offset = 0
+        for k, v in features.items():
+            c = v.shape[1]
+            probe.heads[k].weight.copy_(linear.weight[:, offset:offset + c].view(num_classes, c, 1, 1))
+            offset += c
+        probe.bias.copy_(linear.bias)
+    probe.eval()
+    return probe
+
+
+@torch.no_grad()
+def predict(probe: LinearProbe, features: dict[str, torch.Tensor], size: int, batch_size: int = 64) -> torch.Tensor:
+    n = len(next(iter(features.values())))
+    return torch.cat([probe({k: v[i:i + batch_size] for k, v in features.items()}, size).argmax(1)
+                      for i in range(0, n, batch_size)])
+
+
+# --------------------------------------------------------------------------- metrics
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts, rows = ground truth, columns = prediction; IGNORE_INDEX pixels skipped."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = target != IGNORE_INDEX
+    pred, target = pred[keep], target[keep]
+    if len(target) and (target.min() < 0 or target.max() >= num_classes or pred.min() < 0
+                        or pred.max() >= num_classes):
+        raise ValueError(f"class ids must lie in [0, {num_classes})")
+    return torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def iou_per_class(conf: torch.Tensor) -> list[float | None]:
+    """IoU = TP / (TP + FP + FN) per class; None for a class with no ground-truth pixels."""
+    conf = conf.double()
+    tp = conf.diag()
+    gt, predicted = conf.sum(1), conf.sum(0)
+    return [None if gt[c] == 0 else float(tp[c] / (gt[c] + predicted[c] - tp[c])) for c in range(len(conf))]
+
+
+def mean_iou(conf: torch.Tensor) -> float:
+    present = [v for v in iou_per_class(conf) if v is not None]
+    if not present:
+        raise ValueError("the confusion matrix holds no ground-truth pixels")
+    return sum(present) / len(present)
+
+
+def pixel_accuracy(conf: torch.Tensor) -> float:
+    total = int(conf.sum())
+    if total == 0:
+        raise ValueError("the confusion matrix holds no ground-truth pixels")
+    return float(conf.diag().sum()) / total
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@dataclass
+class ProbeResult:
+    name: str
+    miou: float
+    pixel_accuracy: float
+    iou: list[float | None]
+    classes: list[str]
+    layers: list[str]
+    feature_seconds: float
+    probe_seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_features(train_feats: dict[str, torch.Tensor], train_labels: torch.Tensor,
+                      val_feats: dict[str, torch.Tensor], val_labels: torch.Tensor, num_classes: int,
+                      cfg: ProbeConfig) -> tuple[torch.Tensor, LinearProbe]:
+    """Standardise, train the probe, return the val confusion matrix (and the probe)."""
+    stats = channel_stats(train_feats)
+    train_feats, val_feats = standardise(train_feats, stats), standardise(val_feats, stats)
+    probe = train_probe(train_feats, train_labels, num_classes, cfg.steps, cfg.batch_size, cfg.lr,
+                        cfg.weight_decay, cfg.seed, cfg.pixels_per_image)
+    pred = predict(probe, val_feats, val_labels.shape[-1])
+    return confusion_matrix(pred, val_labels, num_classes), probe
+
+
+def evaluate_encoder(encoder: nn.Module, train: ProbeSplit, val: ProbeSplit, cfg: ProbeConfig, name: str = "encoder",
+                     classes: tuple[str, ...] | None = None, layers: tuple[str, ...] | None = None,
+                     device: str | torch.device = "cpu") -> ProbeResult:
+    """Freeze ``encoder`` (it is not modified), probe it, score it on ``val``."""
+    from pipelines.scenes import CLASSES
+    classes = tuple(classes or CLASSES)
+    layers = tuple(layers or cfg.layers)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    train_feats = extract_features(encoder, train.images, layers, cfg.feature_batch, device)
+    val_feats = extract_features(encoder, val.images, layers, cfg.feature_batch, device)
+    t1 = time.perf_counter()
+    conf, _ = evaluate_features(train_feats, train.labels, val_feats, val.labels, len(classes), cfg)
+    t2 = time.perf_counter()
+    return ProbeResult(name, mean_iou(conf), pixel_accuracy(conf), iou_per_class(conf), list(classes), list(layers),
+                       t1 - t0, t2 - t1)
+
+
+# --------------------------------------------------------------------------- encoders
+
+def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[nn.Module, str, dict]:
+    """The online encoder of a training checkpoint: (encoder, arch, the checkpoint's config).
+
+    ``arch``, when given, must match the checkpoint's; a mismatch is an error, not a guess."""
+    from .checkpoint import load_checkpoint
+    from .encoder import build_encoder
+    from .export import encoder_state_from_checkpoint
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path} is not a pixpro_fast training checkpoint (no 'model' entry)")
+    config = ckpt.get("config") or {}
+    saved_arch = config.get("arch")
+    if saved_arch is None and arch is None:
+        raise ValueError(f"{path} does not record its arch: pass --arch")
+    if arch is not None and saved_arch is not None and arch != saved_arch:
+        raise ValueError(f"arch mismatch: {path} holds a {saved_arch} encoder, but {arch} was requested")
+    arch = arch or saved_arch
+    encoder = build_encoder(arch)
+    state = encoder_state_from_checkpoint(ckpt)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the encoder in {path} does not fit {arch}: {e}") from None
+    return encoder, arch, config
+
+
+def random_encoder(arch: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised trunk, as pretraining starts it (zero-initialised residual BN)."""
+    from .encoder import build_encoder
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_encoder(arch)
+
+
+# --------------------------------------------------------------------------- online monitoring
+
+class OnlineProbe:
+    """A small cached probe for use during training: ``OnlineProbe(...)(encoder) -> mIoU``.
+
+    The scenes are loaded once; each call deep-copies the encoder (so the training copy's
+    mode, BatchNorm buffers and graph are untouched) and probes the copy without gradients."""
+
+    def __init__(self, n_images: int = 64, image_size: int = 128, layers: tuple[str, ...] = ("layer4",),
+                 steps: int = 200, device: str | torch.device = "cpu", root: str | Path | None = None):
+        self.cfg = ProbeConfig(image_size=image_size, layers=layers, train_images=n_images, val_images=n_images,
+                               steps=steps)
+        self.device = device
+        self.train, self.val = load_probe_data(self.cfg, root)
+
+    def __call__(self, encoder: nn.Module) -> dict[str, float]:
+        enc = copy.deepcopy(encoder).float()
+        result = evaluate_encoder(enc, self.train, self.val, self.cfg, device=self.device)
+        return {"probe_miou": result.miou, "probe_pixel_accuracy": result.pixel_accuracy}
+
+
+# --------------------------------------------------------------------------- command line
+
+def format_table(results: list[ProbeResult]) -> str:
+    lines = [f"{'encoder':<28} {'mIoU':>7} {'pixel acc':>10}  " + " ".join(f"{c[:6]:>6}" for c in results[0].classes)]
+    for r in results:
+        per = " ".join(f"{'-':>6}" if v is None else f"{100 * v:6.1f}" for v in r.iou)
+        lines.append(f"{r.name:<28} {100 * r.miou:7.2f} {100 * r.pixel_accuracy:10.2f}  {per}")
+    return "\n".join(lines)
+
+
+def eval_command(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="train.py eval",
+        description="Dense linear probe of a frozen encoder on the built-in scenes: trains a per-pixel linear "
+                    "classifier on train-split features, reports mIoU and pixel accuracy on the val split.")
+    ap.add_argument("--checkpoint", help="training checkpoint (its online encoder is probed)")
+    ap.add_argument("--random-init", action="store_true", help="probe a randomly initialised encoder instead")
+    ap.add_argument("--compare-random", action="store_true",
+                    help="also probe a randomly initialised encoder of the same arch")
+    ap.add_argument("--compare-colour", action="store_true", help="also probe raw pixel colours")
+    ap.add_argument("--arch", help="encoder arch (required with --random-init alone; checked against a checkpoint)")
+    d = ProbeConfig()
+    ap.add_argument("--image-size", type=int, default=d.image_size)
+    ap.add_argument("--label-stride", type=int, default=d.label_stride)
+    ap.add_argument("--layers", default=",".join(d.layers), help="comma-separated stages, e.g. layer4,layer3")
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--train-images", type=int, default=d.train_images)
+    ap.add_argument("--val-images", type=int, default=d.val_images)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", help="write the results here as JSON")
+    args = ap.parse_args(argv)
+    if not args.checkpoint and not args.random_init:
+        ap.error("give --checkpoint PATH, or --random-init with --arch")
+    if args.random_init and not args.arch and not args.checkpoint:
+        ap.error("--random-init needs --arch (or a --checkpoint to take it from)")
+    layers = tuple(s.strip() for s in args.layers.split(",") if s.strip())
+    bad = [s for s in layers if s not in STAGES]
+    if bad:
+        ap.error(f"unknown layer(s) {bad}; choose from {STAGES}")
+    try:
+        cfg = ProbeConfig(image_size=args.image_size, label_stride=args.label_stride, layers=layers, steps=args.steps,
+                          batch_size=args.batch_size, lr=args.lr, train_images=args.train_images,
+                          val_images=args.val_images, seed=args.seed)
+    except ValueError as e:
+        ap.error(str(e))
+    encoders: list[tuple[str, nn.Module, tuple[str, ...]]] = []
+    arch = args.arch
+    source = None
+    try:
+        if args.checkpoint:
+            enc, arch, saved = encoder_from_checkpoint(args.checkpoint, args.arch)
+            source = {"checkpoint": str(args.checkpoint), "pretrain_config": saved}
+            if not args.random_init:
+                encoders.append((f"{arch} pretrained", enc, layers))
+        elif args.arch:
+            from .encoder import ARCHS
+            if args.arch not in ARCHS:
+                raise ValueError(f"unknown encoder arch {args.arch!r}; choose one of {ARCHS}")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.random_init or args.compare_random:
+        encoders.append((f"{arch} random init", random_encoder(arch, args.seed), layers))
+    if args.compare_colour:
+        encoders.append(("pixel colour", PixelColour(), ("pixels",)))
+    print(f"probe: {cfg.train_images} train / {cfg.val_images} val scenes at {cfg.image_size} px, labels at "
+          f"{cfg.label_size} px, layers {','.join(layers)}, {cfg.steps} steps", file=sys.stderr)
+    train, val = load_probe_data(cfg)
+    results = []
+    for name, enc, enc_layers in encoders:
+        results.append(evaluate_encoder(enc.to(args.device), train, val, cfg, name, layers=enc_layers,
+                                        device=args.device))
+    print(format_table(results))
+    if args.out:
+        payload = {"probe_config": asdict(cfg), "arch": arch, **(source or {}),
+                   "results": [r.to_dict() for r in results]}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2, default=str))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
