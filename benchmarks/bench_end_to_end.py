@@ -125,11 +125,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps are skipped)")
+    ap.add_argument("--skip", type=int, default=2, help="untimed first steps (start-up, compilation)")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers/threads (default: all cores)")
+    ap.add_argument("--images", type=int, default=512, help="scenes to generate when no --data-dir")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
-    data_dir = args.data_dir or ensure_scenes(512)
+    data_dir = args.data_dir or ensure_scenes(args.images)
     result = run(data_dir, tuple(args.backends.split(",")), args.arch, args.image_size, args.batch_size, args.steps,
-                 precision=args.precision, device=args.device)
+                 skip=args.skip, precision=args.precision, compiled=args.compile, workers=args.workers,
+                 device=args.device)
     print(table(result, absolute=args.device != "cpu"))
     print("wrote", write_json(args.out, "end_to_end.json", result))
     return result
