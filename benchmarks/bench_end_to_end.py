@@ -20,14 +20,13 @@ import statistics
 import tempfile
 import time
 
-import torch
 
 import pipelines
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer
 from pixpro_fast.metrics import verdict
 
-from .common import markdown_table, sync, write_json
+from .common import sync, table_with_skips, write_json
 
 
 def summarise(waits: list[float], computes: list[float], batch_size: int) -> dict:
@@ -108,10 +107,7 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
 
 def table(result: dict, absolute: bool = False) -> str:
     cols = ["backend", "wait_fraction", "vs_compute_ceiling", "verdict"] + (["images_per_s"] if absolute else [])
-    out = markdown_table(result["rows"], cols)
-    for name, why in result["skipped"].items():
-        out += f"\n\n{name}: skipped ({why})"
-    return out
+    return table_with_skips(result["rows"], cols, result["skipped"])
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_torch_loader import decode_loader
-from benchmarks.common import machine, markdown_table, write_json
+from benchmarks.common import markdown_table, write_json
 from pipelines.ffcv_writer import require_ffcv, write_beton
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe

@@ -37,7 +37,7 @@ from pipelines.recipe import BYOL, Recipe, get_recipe
 
 from .baseline_loader import build_baseline_loader
 from .bench_torch_loader import decode_loader, images_per_second
-from .common import markdown_table, write_json
+from .common import table_with_skips, write_json
 
 DECODE, BASELINE = "decode ceiling", "baseline (torchvision 2-view)"
 
@@ -242,10 +242,7 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
 
 def table(result: dict, absolute: bool = False) -> str:
     cols = ["pipeline", "backend", "vs_baseline", "vs_decode_ceiling"] + (["images_per_s"] if absolute else [])
-    out = markdown_table(result["rows"], cols)
-    for name, why in result["skipped"].items():
-        out += f"\n\n{name}: skipped ({why})"
-    return out
+    return table_with_skips(result["rows"], cols, result["skipped"])
 
 
 def main(argv=None):

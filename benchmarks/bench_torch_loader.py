@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.baseline_loader import build_baseline_loader
-from benchmarks.common import machine, markdown_table, write_json
+from benchmarks.common import markdown_table, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes

@@ -71,6 +71,14 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(out)
 
 
+def table_with_skips(rows: list[dict], columns: list[str], skipped: dict[str, str]) -> str:
+    """A markdown table followed by one line per skipped row and why."""
+    out = markdown_table(rows, columns)
+    for name, why in skipped.items():
+        out += f"\n\n{name}: skipped ({why})"
+    return out
+
+
 def write_json(out_dir: str | Path, name: str, payload: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ metrics.jsonl) goes to --out/pretrain and is resumed if it is already there.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path

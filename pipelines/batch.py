@@ -43,3 +43,13 @@ class Loader(Protocol):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
 
     def __iter__(self) -> Iterator[Batch]: ...
+
+
+def check_loader_options(on_corrupt: str, rank: int, world_size: int, seed: int) -> None:
+    """The options every backend takes, checked alike: a bad value is a ValueError naming it."""
+    if on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")

@@ -68,7 +68,7 @@ from PIL import Image
 
 from pixpro_fast.geometry import windows_to_coords
 
-from .batch import Batch
+from .batch import Batch, check_loader_options
 from .image_folder import scan_image_folder
 from .recipe import BYOL, Recipe, ViewRecipe
 from .torch_loader import CorruptImageError, epoch_order, shard_positions
@@ -487,12 +487,7 @@ class DaliLoader:
                  prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
                  max_replacements: int = 16, gpu_style: bool = False):
         require_dali()
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        check_loader_options(on_corrupt, rank, world_size, seed)
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
         self.images = scan_image_folder(data_dir)

@@ -46,7 +46,7 @@ import torch
 
 from pixpro_fast.geometry import windows_to_coords
 
-from .batch import Batch
+from .batch import Batch, check_loader_options
 from .colour import ColourAugment
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .recipe import BYOL, Recipe, ViewRecipe
@@ -335,12 +335,7 @@ class FFCVLoader:
                                     f"(write one with: python -m pipelines.ffcv_writer --data DIR --out {path})")
         if order not in ("random", "quasi_random"):
             raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        check_loader_options(on_corrupt, rank, world_size, seed)
         self.path, self.batch_size, self.image_size, self.recipe = path, batch_size, image_size, recipe
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last

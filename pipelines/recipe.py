@@ -6,7 +6,7 @@ Blur sigma is in pixels of the output view (as the reference applies it after th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace, asdict
+from dataclasses import dataclass, replace, asdict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

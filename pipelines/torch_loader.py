@@ -42,7 +42,7 @@ from PIL import Image, ImageFilter
 
 from pixpro_fast.geometry import window_to_coords
 
-from .batch import Batch
+from .batch import Batch, check_loader_options
 from .crop import sample_crop
 from .image_folder import scan_image_folder
 from .recipe import BYOL, Recipe, ViewRecipe
@@ -350,12 +350,7 @@ class TorchLoader:
                  pin_memory: bool | None = None, prefetch_factor: int | None = None,
                  persistent_workers: bool | None = None, shuffle: bool = True,
                  reducing_gap: float | None = 2.0):
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+        check_loader_options(on_corrupt, rank, world_size, seed)
         self.images = scan_image_folder(data_dir)
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
         self.device = torch.device(device)

@@ -168,7 +168,7 @@ class Trainer:
         if diffs:
             raise ResumeMismatchError(f"cannot resume from {source}: the configuration differs:\n  - "
                                       + "\n  - ".join(diffs)
-                                      + f"\nuse the original settings, or a new --out folder to start afresh")
+                                      + "\nuse the original settings, or a new --out folder to start afresh")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

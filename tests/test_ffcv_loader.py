@@ -22,7 +22,7 @@ from pipelines import ffcv_loader as FL  # noqa: E402
 from pipelines import ffcv_writer as FW  # noqa: E402
 from pipelines.batch import Batch  # noqa: E402
 from pipelines.crop import sample_crop  # noqa: E402
-from pipelines.recipe import BYOL, ViewRecipe  # noqa: E402
+from pipelines.recipe import BYOL  # noqa: E402
 
 GEOMETRY = BYOL.without_colour()
 SIZE = 64
