@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         results.append(probe.evaluate_encoder(enc, train, val, probe_cfg, name, layers=enc_layers))
         print(f"  probed {name}: mIoU {100 * results[-1].miou:.2f}")
     table = results_table(results, f"{arch} random init")
-    header = (f"PixPro pretraining: {arch}, {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs over "
+    header = (f"{args.method} pretraining: {arch}, {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs over "
               f"{args.scenes} scenes ({fit.steps} steps, {pretrain_s / 60:.1f} min on {torch.get_num_threads()} "
               f"threads). Probe: {probe_cfg.train_images} train / {probe_cfg.val_images} val scenes at "
               f"{probe_cfg.image_size} px, layers {','.join(layers)}, {probe_cfg.steps} steps.")
