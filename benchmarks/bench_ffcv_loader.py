@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import statistics
 import time
 from dataclasses import replace
@@ -51,7 +50,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
 from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToTensor, ToTorchImage  # noqa: E402
 
-from pipelines.ffcv_loader import FFCVLoader  # noqa: E402
+from pipelines.ffcv_loader import FFCVLoader, stop_epoch_iterator  # noqa: E402
 
 
 class FullDecode(SimpleRGBImageDecoder):
@@ -93,13 +92,7 @@ def ffcv_loader(beton: Path, batch_size: int, workers: int, pipeline: list) -> L
 def _stop(it) -> None:
     """End a pass early without leaving FFCV's producer thread decoding behind the next row."""
     if hasattr(it, "terminate_event"):  # FFCV's EpochIterator
-        it.terminate_event.set()
-        while it.is_alive():
-            try:
-                it.output_queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        it.close()
+        stop_epoch_iterator(it)
     elif hasattr(it, "close"):  # our generator: its finally block stops the FFCV pass
         it.close()
 

@@ -305,6 +305,20 @@ def quasi_random_order(pages: np.ndarray, seed: int, epoch: int, window: int) ->
 
 # --------------------------------------------------------------------------- the loader
 
+def stop_epoch_iterator(it) -> None:
+    """End an unfinished FFCV pass (an ``EpochIterator``) and wait for its producer thread.
+
+    The thread looks at its terminate flag only while the queue is full, and its final put
+    has no timeout: keep taking batches until it has gone."""
+    it.terminate_event.set()
+    while it.is_alive():
+        try:
+            it.output_queue.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    it.close()
+
+
 class FFCVLoader:
     """Two-view loader over a ``.beton`` file (see the module docstring for the contract).
 
@@ -406,17 +420,8 @@ class FFCVLoader:
     def _stop_active(self) -> None:
         """End an unfinished pass (the loop was left early) before the shared state changes."""
         it, self._active = self._active, None
-        if it is None:
-            return
-        # FFCV's producer thread looks at its terminate flag only while the queue is full, and
-        # its final put has no timeout: keep taking batches until it has gone
-        it.terminate_event.set()
-        while it.is_alive():
-            try:
-                it.output_queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        it.close()
+        if it is not None:
+            stop_epoch_iterator(it)
 
     def _colour_generator(self, epoch: int, batch: int) -> torch.Generator:
         key = np.random.SeedSequence((self.seed, epoch, self.rank, batch, 0xC010)).generate_state(1, np.uint64)[0]
