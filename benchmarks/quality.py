@@ -2,7 +2,7 @@
 probe it (dense linear probe, :mod:`pixpro_fast.probe`) beside a randomly initialised
 encoder of the same arch and the raw pixel colours.
 
-The scenes' shape classes are drawn independently of colour and texture, so the colour
+A scene object's class sets its outline and fill pattern, never its colours, so the colour
 row is the floor: what a probe gets from colour alone. The pretrained encoder should beat
 the random one by a clear margin (the aim is 5 mIoU points).
 
@@ -32,6 +32,7 @@ def pretrain_config(args, out: Path) -> TrainConfig:
     """PixPro with the paper's recipe, scaled to a CPU budget: small images and projector."""
     return TrainConfig(method=args.method, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
                        epochs=args.epochs, warmup_epochs=args.warmup_epochs, base_lr=args.base_lr,
+                       optimizer=args.optimizer, lars_trust=args.lars_trust, weight_decay=args.weight_decay,
                        scenes_images=args.scenes, proj_hidden_dim=args.proj_hidden_dim, precision=args.precision,
                        num_workers=args.workers, log_every=10, ckpt_every=0, keep_ckpts=1, tensorboard=False,
                        out=str(out / "pretrain"), seed=args.seed).validate()
@@ -53,6 +54,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--warmup-epochs", type=float, default=2.0)
     ap.add_argument("--base-lr", type=float, default=1.0)
+    ap.add_argument("--optimizer", default="lars")
+    ap.add_argument("--lars-trust", type=float, default=0.001)
+    ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
     ap.add_argument("--proj-hidden-dim", type=int, default=1024)
     ap.add_argument("--precision", default="bf16")
@@ -80,6 +84,9 @@ def main(argv=None) -> dict:
     print(f"pretrained {fit.steps} steps in {pretrain_s / 60:.1f} min, last loss {fit.last_loss:.4f}")
 
     pretrained, arch, _ = probe.encoder_from_checkpoint(fit.checkpoint)
+    turn = probe.weight_turn(pretrained, probe.random_encoder(arch, args.seed))
+    print("weights turned from their initialisation (degrees): "
+          + ", ".join(f"{stage} {deg:.1f}" for stage, deg in turn.items()))
     train, val = probe.load_probe_data(probe_cfg)
     encoders = [(f"{arch} {args.method} {args.epochs} ep", pretrained, layers),
                 (f"{arch} random init", probe.random_encoder(arch, args.seed), layers),
@@ -92,12 +99,13 @@ def main(argv=None) -> dict:
     header = (f"{args.method} pretraining: {arch}, {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs over "
               f"{args.scenes} scenes ({fit.steps} steps, {pretrain_s / 60:.1f} min on {torch.get_num_threads()} "
               f"threads). Probe: {probe_cfg.train_images} train / {probe_cfg.val_images} val scenes at "
-              f"{probe_cfg.image_size} px, layers {','.join(layers)}, {probe_cfg.steps} steps.")
+              f"{probe_cfg.image_size} px, layers {','.join(layers)}, {probe_cfg.steps} steps. Pretrained weights turned from "
+              f"their initialisation by " + ", ".join(f"{s} {d:.0f}" for s, d in turn.items()) + " degrees.")
     print(header + "\n\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.md").write_text(header + "\n\n" + table + "\n")
     payload = {"pretrain_config": cfg.to_dict(), "pretrain_steps": fit.steps, "pretrain_seconds": pretrain_s,
-               "last_loss": fit.last_loss, "probe_config": asdict(probe_cfg),
+               "last_loss": fit.last_loss, "weight_turn_degrees": turn, "probe_config": asdict(probe_cfg),
                "results": [r.to_dict() for r in results]}
     print("wrote", write_json(out, "quality.json", payload))
     return payload

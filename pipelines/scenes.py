@@ -1,9 +1,12 @@
 """The built-in dataset: procedurally generated scenes with per-pixel labels.
 
-Each scene is a textured background with several shapes (circle, square, triangle, star,
-ring, cross). Colour and texture of a shape are drawn independently of its class, so the
-class is only recognisable from its form, which is what a dense probe on pretrained
-features should pick up. Images are JPEGs with sides between 256 and 640 pixels; beside
+Each scene is a smooth background (gradient or soft blotches) with two to five objects.
+An object's class fixes its outline (circle, square, triangle, star, ring, cross) and the
+family of its fill pattern (dots, stripes, checks, speckle, rings, zigzag); the pattern's two
+colours, orientation, phase and period are drawn per object, independently of the class.
+So colour says nothing about the class: a dense probe has to read form and texture, which
+is what pretrained features should pick up and raw colour cannot.
+Images are JPEGs with sides between 256 and 640 pixels; beside
 each ``scene_XXXXX.jpg`` lies ``scene_XXXXX.labels.png`` (uint8 class id per pixel,
 0 = background), which :mod:`pipelines.image_folder` ignores.
 
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-VERSION = "v1"
+VERSION = "v2"
 CLASSES = ("background", "circle", "square", "triangle", "star", "ring", "cross")
 SPLITS = {"train": 0, "val": 1}
 MIN_SIDE, MAX_SIDE = 256, 640
@@ -75,19 +78,14 @@ def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int,
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth: a linear gradient or soft blotches between two colours, plus low-frequency
+    shading. High-frequency structure belongs to the objects."""
     c1, c2 = _random_colour(rng), _random_colour(rng)
-    style = rng.integers(4)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    if style == 0:  # linear gradient
+    if rng.random() < 0.5:  # linear gradient
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         a = rng.uniform(0, 2 * np.pi)
         t = (xx * math.cos(a) + yy * math.sin(a))
         t = (t - t.min()) / max(float(np.ptp(t)), 1.0)
-    elif style == 1:  # soft stripes
-        a, period = rng.uniform(0, np.pi), rng.uniform(12, 80)
-        t = 0.5 + 0.5 * np.sin((xx * math.cos(a) + yy * math.sin(a)) * (2 * np.pi / period))
-    elif style == 2:  # checkerboard
-        cell = int(rng.integers(16, 72))
-        t = (((xx // cell) + (yy // cell)) % 2).astype(np.float32)
     else:  # blotches
         t = _smooth_field(rng, h, w, int(rng.integers(3, 10)))[..., 0]
     img = c1 + t[..., None] * (c2 - c1)
@@ -123,24 +121,47 @@ def _shape_mask(cls: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape class {cls!r}")
 
 
-def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Fill of a shape in its frame; independent of the shape's class."""
-    c1, c2 = _random_colour(rng), _random_colour(rng)
-    kind = rng.integers(5)
-    if kind == 0:  # solid
-        t = np.zeros(u.shape, dtype=np.float32)
-    elif kind == 1:  # stripes
-        a, f = rng.uniform(0, np.pi), rng.uniform(4, 14)
-        t = (np.sin((u * math.cos(a) + v * math.sin(a)) * f) > 0).astype(np.float32)
-    elif kind == 2:  # dots
-        f = rng.uniform(5, 12)
-        t = ((np.sin(u * f) * np.sin(v * f)) > 0.4).astype(np.float32)
-    elif kind == 3:  # gradient
-        a = rng.uniform(0, 2 * np.pi)
-        t = np.clip(0.5 + 0.5 * (u * math.cos(a) + v * math.sin(a)), 0, 1).astype(np.float32)
-    else:  # speckle
-        t = rng.random(u.shape, dtype=np.float32)
-    return c1 + t[..., None] * (c2 - c1)
+# Each class has its own fill pattern family; the pattern's colours, orientation, phase and
+# scale are drawn per instance, so neither colour nor one exact pattern names a class.
+PATTERNS = {"circle": "dots", "square": "stripes", "triangle": "checks", "star": "speckle", "ring": "rings",
+            "cross": "zigzag"}
+
+
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours whose luma differs by at least 60 levels, so a pattern survives
+    greyscale and colour jitter."""
+    while True:
+        c1, c2 = _random_colour(rng), _random_colour(rng)
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if abs(float((c1 - c2) @ luma)) >= 60.0:
+            return c1, c2
+
+
+def _pattern(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
+    """Mix weight in [0, 1] of the pattern ``kind`` in the shape's frame; ``period`` is in
+    the same units as ``u``, ``v`` (shape radii)."""
+    a = rng.uniform(0, np.pi)
+    x, y = u * math.cos(a) + v * math.sin(a), -u * math.sin(a) + v * math.cos(a)
+    phase = rng.uniform(0, 2 * np.pi)
+    w = 2 * np.pi / period
+    if kind == "stripes":
+        t = np.sin(x * w + phase) > 0
+    elif kind == "checks":
+        t = (np.sin(x * w + phase) > 0) ^ (np.sin(y * w) > 0)
+    elif kind == "dots":
+        t = (np.cos(x * w + phase) + np.cos(y * w)) > 1.0
+    elif kind == "rings":
+        t = np.sin(np.hypot(u, v) * w + phase) > 0
+    elif kind == "zigzag":
+        t = np.sin(x * w + 1.5 * np.abs(((y * w / np.pi) % 2.0) - 1.0) * np.pi + phase) > 0
+    elif kind == "speckle":  # random cells of half the period
+        cells = rng.random((64, 64)) > 0.5
+        i = np.clip(((x + 1.5) / (period / 2)).astype(np.int64), 0, 63)
+        j = np.clip(((y + 1.5) / (period / 2)).astype(np.int64), 0, 63)
+        t = cells[i, j]
+    else:
+        raise ValueError(f"unknown pattern {kind!r}")
+    return t.astype(np.float32)
 
 
 def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +169,10 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     h, w = (int(s) for s in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     img = _background(rng, h, w)
     labels = np.zeros((h, w), dtype=np.uint8)
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 6))):
         cls_id = int(rng.integers(1, len(CLASSES)))
-        r = rng.uniform(0.07, 0.22) * min(h, w)
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = rng.uniform(0.12, 0.3) * min(h, w)
+        cy, cx = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.1 * w, 0.9 * w)
         theta = rng.uniform(0, 2 * np.pi)
         y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, h)
         x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, w)
@@ -162,11 +183,14 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         u = dx * math.cos(theta) + dy * math.sin(theta)
         v = -dx * math.sin(theta) + dy * math.cos(theta)
         mask = _shape_mask(CLASSES[cls_id], u, v)
-        fill = _texture(rng, u, v)
+        c1, c2 = _contrasting_colours(rng)
+        period = max(rng.uniform(0.3, 0.45), 12.0 / r)  # at least 12 pixels
+        t = _pattern(PATTERNS[CLASSES[cls_id]], rng, u, v, period)
+        fill = c1 + t[..., None] * (c2 - c1)
         region = img[y0:y1, x0:x1]
         region[mask] = fill[mask]
         labels[y0:y1, x0:x1][mask] = cls_id
-    img += rng.normal(0.0, rng.uniform(1.0, 6.0), size=(1, 1, 1)).astype(np.float32)  # global tint
+    img += rng.normal(0.0, rng.uniform(2.0, 6.0), size=(h, w, 1)).astype(np.float32)  # sensor noise
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 

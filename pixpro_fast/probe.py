@@ -400,6 +400,27 @@ def random_encoder(arch: str, seed: int = 0) -> nn.Module:
         return build_encoder(arch)
 
 
+@torch.no_grad()
+def weight_turn(encoder: nn.Module, reference: nn.Module) -> dict[str, float]:
+    """Mean angle in degrees between each stage's convolution weights and the same weights
+    of ``reference`` (the initialisation pretraining started from).
+
+    Convolutions followed by BatchNorm are scale-invariant, so their direction, not their
+    norm, is what training changes; a few degrees means the stage is still its random
+    initialisation, whatever the loss curve says.
+    """
+    ref = dict(reference.named_parameters())
+    angles: dict[str, list[float]] = {}
+    for name, w in encoder.named_parameters():
+        if w.dim() != 4 or name not in ref:
+            continue
+        a, b = w.detach().double().flatten(), ref[name].detach().double().flatten()
+        cos = (a @ b) / (a.norm() * b.norm()).clamp_min(1e-30)
+        stage = name.split(".")[0]
+        angles.setdefault(stage, []).append(float(torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))))
+    return {stage: sum(v) / len(v) for stage, v in angles.items()}
+
+
 # --------------------------------------------------------------------------- online monitoring
 
 class OnlineProbe:

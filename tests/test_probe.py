@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -209,3 +210,30 @@ def test_quality_benchmark_writes_a_consistent_table(tmp_path, cache, monkeypatc
     random_row = next(line for line in table.splitlines() if line.startswith("| resnet18 random init"))
     assert random_row.rstrip(" |").endswith("| 0")
     assert (tmp_path / "q" / "pretrain" / "metrics.jsonl").is_file()
+    # pretraining starts from the random-init row's weights: two steps turn them a little,
+    # where two independent initialisations would sit near 90 degrees apart
+    turn = payload["weight_turn_degrees"]
+    assert set(turn) == {"conv1", "layer1", "layer2", "layer3", "layer4"}
+    assert all(0.0 < deg < 20.0 for deg in turn.values()), turn
+
+
+def test_weight_turn_measures_the_angle_from_a_reference():
+    """Zero for a copy, unchanged by rescaling (BatchNorm makes the norm irrelevant), and the
+    constructed angle where one stage's weights are rotated towards an orthogonal direction."""
+    base = probe.random_encoder("resnet18", 0)
+    moved = copy.deepcopy(base)
+    assert all(deg < 1e-3 for deg in probe.weight_turn(moved, base).values())
+    with torch.no_grad():
+        for name, w in moved.named_parameters():
+            if w.dim() != 4:
+                continue
+            if name.startswith("layer2"):
+                d = torch.randn_like(w)
+                d -= (d.flatten() @ w.flatten()) / w.flatten().square().sum() * w  # orthogonal to w
+                d *= w.norm() / d.norm()
+                w.copy_(w * math.cos(math.radians(30)) + d * math.sin(math.radians(30)))
+            else:
+                w.mul_(3.0)
+    turn = probe.weight_turn(moved, base)
+    assert turn["layer2"] == pytest.approx(30.0, abs=1e-3)
+    assert all(deg < 1e-3 for stage, deg in turn.items() if stage != "layer2")

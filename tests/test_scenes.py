@@ -120,3 +120,38 @@ def test_colour_does_not_predict_class(shape_instances):
     centroids = {c: np.mean([x for k, x in fit if k == c], axis=0) for c in classes}
     hits = [min(classes, key=lambda k: np.linalg.norm(x - centroids[k])) == c for c, x in held]
     assert np.mean(hits) < 0.4
+
+
+def test_each_class_has_its_own_fill_pattern():
+    """Fill patterns mix both colours, and the families differ from one another: the same
+    frame and period give masks that disagree on a large share of pixels."""
+    g = np.linspace(-1.0, 1.0, 201, dtype=np.float32)
+    u, v = np.meshgrid(g, g)
+    masks = {}
+    for cls, kind in scenes.PATTERNS.items():
+        t = scenes._pattern(kind, np.random.default_rng(3), u, v, period=0.4)
+        assert set(np.unique(t)) == {0.0, 1.0}, cls
+        assert 0.15 < t.mean() < 0.85, (cls, t.mean())
+        masks[kind] = t.astype(bool)
+    assert set(scenes.PATTERNS) == set(scenes.CLASSES[1:]) and len(set(scenes.PATTERNS.values())) == len(masks)
+    kinds = sorted(masks)
+    for i, a in enumerate(kinds):
+        for b in kinds[i + 1:]:
+            agree = (masks[a] == masks[b]).mean()
+            assert 0.2 < agree < 0.8, (a, b, agree)
+
+
+def test_objects_are_patterned_and_background_is_smooth():
+    """Brightness varies far more within 8x8 blocks inside objects than on the background
+    (where only the smooth shading and the sensor noise vary)."""
+    inside, outside = [], []
+    for i in range(10):
+        img, labels = scenes.generate_scene(np.random.default_rng((12, i)))
+        h, w = (s - s % 8 for s in labels.shape)
+        luma = img[:h, :w].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        blocks = luma.reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64)
+        lab = labels[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 64)
+        pure = (lab == lab[:, :1]).all(1)
+        inside.append(blocks[pure & (lab[:, 0] > 0)].std(1).mean())
+        outside.append(blocks[pure & (lab[:, 0] == 0)].std(1).mean())
+    assert np.median(inside) > 3 * np.median(outside), (inside, outside)
