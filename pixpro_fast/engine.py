@@ -25,7 +25,7 @@ from .config import TrainConfig, resume_differences
 from .metrics import MetricsLogger, verdict
 from .methods import build_method
 from .momentum import momentum_at
-from .optim import LARS, lr_at, scaled_lr
+from .optim import LARS, lars_travel, lr_at, scaled_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -230,6 +230,19 @@ class Trainer:
             return self.cfg.ema_momentum
         return momentum_at(self.step, self.total_steps, self.cfg.ema_momentum)
 
+    def short_schedule_note(self) -> str | None:
+        """A warning when LARS's trust coefficient cannot move the weights in this schedule."""
+        cfg = self.cfg
+        if cfg.optimizer != "lars":
+            return None
+        travel = lars_travel(self.total_steps, self.warmup_steps, self.peak_lr, cfg.lars_trust, cfg.sgd_momentum,
+                             cfg.final_lr)
+        if travel >= 1.0:
+            return None
+        return (f"note: with lars_trust={cfg.lars_trust:g} and peak lr {self.peak_lr:.4g}, {self.total_steps} steps can move "
+                f"each weight tensor by at most {travel:.2f} of its norm, so the encoder will stay close to its random "
+                f"initialisation; for short runs raise --lars-trust (0.02 suits a few hundred steps)")
+
     def fit(self) -> FitResult:
         cfg = self.cfg
         self._stop_requested = False
@@ -247,6 +260,9 @@ class Trainer:
                   + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
             if logger.tensorboard_note:
                 print(logger.tensorboard_note, file=self.log_stream)
+            note = self.short_schedule_note()
+            if note:
+                print(note, file=self.log_stream)
         stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         profiler = self._start_profiler() if cfg.profile > 0 else None
         if profiler is not None:

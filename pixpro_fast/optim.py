@@ -78,3 +78,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_
     decay_steps = max(total_steps - warmup_steps, 1)
     t = min(max(step - warmup_steps, 0), decay_steps)
     return final_lr + (peak_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t / decay_steps))
+
+
+def lars_travel(total_steps: int, warmup_steps: int, peak_lr: float, trust: float, momentum: float,
+                final_lr: float = 1e-6) -> float:
+    """The most a LARS schedule can move any weight tensor, relative to its norm: each step
+    changes it by at most ``lr * trust`` (times ``1 / (1 - momentum)`` once momentum has
+    built up), summed over the schedule. Gradient noise makes the real net change far
+    smaller; below about 1 the weights end where they started, whatever the loss did."""
+    total_lr = sum(lr_at(s, total_steps, warmup_steps, peak_lr, final_lr) for s in range(total_steps))
+    return total_lr * trust / (1.0 - momentum)

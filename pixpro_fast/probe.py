@@ -48,7 +48,7 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    image_size: int = 160
+    image_size: int = 224
     label_stride: int = 4
     layers: tuple[str, ...] = ("layer4",)
     train_images: int = 256

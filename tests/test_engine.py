@@ -221,3 +221,13 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
     assert not torch.equal(r0["coords"], r1["coords"])       # the ranks saw different data
     for a, b in zip(r0["params"] + r0["target"], r1["params"] + r1["target"]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_short_lars_schedule_is_flagged(tmp_path):
+    """The paper's trust coefficient over a handful of steps cannot move the weights: the run
+    says so; a larger coefficient or plain SGD does not trigger the note."""
+    base = dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path))
+    note = Trainer(TrainConfig(**base)).short_schedule_note()
+    assert note is not None and "lars_trust=0.001" in note and "--lars-trust" in note
+    assert Trainer(TrainConfig(**dict(base, lars_trust=1000.0))).short_schedule_note() is None
+    assert Trainer(TrainConfig(**dict(base, optimizer="sgd"))).short_schedule_note() is None

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from pixpro_fast import LARS, ModelConfig, PixPro, lr_at, momentum_at, scaled_lr
+from pixpro_fast.optim import lars_travel
 from pixpro_fast.encoder import build_encoder
 from pixpro_fast.heads import Conv1x1, MLP2d, PixelPropagation
 from pixpro_fast.momentum import update_target
@@ -77,6 +78,24 @@ def test_lars_zero_parameter_still_moves():
     w.grad = torch.ones(2, 2)
     LARS([w], lr=0.5, momentum=0.0, weight_decay=0.0).step()
     torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.5))
+
+
+def test_lars_travel_bounds_how_far_a_schedule_moves_the_weights():
+    """A gradient that keeps one direction moves the weights (almost) as far as the bound
+    says, relative to their initial norm; the bound follows the lr schedule."""
+    total, warmup, peak, trust, momentum = 200, 20, 0.5, 0.0006, 0.9
+    w = nn.Parameter(torch.tensor([[2.0, 0.0]]))  # 2-D: LARS scales it (1-D tensors are left plain)
+    opt = LARS([w], lr=peak, momentum=momentum, weight_decay=0.0, trust_coefficient=trust)
+    for step in range(total):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, warmup, peak)
+        w.grad = torch.tensor([[0.0, -3.0]])
+        opt.step()
+    moved = float((w.detach() - torch.tensor([[2.0, 0.0]])).norm() / 2.0)
+    bound = lars_travel(total, warmup, peak, trust, momentum)
+    assert 0.85 * bound < moved <= 1.05 * bound, (moved, bound)
+    assert lars_travel(total, warmup, 2 * peak, trust, momentum) == pytest.approx(2 * bound, rel=1e-6)
+    assert lars_travel(total, warmup, peak, trust, 0.0) == pytest.approx(0.1 * bound)
 
 
 def test_lr_schedule():
