@@ -340,8 +340,11 @@ class Trainer:
         result = FitResult(self.step, self.epoch, status, run_images / run_wall if run_wall > 0 else 0.0, fraction,
                            last_loss, last_ckpt, logger.path, self.out_dir)
         if self.is_main:
+            in_use = tuple(name for name, on in (("bf16 autocast", self.precision != "fp32"),
+                                                 ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
+                           if on)
             print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
-                  f"{verdict(fraction)}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
+                  f"{verdict(fraction, in_use=in_use)}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
         return result
 
     def _check_finite(self, win, last_loss) -> None:

@@ -8,14 +8,19 @@ import time
 from pathlib import Path
 
 
-def verdict(wait_fraction: float, threshold: float = 0.10) -> str:
-    """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data."""
+COMPUTE_REMEDIES = ("bf16 autocast", "channels-last", "torch.compile", "a larger batch per device")
+
+
+def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ...] = ()) -> str:
+    """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data.
+    ``in_use`` names compute remedies (of :data:`COMPUTE_REMEDIES`) the run already has, so
+    they are not suggested again."""
     if wait_fraction >= threshold:
         return (f"loader-bound: {wait_fraction:.0%} of wall time waiting for data "
                 "(remedies: more loader workers, a faster backend such as dali or ffcv, "
                 "smaller stored images, or fewer CPU-side augmentations)")
-    return (f"compute-bound: {wait_fraction:.0%} of wall time waiting for data "
-            "(remedies: bf16 autocast, channels-last, torch.compile, a larger batch per device)")
+    remedies = [r for r in COMPUTE_REMEDIES if r not in in_use]
+    return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data (remedies: {', '.join(remedies)})"
 
 
 class MetricsLogger:

@@ -124,6 +124,9 @@ def test_verdict_thresholds():
     assert verdict(0.0).startswith("compute-bound: 0%")
     assert verdict(0.2, threshold=0.25).startswith("compute-bound")
     assert "workers" in verdict(0.5) and "bf16" in verdict(0.01)   # each names its remedy
+    # remedies a run already uses are not suggested again
+    held = verdict(0.01, in_use=("bf16 autocast", "channels-last"))
+    assert "bf16" not in held and "channels-last" not in held and "torch.compile" in held
 
 
 def test_summarise_synthetic_timings():
