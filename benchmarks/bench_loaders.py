@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from pipelines.batch import keep_torch_threads
 from pipelines.image_folder import list_images
 from pipelines.recipe import BYOL, Recipe, get_recipe
 
@@ -212,7 +213,8 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
     skipped = {}
     for name in backends:
         try:
-            extra = BACKENDS[name](b)
+            with keep_torch_threads():  # importing a library may change them (FFCV does)
+                extra = BACKENDS[name](b)
         except (Unavailable, ImportError) as exc:
             skipped[name] = str(exc)
             log(f"  loaders: {name} skipped ({exc})")
@@ -225,7 +227,8 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
             if name not in rates:
                 continue
             try:
-                rates[name].append(fn())
+                with keep_torch_threads():
+                    rates[name].append(fn())
             except Unavailable as exc:
                 skipped[name] = str(exc)
                 del rates[name]

@@ -111,6 +111,8 @@ def main(argv=None):
                                                                   **{**common, "num_workers": w}),
         "torch backend": lambda w: build_torch_loader(data_dir, persistent_workers=False,
                                                       **{**common, "num_workers": w}),
+        "torch backend, PIL colour": lambda w: build_torch_loader(data_dir, persistent_workers=False, colour="pil",
+                                                                  **{**common, "num_workers": w}),
     }
     rates: dict[str, list[float]] = {k: [] for k in makers}
     cpu: dict[str, list[float]] = {k: [] for k in makers}

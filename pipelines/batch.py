@@ -1,6 +1,8 @@
 """What every loader yields, whatever the backend."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
@@ -53,3 +55,16 @@ def check_loader_options(on_corrupt: str, rank: int, world_size: int, seed: int)
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Put torch's process-wide intra-op thread count back after the block. FFCV sets it to
+    its own worker count when it is imported, when a Loader is built and when a pass starts;
+    without this the training step would lose the cores it was given."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)

@@ -48,10 +48,12 @@ from pixpro_fast.geometry import windows_to_coords
 
 from .batch import Batch, check_loader_options
 from .colour import ColourAugment
+from .batch import keep_torch_threads
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .recipe import BYOL, Recipe, ViewRecipe
 from .torch_loader import epoch_order, shard_positions
 
+_threads_before_ffcv = torch.get_num_threads()
 try:
     from numba import njit
     from ffcv.fields.rgb_image import IMAGE_MODES
@@ -66,6 +68,9 @@ try:
     from ffcv.traversal_order.base import TraversalOrder
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"{FFCV_INSTALL_HINT} ({exc})") from exc
+finally:
+    torch.set_num_threads(_threads_before_ffcv)  # importing ffcv sets it to 1
+
 
 log = logging.getLogger(__name__)
 
@@ -359,9 +364,10 @@ class FFCVLoader:
         self.decoder = TwoViewDecoder(image_size, recipe.views, seed, scale_decode)
         self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk) for v in recipe.views]
 
-        self._ffcv = _FFCVLoader(str(path), batch_size=batch_size, num_workers=self.num_workers,
-                                 os_cache=os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=drop_last,
-                                 batches_ahead=batches_ahead, pipelines=self._pipelines(path))
+        with keep_torch_threads():
+            self._ffcv = _FFCVLoader(str(path), batch_size=batch_size, num_workers=self.num_workers,
+                                     os_cache=os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=drop_last,
+                                     batches_ahead=batches_ahead, pipelines=self._pipelines(path))
         reader = self._ffcv.reader
         self.num_samples = int(reader.num_samples)
         self._index_of = self._index_column(reader)
@@ -475,7 +481,8 @@ class FFCVLoader:
         self.decoder.set_state(self.seed, epoch, self.recipe.views)
         if len(planned) == 0:
             return
-        it = iter(self._ffcv)
+        with keep_torch_threads():
+            it = iter(self._ffcv)
         self._active = it
         batches = (self._to_batch(raw, planned[k * self.batch_size:(k + 1) * self.batch_size], epoch, start + k)
                    for k, raw in enumerate(it))

@@ -12,7 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("ffcv")
+from pipelines.batch import keep_torch_threads  # noqa: E402
+
+with keep_torch_threads():  # importing ffcv sets torch's thread count to 1 for the whole process
+    pytest.importorskip("ffcv")
 # numba may complain while collecting the dispatchers of a finished loader; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -118,6 +121,20 @@ def test_same_batches_for_any_thread_count_and_resume(plane_beton, geometry_load
     assert not torch.equal(torch.cat([b.index for b in full]), torch.cat([b.index for b in other]))
     with pytest.raises(ValueError):
         geometry_loader.set_epoch(0, len(geometry_loader) + 1)
+
+
+def test_torch_keeps_its_thread_count(plane_beton):
+    """FFCV sets torch's process-wide thread count to its worker count (on import, on
+    building a Loader, on starting a pass); the loader puts the caller's back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        loader = FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=1, seed=5)
+        assert torch.get_num_threads() == 3
+        assert len(_collect(loader)) == len(loader)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_leaving_a_pass_early_then_starting_another(geometry_loader):

@@ -282,8 +282,9 @@ def test_batch_contract(small_dir):
     assert len(set(seen.tolist())) == 8
 
 
-def test_same_seed_same_batches_any_worker_count(small_dir):
-    kw = dict(batch_size=3, image_size=32, seed=7, drop_last=False)
+@pytest.mark.parametrize("colour", ["fused", "pil"])
+def test_same_seed_same_batches_any_worker_count(small_dir, colour):
+    kw = dict(batch_size=3, image_size=32, seed=7, drop_last=False, colour=colour)
     a = _collect(build_loader("torch", small_dir, num_workers=0, **kw), epoch=2)
     b = _collect(build_loader("torch", small_dir, num_workers=2, **kw), epoch=2)
     assert len(a) == len(b) == 4 and len(a[-1]) == 1
@@ -292,6 +293,43 @@ def test_same_seed_same_batches_any_worker_count(small_dir):
     assert not _same(a[0], c[0])
     d = _collect(build_loader("torch", small_dir, num_workers=0, **kw), epoch=3)
     assert not torch.equal(torch.cat([x.index for x in a]), torch.cat([x.index for x in d]))
+
+
+def test_colour_params_carry_the_drawn_decisions():
+    drawn = [T.ViewParams(0, 0, 8, 8, False, (("hue", -0.05), ("brightness", 1.3)), True, 0.7, False),
+             T.ViewParams(0, 0, 8, 8, True, (), False, None, True)]
+    p = T.colour_params(drawn)
+    assert p.jitter.tolist() == [True, False] and p.grayscale.tolist() == [True, False]
+    assert p.solarize.tolist() == [False, True]
+    torch.testing.assert_close(p.brightness, torch.tensor([1.3, 1.0]))
+    torch.testing.assert_close(p.contrast, torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(p.hue, torch.tensor([-0.05, 0.0]))
+    torch.testing.assert_close(p.blur_sigma, torch.tensor([0.7, 0.0]))
+
+
+def test_fused_colour_applies_each_samples_draws(small_dir):
+    """The fused mode's views equal the geometry-only renders of the same draws finished by
+    pipelines.colour's tensor engine (the reference for the float semantics); without
+    colour work both modes give the same views."""
+    from pipelines.colour import apply_colour
+    loader = build_loader("torch", small_dir, batch_size=5, image_size=32, seed=3, num_workers=0, colour="fused")
+    batch = _collect(loader, epoch=1)[0]
+    ds = loader.dataset
+    epoch, positions, indices = next(iter(loader.plan._batches(1, 0)))
+    renders = [T.render_views(ds.paths[i], T._sample_rng(ds.seed, epoch, pos), BYOL, 32, colour=False)
+               for pos, i in zip(positions, indices)]
+    assert any(r[2][0].jitter for r in renders) and all(r[2][0].blur_sigma for r in renders)
+    for v, got in enumerate((batch.view1, batch.view2)):
+        u8 = torch.from_numpy(np.stack([r[0][v] for r in renders])).permute(0, 3, 1, 2)
+        want = apply_colour(u8, T.colour_params([r[2][v] for r in renders]), BYOL.views[v].solarize_threshold,
+                            BYOL.mean, BYOL.std, engine="torch")
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+    plain = {c: _collect(build_loader("torch", small_dir, batch_size=5, image_size=32, seed=3, num_workers=0,
+                                      recipe=GEOMETRY, colour=c), epoch=1)[0] for c in ("fused", "pil")}
+    torch.testing.assert_close(plain["fused"].view1, plain["pil"].view1, atol=1e-5, rtol=0)
+    assert torch.equal(plain["fused"].coords2, plain["pil"].coords2)
+    with pytest.raises(ValueError, match="colour must be one of"):
+        build_loader("torch", small_dir, batch_size=5, image_size=32, colour="opencv")
 
 
 def test_resume_continues_the_sequence(small_dir):
