@@ -439,8 +439,8 @@ class TorchLoader:
         coords = coords.to(dev, non_blocking=nb)
         if v1.dtype == torch.uint8:
             v1, v2 = (normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in (v1, v2))
-        else:  # colour work and normalisation done in the worker
-            v1, v2 = (v.to(dev, non_blocking=nb) for v in (v1, v2))
+        else:  # colour work and normalisation done in the worker; channels-last kept (a no-op copy-wise)
+            v1, v2 = (v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in (v1, v2))
         return Batch(v1, v2,
                      coords[:, 0], coords[:, 1], index.to(dev, non_blocking=nb), int(skipped))
 
