@@ -86,12 +86,13 @@ def main(argv=None) -> dict:
     print(f"pretrained {fit.steps} steps in {pretrain_s / 60:.1f} min, last loss {fit.last_loss:.4f}")
 
     pretrained, arch, _ = probe.encoder_from_checkpoint(fit.checkpoint)
-    turn = probe.weight_turn(pretrained, probe.random_encoder(arch, args.seed))
+    initial = probe.random_encoder(arch, args.seed)  # the weights pretraining started from
+    turn = probe.weight_turn(pretrained, initial)
     print("weights turned from their initialisation (degrees): "
           + ", ".join(f"{stage} {deg:.1f}" for stage, deg in turn.items()))
     train, val = probe.load_probe_data(probe_cfg)
     encoders = [(f"{arch} {args.method} {args.epochs} ep", pretrained, layers),
-                (f"{arch} random init", probe.random_encoder(arch, args.seed), layers),
+                (f"{arch} random init", initial, layers),
                 ("pixel colour", probe.PixelColour(), ("pixels",))]
     results = []
     for name, enc, enc_layers in encoders:

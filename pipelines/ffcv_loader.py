@@ -46,30 +46,27 @@ import torch
 
 from pixpro_fast.geometry import windows_to_coords
 
-from .batch import Batch, check_loader_options
+from .batch import Batch, check_loader_options, keep_torch_threads
 from .colour import ColourAugment
-from .batch import keep_torch_threads
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .recipe import BYOL, Recipe, ViewRecipe
 from .torch_loader import epoch_order, shard_positions
 
-_threads_before_ffcv = torch.get_num_threads()
-try:
-    from numba import njit
-    from ffcv.fields.rgb_image import IMAGE_MODES
-    from ffcv.libffcv import ctypes_imdecode, ctypes_memcopy, ctypes_resize
-    from ffcv.loader import Loader as _FFCVLoader
-    from ffcv.loader import OrderOption
-    from ffcv.pipeline import PipelineSpec
-    from ffcv.pipeline.allocation_query import AllocationQuery
-    from ffcv.pipeline.compiler import Compiler
-    from ffcv.pipeline.operation import Operation
-    from ffcv.pipeline.state import State
-    from ffcv.traversal_order.base import TraversalOrder
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"{FFCV_INSTALL_HINT} ({exc})") from exc
-finally:
-    torch.set_num_threads(_threads_before_ffcv)  # importing ffcv sets it to 1
+with keep_torch_threads():  # importing ffcv sets torch's thread count to 1
+    try:
+        from numba import njit
+        from ffcv.fields.rgb_image import IMAGE_MODES
+        from ffcv.libffcv import ctypes_imdecode, ctypes_memcopy, ctypes_resize
+        from ffcv.loader import Loader as _FFCVLoader
+        from ffcv.loader import OrderOption
+        from ffcv.pipeline import PipelineSpec
+        from ffcv.pipeline.allocation_query import AllocationQuery
+        from ffcv.pipeline.compiler import Compiler
+        from ffcv.pipeline.operation import Operation
+        from ffcv.pipeline.state import State
+        from ffcv.traversal_order.base import TraversalOrder
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{FFCV_INSTALL_HINT} ({exc})") from exc
 
 
 log = logging.getLogger(__name__)
