@@ -69,6 +69,7 @@ from PIL import Image
 from pixpro_fast.geometry import windows_to_coords
 
 from .batch import Batch, check_loader_options
+from .epoch import EpochCursor
 from .image_folder import scan_image_folder
 from .recipe import BYOL, Recipe, ViewRecipe
 from .torch_loader import CorruptImageError, epoch_order, shard_positions
@@ -507,7 +508,7 @@ class DaliLoader:
             raise ValueError(f"{len(self.paths)} images under {self.images.root} give no batch of "
                              f"{batch_size} on each of {world_size} ranks (drop_last={drop_last})")
         self.num_batches = -(-len(self.positions) // batch_size)
-        self.epoch, self.start_batch = 0, 0
+        self.cursor = EpochCursor(self.num_batches)
         self.bad: dict[str, str] = {}
         self.last_params: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -515,9 +516,7 @@ class DaliLoader:
         return self.num_batches
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.num_batches:
-            raise ValueError(f"start_batch {start_batch} outside [0, {self.num_batches}]")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        self.cursor.set(epoch, start_batch)
 
     # ---- bad files
 
@@ -576,8 +575,7 @@ class DaliLoader:
         return Batch(views[0], views[1], coords[0], coords[1], index, int(fed["skipped"]))
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, position = self.epoch, self.start_batch
-        self.start_batch = 0  # a resume offset applies to one pass only
+        epoch, position = self.cursor.begin_pass()
         order = epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
         while position < self.num_batches:
             feeder, source, it = self._start(epoch, position, order)

@@ -47,6 +47,7 @@ import torch
 from pixpro_fast.geometry import windows_to_coords
 
 from .batch import Batch, check_loader_options, keep_torch_threads
+from .epoch import EpochCursor
 from .colour import ColourAugment
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .recipe import BYOL, Recipe, ViewRecipe
@@ -376,7 +377,7 @@ class FFCVLoader:
         self._plan = _PlannedOrder(self._ffcv, self._rank_order(0))
         self._ffcv.traversal_order = self._plan
         self._ffcv.first_traversal_order = self._plan.planned
-        self.epoch, self.start_batch = 0, 0
+        self.cursor = EpochCursor(len(self))
         self._active = None
         self._warned: set[int] = set()
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -414,9 +415,7 @@ class FFCVLoader:
         return -(-len(self.positions) // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch {start_batch} outside [0, {len(self)}]")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        self.cursor.set(epoch, start_batch)
 
     # ------------------------------------------------------------------ iteration
 
@@ -471,8 +470,7 @@ class FFCVLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self._stop_active()
-        epoch, start = self.epoch, self.start_batch
-        self.start_batch = 0  # a resume offset applies to one pass only
+        epoch, start = self.cursor.begin_pass()
         planned = self._rank_order(epoch)[start * self.batch_size:]
         self._plan.planned = planned
         self.decoder.set_state(self.seed, epoch, self.recipe.views)

@@ -17,6 +17,7 @@ import torch
 from pixpro_fast.geometry import window_to_coords
 
 from .batch import Batch
+from .epoch import EpochCursor
 from .crop import sample_crop
 from .recipe import BYOL, Recipe
 
@@ -38,13 +39,13 @@ class SyntheticLoader:
         g = torch.Generator().manual_seed(seed)
         self._pool = [torch.randn((batch_size, 3, image_size, image_size), generator=g).clamp_(-2.5, 2.5)
                       .to(self.device).contiguous(memory_format=torch.channels_last) for _ in range(2)]
-        self.epoch, self.start_batch = 0, 0
+        self.cursor = EpochCursor(batches_per_epoch)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        self.cursor.set(epoch, start_batch)
 
     def _coords(self, rng: np.random.Generator) -> torch.Tensor:
         h, w = VIRTUAL_IMAGE
@@ -56,8 +57,7 @@ class SyntheticLoader:
         return torch.tensor(rows, dtype=torch.float32).view(self.batch_size, 2, 4)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, start = self.epoch, self.start_batch
-        self.start_batch = 0
+        epoch, start = self.cursor.begin_pass()
         for b in range(start, self.batches_per_epoch):
             rng = np.random.default_rng((self.seed, epoch, self.rank, b))
             coords = self._coords(rng).to(self.device)

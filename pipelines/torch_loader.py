@@ -49,6 +49,7 @@ from pixpro_fast.geometry import window_to_coords
 
 from . import colour_cpu
 from .batch import Batch, check_loader_options
+from .epoch import EpochCursor
 from .colour import ColourParams
 from .colour import apply_colour as apply_batch_colour
 from .crop import sample_crop
@@ -287,18 +288,17 @@ class _EpochPlan:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.drop_last, self.shuffle = rank, world_size, drop_last, shuffle
         self.positions = shard_positions(n, batch_size, rank, world_size, drop_last)
-        self.epoch, self.start_batch = 0, 0
+        self.cursor = EpochCursor(self.num_batches())
 
     def num_batches(self) -> int:
         return -(-len(self.positions) // self.batch_size)
 
     def __len__(self) -> int:
-        return max(self.num_batches() - self.start_batch, 0)
+        return max(self.num_batches() - self.cursor.start_batch, 0)
 
     def __iter__(self):
-        epoch, start = self.epoch, self.start_batch
-        self.start_batch = 0  # a resume offset applies to one pass only
-        return self._batches(epoch, start)
+        # the DataLoader may ask more than once per pass: each call reads the same cursor
+        return self._batches(self.cursor.epoch, self.cursor.start_batch)
 
     def _batches(self, epoch: int, start: int):
         order = epoch_order(self.n, self.seed, epoch, self.shuffle)
@@ -424,9 +424,7 @@ class TorchLoader:
         return self.plan.num_batches()
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.plan.num_batches():
-            raise ValueError(f"start_batch {start_batch} outside [0, {self.plan.num_batches()}]")
-        self.plan.epoch, self.plan.start_batch = int(epoch), int(start_batch)
+        self.plan.cursor.set(epoch, start_batch)
 
     def _to_batch(self, raw) -> Batch:
         v1, v2, coords, index, skipped, bad = raw
@@ -445,6 +443,7 @@ class TorchLoader:
                      coords[:, 0], coords[:, 1], index.to(dev, non_blocking=nb), int(skipped))
 
     def __iter__(self) -> Iterator[Batch]:
+        self.plan.cursor.begin_pass()
         try:
             for raw in self._loader:
                 yield self._to_batch(raw)

@@ -339,10 +339,27 @@ def test_resume_continues_the_sequence(small_dir):
     resumed = _collect(loader, epoch=4, start=3)
     assert len(full) == 5 and len(resumed) == 2
     assert all(_same(x, y) for x, y in zip(full[3:], resumed))
-    again = list(loader)  # the offset applies to one pass only
-    assert len(again) == 5 and _same(again[0], full[0])
+    again = list(loader)  # a pass without set_epoch follows on: the next epoch, from its start
+    assert len(again) == 5 and all(_same(x, y) for x, y in zip(again, _collect(loader, epoch=5)))
     with pytest.raises(ValueError):
         loader.set_epoch(0, 6)
+
+
+def test_resume_offset_holds_on_a_fresh_loader_with_workers(small_dir):
+    """A resumed run's first pass is the first pass of a new DataLoader, which asks its
+    sampler for an iterator twice: the offset must survive both calls."""
+    kw = dict(batch_size=2, image_size=32, seed=1, num_workers=2)
+    full = _collect(build_loader("torch", small_dir, **kw), epoch=2)
+    resumed = _collect(build_loader("torch", small_dir, **kw), epoch=2, start=3)
+    assert len(resumed) == 2 and all(_same(x, y) for x, y in zip(full[3:], resumed))
+
+
+def test_passes_without_set_epoch_advance_the_epoch(small_dir):
+    loader = build_loader("torch", small_dir, batch_size=2, image_size=32, seed=1, num_workers=0)
+    first, second = list(loader), list(loader)
+    assert not _same(first[0], second[0])
+    assert all(_same(x, y) for x, y in zip(first, _collect(loader, epoch=0)))
+    assert all(_same(x, y) for x, y in zip(second, _collect(loader, epoch=1)))
 
 
 @pytest.mark.parametrize("drop_last", [True, False])

@@ -1,0 +1,37 @@
+"""Which epoch, and which batch of it, a loader's next pass reads: one rule for every backend.
+
+``set_epoch(e, k)`` pins the next pass to epoch ``e`` from batch ``k`` (a resumed run asks
+for the batch after the last one it trained on). A pass begun without a ``set_epoch`` since
+the previous pass follows on from it: the next epoch, from its first batch. So a plain
+``for epoch ...: for batch in loader`` loop sees new orders and new augmentations every
+pass, and a training engine that calls ``set_epoch`` keeps full control.
+
+The cursor is read once per pass, in the loader's ``__iter__``; whatever the backend calls
+underneath (PyTorch's DataLoader asks its sampler for an iterator more than once per pass)
+sees the same epoch and offset.
+"""
+from __future__ import annotations
+
+
+class EpochCursor:
+    def __init__(self, num_batches: int):
+        self.num_batches = int(num_batches)
+        self.epoch = 0          # the epoch of the pass in progress (or the next, when pinned)
+        self.start_batch = 0    # the batch the pass in progress began at
+        self._pinned = True     # the first pass reads epoch 0 from batch 0
+        self._passes = 0
+
+    def set(self, epoch: int, start_batch: int = 0) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch {start_batch} outside [0, {self.num_batches}]")
+        self.epoch, self.start_batch, self._pinned = int(epoch), int(start_batch), True
+
+    def begin_pass(self) -> tuple[int, int]:
+        """(epoch, first batch) of the pass that starts now."""
+        if not self._pinned:
+            self.epoch, self.start_batch = self.epoch + 1, 0
+        self._pinned = False
+        self._passes += 1
+        return self.epoch, self.start_batch
