@@ -1,15 +1,22 @@
-"""Checkpoint files: written atomically, named by step, the newest K kept."""
+"""Checkpoint files: written atomically, named by step, the newest K kept; what a crash can
+leave behind (partial writes, a damaged newest file) is cleaned up or stepped over."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+_PARTIAL = re.compile(r"^\.ckpt_\d{9}\.pt\.tmp(\d+)$")
 
 
 def checkpoint_path(out_dir: str | Path, step: int) -> Path:
@@ -25,18 +32,63 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_atomic(obj, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
     a crash mid-write never leaves a truncated checkpoint under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_partial_writes(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes whose process is gone (a run killed
+    mid-write); returns what was removed."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in d.iterdir():
+        m = _PARTIAL.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> Path:
@@ -51,9 +103,60 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"cannot read checkpoint {path}: it holds no training state")
+    return state
+
+
+def load_newest_intact(out_dir: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``out_dir`` that loads. A damaged one (truncated under its final
+    name by a full disk or an interrupted copy) is renamed ``*.damaged`` with a warning, and the
+    next older one is tried; None when no checkpoint is left."""
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as e:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            log.warning("%s; moved it to %s and trying the next older checkpoint", e, aside.name)
+    return None
+
+
+def non_finite_entries(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
+    bad = []
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            bad.append(prefix or "tensor")
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            bad += non_finite_entries(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            bad += non_finite_entries(v, f"{prefix}[{i}]")
+    return bad
+
+
+def archive_previous_run(out_dir: str | Path) -> Path | None:
+    """Move an earlier run's checkpoints, metrics and TensorBoard logs out of the way, into
+    ``out_dir/previous-<time>/``, so a fresh run in the same folder neither deletes nor mixes
+    with them. None when there was nothing to move."""
+    d = Path(out_dir)
+    items = list_checkpoints(d) + [p for p in (d / "metrics.jsonl", d / "tb") if p.exists()]
+    if not items:
+        return None
+    dest = d / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while dest.exists():
+        dest = d / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        n += 1
+    dest.mkdir()
+    for p in items:
+        shutil.move(str(p), dest / p.name)
+    return dest
 
 
 def rng_state() -> dict:

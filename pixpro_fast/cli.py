@@ -70,10 +70,13 @@ def main(argv=None) -> int:
         cfg = config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    from .engine import NonFiniteLossError, ResumeMismatchError, Trainer
+    from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
         result = Trainer(cfg).fit()
     except (NonFiniteLossError, ResumeMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except AbortRun:
+        print("\naborted at once: nothing saved since the last checkpoint", file=sys.stderr)
+        return 130
     return 130 if result.status == "interrupted" else 0

@@ -148,14 +148,25 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-# Keys whose change makes a checkpoint unusable (shapes or the meaning of its state differ).
-RESUME_CRITICAL = ("method", "arch", "proj_hidden_dim", "proj_dim", "ppm_layers", "ins_loss_weight", "batch_size",
-                   "accum_steps", "epochs", "image_size", "recipe", "seed", "data", "loader", "base_lr", "lr_scaling",
-                   "warmup_epochs", "ema_momentum", "precision")
+# Fields whose change a resumed run takes on from its checkpoint's step (they touch neither
+# the state's shapes nor the sequence of batches and schedules); a change of any other field
+# is refused.
+RESUME_APPLIED = ("num_workers", "on_corrupt", "device", "channels_last", "compile", "out", "log_every",
+                  "ckpt_every", "keep_ckpts", "resume", "tensorboard", "profile", "probe_every", "probe_images",
+                  "max_steps", "weight_decay", "lars_trust", "sgd_momentum", "final_lr")
+
+
+def _changed(saved: dict, current: "TrainConfig", applied: bool) -> list[str]:
+    cur = current.to_dict()
+    return [f"{k}: checkpoint has {saved.get(k)!r}, config has {cur[k]!r}"
+            for k in cur if (k in RESUME_APPLIED) == applied and saved.get(k, cur[k]) != cur[k]]
 
 
 def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
     """Human-readable list of the differences that make resuming from ``saved`` unsafe."""
-    cur = current.to_dict()
-    return [f"{k}: checkpoint has {saved.get(k)!r}, config has {cur[k]!r}"
-            for k in RESUME_CRITICAL if saved.get(k) != cur[k]]
+    return _changed(saved, current, applied=False)
+
+
+def resume_applied_changes(saved: dict, current: "TrainConfig") -> list[str]:
+    """The changed fields that a resumed run applies (see :data:`RESUME_APPLIED`)."""
+    return _changed(saved, current, applied=True)

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, resume_differences
-from .metrics import MetricsLogger, verdict
+from .checkpoint import (archive_previous_run, list_checkpoints, load_checkpoint, load_newest_intact,
+                         non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
+from .config import TrainConfig, resume_applied_changes, resume_differences
+from .metrics import MetricsLogger, truncate_metrics, verdict
 from .methods import build_method
 from .momentum import momentum_at
 from .optim import LARS, lars_travel, lr_at, scaled_lr
@@ -34,6 +35,10 @@ class NonFiniteLossError(RuntimeError):
 
 class ResumeMismatchError(ValueError):
     pass
+
+
+class AbortRun(BaseException):
+    """Ctrl-C pressed a second time: leave at once, saving nothing more."""
 
 
 @dataclass
@@ -75,6 +80,14 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's option for not broadcasting buffers every forward (each rank's BatchNorm keeps its
+    running statistics; they are averaged at save time). Newer PyTorch renamed it."""
+    import inspect
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -130,7 +143,7 @@ class Trainer:
         if self.world_size > 1:
             forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                **_no_buffer_sync())
         self.ddp = forward if self.world_size > 1 else None
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.step = 0
@@ -171,23 +184,77 @@ class Trainer:
                                       + "\nuse the original settings, or a new --out folder to start afresh")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_optimizer_settings()
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         set_rng_state(state["rng"])
+        self.resume_changes = resume_applied_changes(state.get("config", {}), self.cfg)
+
+    def _apply_optimizer_settings(self) -> None:
+        """The optimiser hyperparameters of this config, over those a loaded state carried in."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = cfg.weight_decay
+            group["momentum"] = cfg.sgd_momentum
+            if "trust_coefficient" in group:
+                group["trust_coefficient"] = cfg.lars_trust
 
     def save(self) -> Path | None:
+        """Write a checkpoint (on rank 0; every rank must call it). BatchNorm running statistics
+        are first averaged over the ranks, so the file holds one set for the whole run. A state
+        holding a NaN or an inf is never written: NonFiniteLossError instead."""
+        if self.world_size > 1:
+            self._average_batchnorm_statistics()
+        state = self.state_dict()
+        bad = non_finite_entries({"model": state["model"], "optimizer": state["optimizer"]["state"]})
+        if bad:
+            raise NonFiniteLossError(self._divergence_message(
+                f"{len(bad)} tensors of the model and optimiser state became non-finite by step {self.step} "
+                f"(first: {bad[0]})"))
+        self._saved_step = self.step
         if not self.is_main:
             return None
-        return save_checkpoint(self.state_dict(), self.out_dir, self.step, self.cfg.keep_ckpts)
+        return save_checkpoint(state, self.out_dir, self.step, self.cfg.keep_ckpts)
+
+    @torch.no_grad()
+    def _average_batchnorm_statistics(self) -> None:
+        """Running mean and variance of every BatchNorm, averaged over the ranks in place (each
+        rank's differ, as each saw its own batches); batch statistics drive training, so the
+        averaging does not change the training trajectory."""
+        buffers = [b for name, b in self.model.named_buffers() if name.endswith(("running_mean", "running_var"))]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in buffers])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+    def _housekeeping(self) -> None:
+        """Before a run touches ``out``: delete partial writes left by a killed run; for a fresh
+        start (resume off) move an earlier run's files aside rather than mix with or delete them."""
+        if self.is_main:
+            for p in remove_partial_writes(self.out_dir):
+                print(f"removed {p.name}, a checkpoint write that a killed run left unfinished",
+                      file=self.log_stream)
+            if not self.cfg.resume:
+                moved = archive_previous_run(self.out_dir)
+                if moved is not None:
+                    print(f"resume is off: moved the earlier run in {self.out_dir} to {moved}", file=self.log_stream)
+        if self.world_size > 1:
+            dist.barrier()
 
     def maybe_resume(self) -> Path | None:
         if not self.cfg.resume:
             return None
-        ckpts = list_checkpoints(self.out_dir)
-        if not ckpts:
+        found = load_newest_intact(self.out_dir)
+        if found is None:
             return None
-        self.load_state_dict(load_checkpoint(ckpts[-1]), str(ckpts[-1]))
-        return ckpts[-1]
+        path, state = found
+        self.load_state_dict(state, str(path))
+        return path
 
     # -- the loop -----------------------------------------------------------------------
     def _train_step(self, micro_batches) -> torch.Tensor:
@@ -219,7 +286,7 @@ class Trainer:
 
     def _on_sigint(self, signum, frame):
         if self._stop_requested:
-            raise KeyboardInterrupt
+            raise AbortRun
         self._stop_requested = True
         if self.is_main:
             print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort at once)",
@@ -249,7 +316,12 @@ class Trainer:
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self.resume_changes = []
+        self._housekeeping()
         resumed = self.maybe_resume()
+        self._saved_step = self.step if resumed else None
+        if self.is_main:
+            truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         logger = MetricsLogger(self.out_dir, self.total_steps, enabled=self.is_main, tensorboard=cfg.tensorboard,
                                start_step=self.step, stream=self.log_stream)
         if self.is_main:
@@ -258,6 +330,9 @@ class Trainer:
                   f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
                   f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
                   + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
+            if self.resume_changes:
+                print("settings changed since the checkpoint, applied from here on:\n  - "
+                      + "\n  - ".join(self.resume_changes), file=self.log_stream)
             if logger.tensorboard_note:
                 print(logger.tensorboard_note, file=self.log_stream)
             note = self.short_schedule_note()
@@ -320,16 +395,21 @@ class Trainer:
                 status = "profiled"
             elif self.step < self.total_steps:
                 status = "max_steps"
-            if self.step and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:09d}.pt")):
+            if self.step and self._saved_step != self.step:
                 self._check_finite(win, last_loss)
                 last_ckpt = self.save() or last_ckpt
         except KeyboardInterrupt:
             status = "interrupted"
-            if win["stats"] is None or math.isfinite(float(win["stats"][0])):
+            try:
+                if win["stats"] is not None and not math.isfinite(float(win["stats"][0])):
+                    raise NonFiniteLossError(self._divergence_message(f"the loss became {float(win['stats'][0])}"))
                 last_ckpt = self.save() or last_ckpt
                 if self.is_main:
                     print(f"\ninterrupted: saved {last_ckpt} at step {self.step}; run again to resume",
                           file=self.log_stream)
+            except NonFiniteLossError as e:
+                if self.is_main:
+                    print(f"\ninterrupted, nothing saved: {e}", file=self.log_stream)
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
@@ -351,11 +431,27 @@ class Trainer:
         pending = win["stats"]
         value = last_loss if pending is None else float(pending[0])
         if not math.isfinite(value):
-            ckpts = list_checkpoints(self.out_dir)
-            raise NonFiniteLossError(
-                f"the loss became {value} by step {self.step}; stopping without saving. The last good checkpoint "
-                f"is {ckpts[-1] if ckpts else 'none (no checkpoint was written yet)'}. Try a lower --base-lr, "
-                f"--precision fp32 or bf16, or check the input data.")
+            raise NonFiniteLossError(self._divergence_message(f"the loss became {value} by step {self.step}"))
+
+    def _divergence_message(self, what: str) -> str:
+        """What diverged, the newest checkpoint that loads (every written one was checked finite
+        when saved), and advice that fits this run."""
+        good = "none (no checkpoint was written yet)"
+        for path in reversed(list_checkpoints(self.out_dir)):
+            try:
+                load_checkpoint(path)
+            except ValueError:
+                continue
+            good = str(path)
+            break
+        advice = [f"a lower --base-lr (now {self.cfg.base_lr:g})"]
+        if self.precision == "fp16":
+            advice.append("--precision bf16 or fp32 (fp16's range is narrow)")
+        elif self.precision == "bf16":
+            advice.append("--precision fp32")
+        advice.append("checking the input data")
+        return (f"{what}; stopping without saving. The last good checkpoint is {good}. Try "
+                + ", ".join(advice) + ".")
 
     def _log(self, logger, win, lr):
         now = time.perf_counter()

@@ -18,6 +18,16 @@ class Conv1x1(nn.Conv2d):
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
         super().__init__(in_dim, out_dim, 1, bias=bias)
 
+    def _apply(self, fn, *args, **kwargs):
+        # ``.to(memory_format=channels_last)`` gives the (out, in, 1, 1) weight channels-last
+        # strides; the matmul path returns its gradient with the plain ones (the same memory),
+        # and DistributedDataParallel's gradient buckets follow the parameter: keep them plain.
+        out = super()._apply(fn, *args, **kwargs)
+        w = self.weight
+        if w.stride() != tuple(torch.empty(w.shape, device="meta").stride()):
+            self.weight.data = torch.empty(w.shape, dtype=w.dtype, device=w.device).copy_(w.data)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)

@@ -40,7 +40,7 @@ class MetricsLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
             except Exception:  # tensorboard is optional
                 self.tensorboard_note = "TensorBoard not installed: metrics go to metrics.jsonl only"
         if self.stream.isatty():
@@ -80,3 +80,28 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
         self._file.close()
+
+
+def truncate_metrics(path: str | Path, last_step: int) -> int:
+    """Drop the records after ``last_step`` from a metrics.jsonl file (a resumed run replays
+    the steps after its checkpoint, and their records would otherwise appear twice); a torn
+    last line left by a killed process goes too. Returns the number of records dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if record.get("step", 0) > last_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return dropped
