@@ -1,0 +1,225 @@
+"""Runs that can be trusted: killed at any moment (mid-write included) and run again, a run
+ends exactly where an uninterrupted one does; divergence, damaged files, changed settings
+and reused folders are handled without losing or mixing work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint, non_finite_entries
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
+from test_engine import ROOT, TINY, cli_flags, image_folder
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+# default loader workers (num_workers not set), fp32, a checkpoint every 2 of the 6 steps
+KILLED = {k: v for k, v in TINY.items() if k != "num_workers"}
+KILLED.update(epochs=2, precision="fp32", ckpt_every=2, keep_ckpts=2)
+
+
+def _records(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def _launch(args):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _kill_when(proc, ready, timeout=180) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False if it ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def _partial_write(out: Path) -> bool:
+    return out.is_dir() and any(p.name.startswith(".ckpt_") for p in out.iterdir())
+
+
+def _same_final_state(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(list_checkpoints(a)[-1]), load_checkpoint(list_checkpoints(b)[-1])
+    assert sa["step"] == sb["step"] == 6
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+    for i, st in sa["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, sb["optimizer"]["state"][i][k]), (i, k)
+    la = [(r["step"], r["loss"]) for r in _records(a)]
+    lb = [(r["step"], r["loss"]) for r in _records(b)]
+    assert [s for s, _ in la] == list(range(1, 7))
+    assert la == lb
+
+
+def _data_for(backend: str, tmp_path: Path) -> str:
+    folder = image_folder(tmp_path / "data")            # 12 images, batch 4: 3 steps per epoch
+    if backend != "ffcv":
+        return str(folder)
+    from pipelines import ffcv_writer
+    out = tmp_path / "data.beton"
+    ffcv_writer.write_beton(folder, out, max_resolution=0, num_workers=1, progress=False)
+    return str(out)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali", "ffcv"])
+def test_kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run(backend, tmp_path):
+    pytest.importorskip({"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend])
+    data = _data_for(backend, tmp_path)
+    cfg = dict(KILLED, data=data, loader=backend)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = _launch(cli_flags(dict(cfg, out=str(straight))))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+
+    args = cli_flags(dict(cfg, out=str(killed)))
+    rng = np.random.default_rng(0)
+    # first while a checkpoint is being written, then at random moments after some steps
+    triggers = [lambda: _partial_write(killed)]
+    for _ in range(2):
+        target = int(rng.integers(1, 6))
+        triggers.append(lambda t=target: len(_records(killed)) >= t)
+    kills = 0
+    for ready in triggers:
+        proc = _launch(args)
+        if _kill_when(proc, ready):
+            kills += 1
+        else:
+            assert proc.returncode == 0, proc.stderr.read()[-3000:]
+            break
+    else:
+        proc = _launch(args)
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    assert kills >= 1
+    _same_final_state(straight, killed)
+    assert not _partial_write(killed)      # what the mid-write kill left was removed
+
+
+def _synthetic(cfg, batches=3):
+    from pipelines import build_loader
+    return build_loader("synthetic", None, cfg.batch_size, cfg.image_size, batches_per_epoch=batches, seed=cfg.seed)
+
+
+def test_divergence_never_saves_non_finite_weights_and_names_a_finite_checkpoint(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path), base_lr=1e6, ckpt_every=1,
+                             precision="fp32", lars_trust=1.0, keep_ckpts=100))
+    with pytest.raises(NonFiniteLossError) as err:
+        Trainer(cfg, loader=_synthetic(cfg, batches=20)).fit()
+    message = str(err.value)
+    assert "--precision" not in message            # already fp32: no such advice
+    for path in list_checkpoints(tmp_path):
+        assert not non_finite_entries(load_checkpoint(path)), path
+    named = message.split("last good checkpoint is ")[1].split(". Try")[0]
+    if named.startswith("none"):
+        assert not list_checkpoints(tmp_path)
+    else:
+        assert not non_finite_entries(load_checkpoint(named))
+        assert Path(named) == list_checkpoints(tmp_path)[-1]
+
+
+def test_non_finite_state_is_refused_by_save(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path), precision="fp32"))
+    tr = Trainer(cfg, loader=_synthetic(cfg))
+    with torch.no_grad():
+        next(tr.model.online.parameters())[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite .*online.encoder.conv1.weight"):
+        tr.save()
+    assert not list_checkpoints(tmp_path)
+
+
+def test_fresh_run_into_a_used_folder_keeps_both_runs(tmp_path):
+    base = dict(TINY, loader="synthetic", epochs=2, out=str(tmp_path), precision="fp32", ckpt_every=1, keep_ckpts=2)
+    old = TrainConfig(**base)
+    Trainer(old, loader=_synthetic(old)).fit()                     # steps 1..6
+    new = TrainConfig(**dict(base, epochs=1, resume=False, seed=4))
+    res = Trainer(new, loader=_synthetic(new)).fit()               # steps 1..3 of another run
+    assert res.steps == 3
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000000002.pt", "ckpt_000000003.pt"]
+    moved = [d for d in tmp_path.iterdir() if d.name.startswith("previous-")]
+    assert len(moved) == 1 and len(list_checkpoints(moved[0])) == 2
+    assert load_checkpoint(list_checkpoints(moved[0])[-1])["step"] == 6
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2, 3]
+    again = TrainConfig(**dict(base, epochs=1, seed=4))           # a plain run resumes the new run, not the old
+    assert Trainer(again, loader=_synthetic(again)).maybe_resume().name == "ckpt_000000003.pt"
+
+
+def test_changed_settings_on_resume_are_applied_or_refused(tmp_path):
+    base = dict(TINY, loader="synthetic", epochs=2, out=str(tmp_path), precision="fp32", max_steps=2)
+    cfg = TrainConfig(**base)
+    Trainer(cfg, loader=_synthetic(cfg)).fit()
+    changed = TrainConfig(**dict(base, max_steps=None, weight_decay=0.5, lars_trust=0.5, sgd_momentum=0.8))
+    tr = Trainer(changed, loader=_synthetic(changed))
+    tr.maybe_resume()
+    for group in tr.optimizer.param_groups:
+        assert (group["weight_decay"], group["trust_coefficient"], group["momentum"]) == (0.5, 0.5, 0.8)
+    assert any(c.startswith("weight_decay: checkpoint has 1e-05") for c in tr.resume_changes)
+    for key, value in (("optimizer", "sgd"), ("queue_size", 16), ("pixcontrast_weight", 0.5), ("recipe", "simclr")):
+        other = TrainConfig(**dict(base, **{key: value}))
+        with pytest.raises(ResumeMismatchError, match=f"{key}: checkpoint has"):
+            Trainer(other, loader=_synthetic(other)).maybe_resume()
+
+
+def test_every_config_field_is_applied_or_refused_on_resume():
+    from pixpro_fast.config import resume_applied_changes, resume_differences
+    saved = TrainConfig().to_dict()
+    for name in saved:
+        changed = dict(saved, **{name: "x-changed"})
+        listed = resume_differences(changed, TrainConfig()) + resume_applied_changes(changed, TrainConfig())
+        assert len(listed) == 1 and listed[0].startswith(name + ":"), name
+
+
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, caplog):
+    base = dict(TINY, loader="synthetic", epochs=2, out=str(tmp_path / "a"), precision="fp32", ckpt_every=1)
+    straight = TrainConfig(**dict(base, out=str(tmp_path / "s")))
+    Trainer(straight, loader=_synthetic(straight)).fit()
+    cfg = TrainConfig(**dict(base, max_steps=4))
+    Trainer(cfg, loader=_synthetic(cfg)).fit()
+    newest = list_checkpoints(tmp_path / "a")[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])                 # truncated under its final name
+    (tmp_path / "a" / ".ckpt_000000005.pt.tmp999999").write_bytes(b"partial")   # a killed write
+    resumed = TrainConfig(**base)
+    with caplog.at_level("WARNING"):
+        res = Trainer(resumed, loader=_synthetic(resumed)).fit()
+    assert res.steps == 6 and "ckpt_000000004.pt" in caplog.text and "damaged" in caplog.text
+    assert not (tmp_path / "a" / ".ckpt_000000005.pt.tmp999999").exists()
+    a, s = (load_checkpoint(list_checkpoints(tmp_path / d)[-1])["model"] for d in ("a", "s"))
+    assert all(torch.equal(v, s[k]) for k, v in a.items())
+    assert [r["step"] for r in _records(tmp_path / "a")] == list(range(1, 7))
+
+
+def test_ctrl_c_twice_aborts_at_once(tmp_path):
+    out = tmp_path / "run"
+    # steps long enough (resnet18, 160 px, batch 16) that the second press lands inside one
+    args = cli_flags(dict(TINY, loader="synthetic", epochs=1000, out=str(out), ckpt_every=0, precision="fp32",
+                          image_size=160, batch_size=16))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_records(out)) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "aborted at once" in stderr and "Traceback" not in stderr
+    assert not list_checkpoints(out)
