@@ -200,11 +200,12 @@ from pipelines import build_loader
 cfg = TrainConfig(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, epochs=1,
                   loader="synthetic", tensorboard=False, out=sys.argv[1], device="cpu", warmup_epochs=0.0)
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-loader = build_loader("synthetic", None, 4, 64, batches_per_epoch=3, seed=0, rank=rank, world_size=world)
+loader = build_loader("synthetic", None, 4, 64, batches_per_epoch=3, seed=rank, rank=rank, world_size=world)
 tr = Trainer(cfg, loader=loader)
 tr.fit()
 torch.save({"params": [p.detach().clone() for p in tr.model.online.parameters()],
             "target": [p.detach().clone() for p in tr.model.target.parameters()],
+            "bn": [b.clone() for n, b in tr.model.named_buffers() if n.endswith(("running_mean", "running_var"))],
             "coords": next(iter(loader)).coords1}, os.path.join(sys.argv[1], f"rank{rank}.pt"))
 '''
 
@@ -221,6 +222,8 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path):
     assert not torch.equal(r0["coords"], r1["coords"])       # the ranks saw different data
     for a, b in zip(r0["params"] + r0["target"], r1["params"] + r1["target"]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # each rank's BatchNorm statistics followed its own batches; saving averaged them over the ranks
+    assert r0["bn"] and all(torch.equal(a, b) for a, b in zip(r0["bn"], r1["bn"]))
 
 
 def test_short_lars_schedule_is_flagged(tmp_path):

@@ -223,3 +223,35 @@ def test_ctrl_c_twice_aborts_at_once(tmp_path):
     assert proc.returncode == 130, stderr
     assert "aborted at once" in stderr and "Traceback" not in stderr
     assert not list_checkpoints(out)
+
+
+def _torchrun(launcher_args, cfg, port_env=None):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher_args, str(ROOT / "train.py"),
+                             *cli_flags(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "OMP_NUM_THREADS": "1"})
+
+
+def _two_nodes(cfg, port):
+    procs = [_torchrun(["--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1",
+                        "--rdzv-endpoint", f"127.0.0.1:{port}"], cfg) for r in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    for p, err in zip(procs, errs):
+        assert p.returncode == 0, err[-3000:]
+    return errs[0]
+
+
+def test_two_node_run_resumes_and_matches_a_single_node_run(tmp_path):
+    data = image_folder(tmp_path / "data", n=16)          # 2 ranks x batch 4: 2 steps per epoch
+    cfg = dict(TINY, data=str(data), epochs=2, precision="fp32", ckpt_every=1, device="cpu")
+    single = _torchrun(["--nproc-per-node", "2", "--master-port", "29541"], dict(cfg, out=str(tmp_path / "single")))
+    err = single.communicate(timeout=300)[1]
+    assert single.returncode == 0, err[-3000:]
+    assert "Warning" not in err, err[-3000:]           # no per-rank DDP warnings
+    multi = dict(cfg, out=str(tmp_path / "multi"))
+    _two_nodes(dict(multi, max_steps=2), 29542)         # stops after the first epoch ...
+    err = _two_nodes(multi, 29543)                      # ... and the same command resumes it
+    assert "resumed from" in err
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / d)[-1]) for d in ("single", "multi"))
+    assert a["step"] == b["step"] == 4 and a["world_size"] == b["world_size"] == 2
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, atol=1e-6, rtol=0, msg=k)
