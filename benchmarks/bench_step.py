@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer, autocast
-from pixpro_fast.model import ModelConfig, PixPro
+from pixpro_fast.methods.pixpro import PixPro
 from pipelines.synthetic import SyntheticLoader
 
 from .common import markdown_table, sync, time_interleaved, write_json
@@ -134,10 +134,10 @@ def _count(fn) -> int:
 def pixpro_flops_per_image(arch: str, image_size: int, batch_size: int = 2, proj_hidden_dim: int = 4096) -> float:
     """FLOPs of one PixPro forward + backward per sample (both views, both branches, PPM, loss)."""
     torch.manual_seed(0)
-    model = PixPro(ModelConfig(arch=arch, proj_hidden_dim=proj_hidden_dim))
+    model = PixPro(TrainConfig(arch=arch, proj_hidden_dim=proj_hidden_dim))
     loader = SyntheticLoader(batch_size, image_size, batches_per_epoch=1)
     b = next(iter(loader))
-    return _count(lambda: model(b.view1, b.view2, b.coords1, b.coords2).backward()) / batch_size
+    return _count(lambda: model(b.views, b.coords).loss.backward()) / batch_size
 
 
 def supervised_flops_per_image(arch: str, image_size: int, batch_size: int = 2, num_classes: int = 1000) -> float:

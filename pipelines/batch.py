@@ -24,6 +24,14 @@ class Batch:
     def __len__(self) -> int:
         return self.view1.shape[0]
 
+    @property
+    def views(self) -> tuple[torch.Tensor, ...]:
+        return (self.view1, self.view2)
+
+    @property
+    def coords(self) -> tuple[torch.Tensor, ...]:
+        return (self.coords1, self.coords2)
+
     def to(self, device, non_blocking: bool = True) -> "Batch":
         mv = lambda t: t.to(device, non_blocking=non_blocking)
         return Batch(mv(self.view1).contiguous(memory_format=torch.channels_last),

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .model import ModelConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -78,13 +77,6 @@ class TrainConfig:
     profile: int = 0                   # record this many steps with torch.profiler, then stop
     probe_every: int = 0               # dense linear probe of the online encoder every N steps (0: never)
     probe_images: int = 64             # scenes per split for that probe (train and val)
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(arch=self.arch, encoder_weights=self.encoder_weights, proj_hidden_dim=self.proj_hidden_dim,
-                           proj_dim=self.proj_dim, ppm_layers=self.ppm_layers, ppm_gamma=self.ppm_gamma,
-                           ppm_clamp=self.ppm_clamp, pos_ratio=self.pos_ratio, ins_loss_weight=self.ins_loss_weight,
-                           pixpro_weight=self.pixpro_weight, pixcontrast_weight=self.pixcontrast_weight,
-                           neg_ratio=self.neg_ratio, temperature=self.temperature, concat_views=self.concat_views)
 
     def validate(self) -> "TrainConfig":
         def need(ok, msg):

@@ -268,20 +268,18 @@ class Trainer:
                         else contextlib.nullcontext())
             with sync_ctx:
                 with autocast(self.device, self.precision):
-                    out = self.forward(batch.view1, batch.view2, batch.coords1, batch.coords2, return_stats=True)
+                    out = self.forward(batch.views, batch.coords)
                 loss = out.loss / len(micro_batches)
                 self.scaler.scale(loss).backward()
-            stats.append(torch.stack([out.loss.detach().float(), out.positive_pairs.float(),
-                                      out.positive_cosine.float()]))
-        if hasattr(self.model, "before_optimizer_step"):
-            self.model.before_optimizer_step(self.step)
+            stats.append(torch.stack([out.loss.detach().float()] + [v.float() for v in out.stats.values()]))
+        self.model.before_optimizer_step(self.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if hasattr(self.model, "after_optimizer_step"):
-            self.model.after_optimizer_step()
+        self.model.after_optimizer_step()
         self.model.update_target(self._momentum())
         self.step += 1
+        self._stat_names = ("loss", *out.stats)
         return torch.stack(stats).mean(0), lr
 
     def _on_sigint(self, signum, frame):
@@ -459,9 +457,8 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         stats = (win["stats"] / max(win["n"], 1)).tolist()
         wall = max(now - win["t0"], 1e-9)
-        values = {"epoch": self.epoch, "loss": stats[0], "lr": lr,
+        values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr,
                   "momentum": self._momentum(),
-                  "positive_pairs": stats[1], "positive_cosine": stats[2],
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
                   "skipped_images": win["skipped"], **win.pop("probe", {})}
         logger.log(self.step, values)

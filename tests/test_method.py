@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pixpro_fast import LARS, ModelConfig, PixPro, lr_at, momentum_at, scaled_lr
+from pixpro_fast import LARS, PixPro, lr_at, momentum_at, scaled_lr
+from pixpro_fast.config import TrainConfig
 from pixpro_fast.optim import lars_travel
 from pixpro_fast.encoder import build_encoder
 from pixpro_fast.heads import Conv1x1, MLP2d, PixelPropagation
@@ -145,8 +146,16 @@ def test_zero_init_residual():
     assert all((blk.bn2.weight == 0).all() for blk in trunk.layer1)
 
 
+def tiny_config(**kw):
+    return TrainConfig(arch="resnet18", proj_hidden_dim=64, proj_dim=32, **kw)
+
+
 def tiny_model(**kw):
-    return PixPro(ModelConfig(arch="resnet18", proj_hidden_dim=64, proj_dim=32, **kw))
+    return PixPro(tiny_config(**kw))
+
+
+def loss_of(m, v1, v2, c1, c2):
+    return m((v1, v2), (c1, c2)).loss
 
 
 def test_full_forward_backward_grads_only_online():
@@ -155,10 +164,12 @@ def test_full_forward_backward_grads_only_online():
     v1, v2 = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
     c1 = torch.tensor([[0.0, 0.0, 0.8, 0.8]] * 4)
     c2 = torch.tensor([[0.2, 0.2, 1.0, 1.0]] * 4)
-    out = m(v1, v2, c1, c2, return_stats=True)
+    out = m((v1, v2), (c1, c2))
     out.loss.backward()
     assert torch.isfinite(out.loss)
-    assert out.instance_loss is not None and out.positive_pairs > 0
+    assert set(out.stats) == {"pixpro_loss", "instance_loss", "positive_pairs", "positive_cosine"}
+    assert out.stats["positive_pairs"] > 0
+    torch.testing.assert_close(out.loss, out.stats["pixpro_loss"] + 0.5 * out.stats["instance_loss"])
     online_grads = [p.grad for p in m.online.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in online_grads)
     assert any(g.abs().sum() > 0 for g in online_grads)
@@ -189,7 +200,7 @@ def test_target_batchnorm_uses_batch_statistics_and_keeps_own_running_stats():
         bn_o.running_mean.fill_(5.0)      # online buffers must not leak into the target
     rm_before = bn_t.running_mean.clone()
     c = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
-    m(torch.randn(2, 3, 64, 64) * 3 + 1, torch.randn(2, 3, 64, 64), c, c)
+    loss_of(m, torch.randn(2, 3, 64, 64) * 3 + 1, torch.randn(2, 3, 64, 64), c, c)
     assert not torch.equal(bn_t.running_mean, rm_before)   # updated by its own forward pass
     m.update_target(0.5)
     assert (bn_t.running_mean - 5.0).abs().max() > 1.0     # buffers are not averaged
@@ -205,10 +216,10 @@ def test_channels_last_model_equals_contiguous():
     m = tiny_model()
     v1, v2 = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     c = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.7, 0.9]])
-    a = m(v1, v2, c, c)
+    a = loss_of(m, v1, v2, c, c)
     cl = lambda t: t.contiguous(memory_format=torch.channels_last)
     m2 = copy.deepcopy(m)
-    b = m2.to(memory_format=torch.channels_last)(cl(v1), cl(v2), c, c)
+    b = loss_of(m2.to(memory_format=torch.channels_last), cl(v1), cl(v2), c, c)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -242,13 +253,13 @@ def test_concat_views_option_changes_only_batchnorm_statistics():
     torch.manual_seed(3)
     m = tiny_model()
     m_cat = copy.deepcopy(m)
-    object.__setattr__(m_cat, "cfg", ModelConfig(arch="resnet18", proj_hidden_dim=64, proj_dim=32, concat_views=True))
+    m_cat.cfg = tiny_config(concat_views=True)
     v = torch.randn(2, 3, 64, 64)
     c = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
     # identical views: per-view and joint batch statistics coincide
-    torch.testing.assert_close(m(v, v, c, c), m_cat(v, v.clone(), c, c), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_of(m, v, v, c, c), loss_of(m_cat, v, v.clone(), c, c), atol=1e-5, rtol=1e-5)
     v2 = torch.randn(2, 3, 64, 64) * 4
-    assert not torch.allclose(m(v, v2, c, c), m_cat(v, v2, c, c), atol=1e-4)
+    assert not torch.allclose(loss_of(m, v, v2, c, c), loss_of(m_cat, v, v2, c, c), atol=1e-4)
 
 
 def test_mlp2d_shape():

@@ -147,8 +147,11 @@ def test_one_step_changes_online_weights_only(method):
     c1 = torch.tensor([[0.0, 0.0, 0.8, 0.8]] * 4)
     c2 = torch.tensor([[0.2, 0.2, 1.0, 1.0]] * 4)
     for _ in range(2):      # the second step sees a full SwAV queue
-        out = model(v1, v2, c1, c2, return_stats=True)
+        out = model((v1, v2), (c1, c2))
         assert torch.isfinite(out.loss)
+        assert out.stats and all(v.dim() == 0 and not v.requires_grad for v in out.stats.values())
+        # statistics are real for the method: instance-level objectives have no pixel pairs
+        assert ("positive_pairs" in out.stats) == method.startswith("pix")
         opt.zero_grad()
         out.loss.backward()
         assert all(p.grad is None for p in model.target.parameters())

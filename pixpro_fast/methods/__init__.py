@@ -1,21 +1,22 @@
-"""Objectives selected by ``--method``: each a small module on the shared encoder, two-view
-pipeline and training engine. ``build_method(cfg)`` returns an nn.Module whose forward takes
-``(view1, view2, coords1, coords2, return_stats)``, with ``online`` (what the optimiser
-trains), ``target`` (momentum copies, possibly empty) and ``update_target(momentum)``."""
+"""Objectives selected by ``--method``: each a small module on the shared encoder, view plan
+and training engine, fulfilling the contract of :mod:`.contract` (``forward(views, coords)
+-> MethodOutput``, ``online``, ``target``, ``update_target``, optimiser hooks).
+
+A new method is one module, one line in :data:`METHODS` and one bundled preset
+(``configs/NAME.json``)."""
 from __future__ import annotations
 
-import torch.nn as nn
-
-from ..model import PixPro
 from .byol import BYOL
+from .contract import Method, MethodOutput
 from .mocov2 import MoCoV2
+from .pixpro import PixPro
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .swav import SwAV
 
 # name -> (class, one-line description). The pixel-level family shares the PixPro module;
-# its members differ by loss weights, set in their bundled configs.
-METHODS: dict[str, tuple[type, str]] = {
+# its members differ by loss weights, set in their bundled presets.
+METHODS: dict[str, tuple[type[Method], str]] = {
     "pixpro": (PixPro, "pixel propagation consistency (PixPro)"),
     "pixpro_ins": (PixPro, "PixPro plus the BYOL-style instance branch"),
     "pixcontrast": (PixPro, "pixel-level InfoNCE between views (PixContrast)"),
@@ -27,11 +28,11 @@ METHODS: dict[str, tuple[type, str]] = {
 }
 
 
-def build_method(cfg) -> nn.Module:
+def build_method(cfg) -> Method:
     """The objective named by ``cfg.method`` (a TrainConfig)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
-    cls = METHODS[cfg.method][0]
-    if cls is PixPro:
-        return PixPro(cfg.model_config())
-    return cls(cfg)
+    return METHODS[cfg.method][0](cfg)
+
+
+__all__ = ["METHODS", "Method", "MethodOutput", "build_method"]
