@@ -253,3 +253,34 @@ def test_method_flag_trains_from_the_command_line(tmp_path):
     state = load_checkpoint(list_checkpoints(tmp_path)[-1])
     assert state["config"]["optimizer"] == "sgd" and state["config"]["ema_schedule"] == "constant"
     assert "queue" in state["model"]
+
+
+def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
+    """Eight views of two sizes: codes from the two large views, every other view predicts
+    them; written per sample from the formula against the module's batched loss."""
+    from pixpro_fast.methods.swav import multicrop_swapped_loss, sinkhorn
+    torch.manual_seed(0)
+    cfg = small_config("swav").replace(swav_queue=0)
+    model = build_method(cfg)
+    views = [torch.randn(3, 3, 64, 64) for _ in range(2)] + [torch.randn(3, 3, 32, 32) for _ in range(6)]
+    out = model(views, None)
+    on, ref_terms = model.online, []
+    with torch.no_grad():
+        z = model._embed(views)        # same-size views pass the encoder together, as in the module
+        assert [zi.shape for zi in z] == [(3, cfg.proj_dim)] * 8
+        s = [on["prototypes"](zi) for zi in z]
+        for a in range(2):
+            q = sinkhorn(s[a], cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+            per_view = []
+            for v in range(8):
+                if v == a:
+                    continue
+                per_sample = [-(q[i] * torch.log_softmax(s[v][i] / cfg.temperature, dim=0)).sum() for i in range(3)]
+                per_view.append(sum(per_sample) / 3)
+            ref_terms.append(sum(per_view) / 7)
+    assert float(sum(ref_terms) / 2) == pytest.approx(out.loss.item() if not out.loss.requires_grad else float(out.loss.detach()), rel=1e-5)
+    two = multicrop_swapped_loss(s[:2], [sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)], 0.1)
+    q0, q1 = sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)
+    assert float(two) == pytest.approx(float(swapped_prediction_loss(s[0], s[1], q0, q1, 0.1)), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        model(views[:1], None)

@@ -1,6 +1,8 @@
 """SwAV (Caron et al. 2020): online clustering onto prototypes with Sinkhorn-Knopp codes,
-and the swapped prediction of one view's code from the other view (two views, no
-multi-crop). A queue of past embeddings is optional."""
+and the swapped prediction of a view's code from every other view. With the
+``swav_multicrop`` view plan (2 x 224 + 6 x 96) the codes come from the two large views and
+all eight views predict them; with two views it is the plain swapped prediction. A queue of
+past embeddings is optional."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from ..distributed import all_reduce_sum, world
 from ..heads import MLP1d
 from .base import InstanceMethod, mean_cosine, pooled
+from .contract import MethodOutput
 
 
 @torch.no_grad()
@@ -38,7 +41,23 @@ def swapped_prediction_loss(scores1, scores2, codes1, codes2, temperature: float
     return -0.5 * (l12 + l21)
 
 
+def multicrop_swapped_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """SwAV's loss over views: for each view ``a`` with codes ``codes[a]`` (the first
+    ``len(codes)`` views), ``-mean_b sum q_a log softmax(s_v / t)`` averaged over every other
+    view ``v``, then averaged over the coded views. Two views give :func:`swapped_prediction_loss`."""
+    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
+    total = 0.0
+    for a, q in enumerate(codes):
+        terms = [(q * log_p[v]).sum(1).mean() for v in range(len(scores)) if v != a]
+        total = total - sum(terms) / len(terms)
+    return total / len(codes)
+
+
 class SwAV(InstanceMethod):
+    num_views = None       # two views, or the multi-crop plan: codes from the first two
+    min_views = 2
+    coded_views = 2
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.online["projector"] = MLP1d(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim)
@@ -74,12 +93,26 @@ class SwAV(InstanceMethod):
             return codes
         return sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
 
-    def loss_and_stats(self, view1, view2):
-        on = self.online
-        z1 = F.normalize(on["projector"](pooled(on["encoder"], view1)).float(), dim=1)
-        z2 = F.normalize(on["projector"](pooled(on["encoder"], view2)).float(), dim=1)
-        s1, s2 = on["prototypes"](z1), on["prototypes"](z2)
-        q1, q2 = self._codes(0, s1, z1), self._codes(1, s2, z2)
+    def _embed(self, views) -> list[torch.Tensor]:
+        """L2-normalised projections of every view; views of one size pass the encoder together
+        (as the reference does for its multi-crop batches)."""
+        on, out, k = self.online, [], 0
+        while k < len(views):
+            j = k
+            while j < len(views) and views[j].shape[-2:] == views[k].shape[-2:]:
+                j += 1
+            group = views[k] if j == k + 1 else torch.cat(list(views[k:j]))
+            z = F.normalize(on["projector"](pooled(on["encoder"], group)).float(), dim=1)
+            out += list(z.chunk(j - k)) if j > k + 1 else [z]
+            k = j
+        return out
+
+    def forward(self, views, coords=None) -> MethodOutput:
+        self.check_views(len(views))
+        z = self._embed(views)
+        scores = [self.online["prototypes"](zi) for zi in z]
+        codes = [self._codes(a, scores[a], z[a]) for a in range(self.coded_views)]
         if self.cfg.swav_queue > 0:
-            self.queue_fill.add_(z1.shape[0])
-        return swapped_prediction_loss(s1, s2, q1, q2, self.cfg.temperature), mean_cosine(z1, z2)
+            self.queue_fill.add_(z[0].shape[0])
+        loss = multicrop_swapped_loss(scores, codes, self.cfg.temperature)
+        return MethodOutput(loss, {"positive_cosine": mean_cosine(z[0], z[1])})
