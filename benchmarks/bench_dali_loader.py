@@ -34,7 +34,7 @@ from benchmarks.common import markdown_table, write_json
 from pipelines.dali_loader import DaliLoader, require_dali
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
-from pipelines.scenes import ensure_scenes
+from benchmarks.photos import benchmark_images
 
 
 def _pil_decode(path) -> int:
@@ -144,7 +144,9 @@ def self_check(device: str, workers: int) -> bool:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
+    ap.add_argument("--data-dir", default=None, help="image folder (default: --source)")
+    ap.add_argument("--source", default="scenes", choices=("scenes", "photos"),
+                    help="images to generate when no --data-dir: the built-in scenes or real-photo-like JPEGs")
     ap.add_argument("--images", type=int, default=None, help="scenes to generate when no --data-dir")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=224)
@@ -163,7 +165,7 @@ def main(argv=None):
     if args.check and not self_check(args.device, args.workers):
         raise SystemExit(1)
     need = (args.batches + args.warmup) * args.batch_size
-    data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images or -(-need // 512) * 512)
+    data_dir = Path(args.data_dir) if args.data_dir else benchmark_images(args.source, args.images or -(-need // 512) * 512)
     files = list_images(data_dir)
     if len(files) < need:
         raise SystemExit(f"{data_dir} has {len(files)} images; {need} are needed for one pass "

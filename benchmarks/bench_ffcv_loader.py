@@ -39,7 +39,7 @@ from benchmarks.common import markdown_table, write_json
 from pipelines.ffcv_writer import require_ffcv, write_beton
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
-from pipelines.scenes import ensure_scenes
+from benchmarks.photos import benchmark_images
 
 require_ffcv()
 from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder  # noqa: E402
@@ -115,7 +115,9 @@ def measure(make_iter, batch_size: int, warmup: int, batches: int) -> tuple[floa
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
+    ap.add_argument("--data-dir", default=None, help="image folder (default: --source)")
+    ap.add_argument("--source", default="scenes", choices=("scenes", "photos"),
+                    help="images to generate when no --data-dir: the built-in scenes or real-photo-like JPEGs")
     ap.add_argument("--images", type=int, default=1024, help="scenes to generate when no --data-dir")
     ap.add_argument("--beton", default=None, help=".beton to use (default: written under --out, reused)")
     ap.add_argument("--max-resolution", type=int, default=512)
@@ -131,7 +133,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_out", help="folder for the JSON result (and the .beton)")
     args = ap.parse_args(argv)
 
-    data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images)
+    data_dir = Path(args.data_dir) if args.data_dir else benchmark_images(args.source, args.images)
     n_files = len(list_images(data_dir))
     beton = Path(args.beton) if args.beton else Path(args.out) / "ffcv" / f"{data_dir.parent.name}-{data_dir.name}-{args.max_resolution}.beton"
     if not beton.exists():

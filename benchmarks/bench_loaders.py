@@ -249,9 +249,11 @@ def table(result: dict, absolute: bool = False) -> str:
 
 
 def main(argv=None):
-    from pipelines.scenes import ensure_scenes
+    from .photos import benchmark_images
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
+    ap.add_argument("--data-dir", default=None, help="image folder (default: --source)")
+    ap.add_argument("--source", default="scenes", choices=("scenes", "photos"),
+                    help="images to generate when no --data-dir: the built-in scenes or real-photo-like JPEGs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -261,7 +263,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     need = (args.batches + 2 * args.workers + 2) * args.batch_size
-    data_dir = args.data_dir or ensure_scenes(-(-need // 512) * 512)
+    data_dir = args.data_dir or benchmark_images(args.source, -(-need // 512) * 512)
     result = run(data_dir, args.batch_size, args.image_size, args.workers, args.batches, args.rounds,
                  device=args.device, work_dir=args.out)
     print(table(result, absolute=args.device != "cpu"))

@@ -205,3 +205,22 @@ def test_chart_draws_partial_results(tmp_path):
         "end_to_end": {"rows": [{"backend": "torch", "wait_fraction": 0.4}]}}}
     path = chart.draw(result, tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_photo_set_is_imagenet_sized_jpegs_made_deterministically(tmp_path):
+    pytest.importorskip("skimage")
+    from PIL import Image
+    from benchmarks.photos import ensure_photos
+    a = ensure_photos(6, seed=1, root=tmp_path / "a")
+    b = ensure_photos(6, seed=1, root=tmp_path / "b")
+    files = sorted(a.glob("*.jpg"))
+    assert len(files) == 6
+    for f in files:
+        with Image.open(f) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            w, h = img.size
+            assert 320 <= min(w, h) <= 510 and max(w, h) <= 510 and max(w, h) >= 490
+        assert f.read_bytes() == (b / f.name).read_bytes()
+    sizes = {Image.open(f).size for f in files}
+    assert len(sizes) > 1                                   # shapes vary as ImageNet's do
+    assert ensure_photos(6, seed=1, root=tmp_path / "a") == a  # reused, not regenerated
