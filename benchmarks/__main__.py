@@ -25,6 +25,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch compute threads (default: torch's choice); fewer on a machine shared with others")
     ap.add_argument("--no-cuda", action="store_true", help="CPU only, even when a GPU is present")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile on the CPU (minutes of compilation; GPU rows always have it)")
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sections = tuple(s for s in args.sections.split(",") if s)
@@ -33,7 +35,7 @@ def main(argv=None) -> dict:
     if unknown:
         ap.error(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
     return suite.run(mode, args.out, sections, args.data_dir, backends, cuda=False if args.no_cuda else None,
-                     threads=args.threads)
+                     threads=args.threads, compile_cpu=args.compile)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,16 @@ import time
 import pipelines
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer
+from pixpro_fast.hardware import native_precisions, resolve_precision
 from pixpro_fast.metrics import verdict
 
 from .common import sync, table_with_skips, write_json
 
 
-def summarise(waits: list[float], computes: list[float], batch_size: int) -> dict:
-    """Per-step wait and compute times -> totals, wait fraction, rate and the verdict."""
+def summarise(waits: list[float], computes: list[float], batch_size: int, loader: str | None = None,
+              skipped_steps: int = 0, bf16_native: bool = True, in_use: tuple[str, ...] = ()) -> dict:
+    """Per-step wait and compute times -> totals, wait fraction, rate and the verdict (for the
+    ``loader`` backend, after ``skipped_steps`` untimed steps; see :func:`verdict`)."""
     if len(waits) != len(computes) or not waits:
         raise ValueError("need one wait and one compute time per step, at least one step")
     wait, compute = sum(waits), sum(computes)
@@ -39,7 +42,8 @@ def summarise(waits: list[float], computes: list[float], batch_size: int) -> dic
     return {"steps": len(waits), "wait_s": wait, "compute_s": compute, "wall_s": wall,
             "wait_fraction": fraction, "images_per_s": batch_size * len(waits) / wall if wall > 0 else 0.0,
             "median_wait_s": statistics.median(waits), "median_compute_s": statistics.median(computes),
-            "verdict": verdict(fraction)}
+            "verdict": verdict(fraction, in_use=in_use, loader=loader, bf16_native=bf16_native,
+                               warmup_steps=skipped_steps)}
 
 
 def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], list[float]]:
@@ -63,11 +67,15 @@ def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], l
 
 
 def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", image_size: int = 128,
-        batch_size: int = 32, steps: int = 8, skip: int = 2, precision: str = "bf16", channels_last: bool = True,
+        batch_size: int = 32, steps: int = 8, skip: int = 2, precision: str = "auto", channels_last: bool = True,
         compiled: bool = False, workers: int | None = None, device: str = "cpu", proj_hidden_dim: int = 4096,
         data_for: dict | None = None, log=print) -> dict:
     """``data_for`` maps a backend to its own data path where it needs one (ffcv: a .beton)."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
+    resolved = resolve_precision(precision, device)
+    in_use = tuple(n for n, on in (("bf16 autocast", resolved != "fp32"), ("channels-last", channels_last),
+                                   ("torch.compile", compiled)) if on)
+    bf16_native = "bf16" in native_precisions(device)
     rows, skipped = [], {}
     base_cfg = dict(arch=arch, image_size=image_size, batch_size=batch_size, proj_hidden_dim=proj_hidden_dim,
                     device=device, precision=precision, channels_last=channels_last, compile=compiled,
@@ -92,7 +100,8 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
                 continue
             trainer = Trainer(cfg, loader=loader)
             waits, computes = measure(trainer, steps, skip)
-            row = {"backend": backend, **summarise(waits, computes, batch_size), "waits": waits,
+            row = {"backend": backend, **summarise(waits, computes, batch_size, backend, skip, bf16_native, in_use),
+                   "waits": waits,
                    "computes": computes}
             rows.append(row)
             log(f"  end-to-end {backend}: {row['verdict'].split(' (')[0]}")
@@ -101,7 +110,7 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
     for r in rows:
         r["vs_compute_ceiling"] = r["images_per_s"] / ceiling
     return {"arch": arch, "image_size": image_size, "batch_size": batch_size, "steps": steps, "skipped_steps": skip,
-            "precision": precision, "channels_last": channels_last, "compiled": compiled, "workers": workers,
+            "precision": resolved, "channels_last": channels_last, "compiled": compiled, "workers": workers,
             "device": device, "data_dir": str(data_dir), "rows": rows, "skipped": skipped}
 
 
@@ -119,7 +128,8 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto",
+                    help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps are skipped)")
     ap.add_argument("--skip", type=int, default=2, help="untimed first steps (start-up, compilation)")

@@ -37,7 +37,7 @@ def flops_per_image(step, batch_size: int) -> float:
     return counter.get_total_flops() / batch_size
 
 
-def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="bf16", iters=5,
+def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="auto", iters=5,
         methods=None) -> dict:
     methods = list(methods or METHODS)
     steps = {m: method_step(m, arch, image_size, batch_size, device, precision) for m in methods}
@@ -62,7 +62,7 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--methods", help="comma-separated subset (default: all)")
     ap.add_argument("--out", default="bench_out")

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torchvision
 
 from pixpro_fast.engine import autocast
+from pixpro_fast.hardware import resolve_precision
 
 from .bench_step import StepSetting, pixpro_step
 from .common import markdown_table, time_interleaved, write_json
@@ -81,9 +82,11 @@ def pixelcl_step(arch: str, image_size: int, batch_size: int, setting: StepSetti
 
 
 def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, device: str = "cpu",
-        settings: list[StepSetting] | None = None, best: StepSetting = StepSetting("bf16", True, False),
+        settings: list[StepSetting] | None = None, best: StepSetting | None = None,
         warmup: int = 2, iters: int = 5, proj_hidden_dim: int = 4096, log=print) -> dict:
-    """One interleaved run: ours and PixelCL under each setting, plus ours-best vs PixelCL as shipped."""
+    """One interleaved run: ours and PixelCL under each setting, plus ours-best vs PixelCL as shipped.
+    ``best`` defaults to channels-last eager in the precision ``auto`` picks on ``device``."""
+    best = best or StepSetting(resolve_precision("auto", device), True, False)
     missing = pixelcl_missing()
     common = {"arch": arch, "image_size": image_size, "batch_size": batch_size, "device": device,
               "proj_hidden_dim": proj_hidden_dim}

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer, autocast
+from pixpro_fast.hardware import emulated_reason
 from pixpro_fast.methods.pixpro import PixPro
 from pipelines.synthetic import SyntheticLoader
 
@@ -171,17 +172,26 @@ def matmul_flops_per_sec(device: str = "cpu", dtype: torch.dtype = torch.bfloat1
 
 def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, settings: list[StepSetting] | None = None,
         device: str = "cpu", warmup: int = 2, iters: int = 5, proj_hidden_dim: int = 4096,
-        matmul_n: int | None = None, log=print) -> dict:
-    """Time every setting's PixPro and supervised steps in one interleaved run; one row per setting."""
+        matmul_n: int | None = None, emulated: bool = False, log=print) -> dict:
+    """Time every setting's PixPro and supervised steps in one interleaved run; one row per setting.
+    A precision this device only emulates is listed as skipped, with why, unless ``emulated``."""
     settings = list(settings or settings_grid())
     if BASELINE not in settings:
         settings.insert(0, BASELINE)
+    skipped = []
+    if not emulated:
+        for s in list(settings):
+            reason = emulated_reason(s.precision, device)
+            if reason:
+                settings.remove(s)
+                skipped.append({"setting": s.name, "reason": reason})
+                log(f"  step {arch} {s.name}: skipped ({reason})")
     flops_pix = pixpro_flops_per_image(arch, image_size, proj_hidden_dim=proj_hidden_dim)
     flops_sup = supervised_flops_per_image(arch, image_size)
     matmul = {"bf16": matmul_flops_per_sec(device, torch.bfloat16, matmul_n),
               "fp32": matmul_flops_per_sec(device, torch.float32, matmul_n)}
 
-    fns, skipped = {}, []
+    fns = {}
     for s in settings:
         try:
             pix = pixpro_step(arch, image_size, batch_size, s, device, proj_hidden_dim)
@@ -241,10 +251,13 @@ def main(argv=None):
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--compiled", default="best", choices=["none", "best", "channels-last", "all"])
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--emulated", action="store_true",
+                    help="also time precisions this device only emulates (slow; skipped by default)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size,
-                 settings_grid(tuple(args.precisions.split(",")), args.compiled), args.device, iters=args.iters)
+                 settings_grid(tuple(args.precisions.split(",")), args.compiled), args.device, iters=args.iters,
+                 emulated=args.emulated)
     print(table(result, absolute=args.device != "cpu"))
     print("wrote", write_json(args.out, "step.json", result))
     return result

@@ -61,7 +61,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
     ap.add_argument("--proj-hidden-dim", type=int, default=1024)
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto",
+                    help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
     ap.add_argument("--probe-layers", default="layer3,layer4", help="comma-separated stages")

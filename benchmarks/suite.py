@@ -18,49 +18,60 @@ import torch
 from . import bench_end_to_end, bench_loaders, bench_peers, bench_step, chart
 from .bench_step import StepSetting, settings_grid
 from .common import machine
+from pixpro_fast.hardware import resolve_precision
 
 SECTIONS = ("loaders", "step", "end_to_end", "peers")
 MODES = ("smoke", "quick", "full")
-BEST = StepSetting("bf16", True, False)
 
 
-def plan(mode: str, cuda: bool, workers: int | None = None) -> dict:
-    """Section arguments for a mode; CUDA jobs are added when ``cuda``."""
+def best_setting(device: str) -> StepSetting:
+    """Channels-last eager in the precision ``auto`` picks on ``device`` (bf16 only where native)."""
+    return StepSetting(resolve_precision("auto", device), True, False)
+
+
+def plan(mode: str, cuda: bool, workers: int | None = None, compile_cpu: bool = False) -> dict:
+    """Section arguments for a mode; CUDA jobs are added when ``cuda``. CPU step rows under
+    torch.compile (minutes of compilation on a small CPU) only with ``compile_cpu``. Precisions
+    the device only emulates are listed by the step section as skipped."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     workers = workers or os.cpu_count() or 1
+    cpu_compiled = "none" if not compile_cpu else "best" if mode == "quick" else "channels-last"
     if mode == "smoke":
-        small = [StepSetting("fp32", False, False), BEST]
+        small = [StepSetting("fp32", False, False), StepSetting("bf16", True, False)]
         return {
             "loaders": dict(batch_size=4, image_size=64, workers=1, batches=2, rounds=1),
             "step": [dict(device="cpu", arch="resnet18", image_size=64, batch_size=4, settings=small, warmup=1,
                           iters=2)],
             "end_to_end": dict(arch="resnet18", image_size=64, batch_size=4, steps=2, skip=2, workers=1,
-                               precision="bf16"),
+                               precision="auto"),
             "peers": [dict(device="cpu", arch="resnet18", image_size=64, batch_size=4, warmup=1, iters=2,
                            settings=[StepSetting("fp32", False, False)], best=StepSetting("fp32", False, False))],
         }
     quick = mode == "quick"
     step = ([dict(device="cpu", arch="resnet18", image_size=64, batch_size=32,
-                  settings=settings_grid(compiled="best"), warmup=2, iters=5)] if quick else
-            [dict(device="cpu", arch=a, image_size=224, batch_size=32, settings=settings_grid(compiled="channels-last"),
+                  settings=settings_grid(compiled=cpu_compiled), warmup=2, iters=5)] if quick else
+            [dict(device="cpu", arch=a, image_size=224, batch_size=32, settings=settings_grid(compiled=cpu_compiled),
                   warmup=2, iters=5) for a in ("resnet18", "resnet50")])
-    peers = [dict(device="cpu", arch="resnet18", image_size=64 if quick else 224, batch_size=32, iters=5)]
+    peers = [dict(device="cpu", arch="resnet18", image_size=64 if quick else 224, batch_size=32, iters=5,
+                  best=best_setting("cpu"))]
     if not quick:
-        peers.append(dict(device="cpu", arch="resnet50", image_size=224, batch_size=32, iters=5))
+        peers.append(dict(device="cpu", arch="resnet50", image_size=224, batch_size=32, iters=5,
+                          best=best_setting("cpu")))
     if cuda:
         gpu_archs = ("resnet50",) if quick else ("resnet18", "resnet50")
         step += [dict(device="cuda", arch=a, image_size=224, batch_size=128,
                       settings=settings_grid(compiled="best" if quick else "channels-last"), warmup=3, iters=10)
                  for a in gpu_archs]
-        peers.append(dict(device="cuda", arch="resnet50", image_size=224, batch_size=64, iters=10))
+        peers.append(dict(device="cuda", arch="resnet50", image_size=224, batch_size=64, iters=10,
+                          best=best_setting("cuda")))
     return {
         "loaders": dict(batch_size=32 if quick else 64, image_size=224, workers=workers, batches=6 if quick else 12,
                         rounds=2 if quick else 3, device="cuda" if cuda else "cpu"),
         "step": step,
         "end_to_end": dict(arch="resnet18" if quick else "resnet50", image_size=128 if quick else 224,
                            batch_size=128 if cuda else 32, steps=6 if quick else 10, skip=2, workers=workers,
-                           precision="bf16", device="cuda" if cuda else "cpu"),
+                           precision="auto", device="cuda" if cuda else "cpu"),
         "peers": peers,
     }
 
@@ -127,12 +138,12 @@ def markdown(result: dict) -> str:
 
 def run(mode: str = "quick", out: str | Path = "bench_out", sections=SECTIONS, data_dir=None,
         backends=tuple(bench_loaders.BACKENDS), cuda: bool | None = None, threads: int | None = None,
-        log=print) -> dict:
+        compile_cpu: bool = False, log=print) -> dict:
     from pipelines.scenes import ensure_scenes
     if threads:
         torch.set_num_threads(threads)   # the compute threads of this process (loader workers are separate)
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    p = plan(mode, cuda)
+    p = plan(mode, cuda, compile_cpu=compile_cpu)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in sections:

@@ -4,31 +4,53 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 
-from .config import PRESETS_DIR, TrainConfig
+from .config import PRESETS_DIR, ConfigError, TrainConfig, field_type
 
 SUBCOMMANDS = ("train", "export", "eval")
 
 
-def _flag_type(tp):
-    """The argparse type for a dataclass field annotation such as ``int | None``."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"typing": typing})  # annotations are postponed strings
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if args else tp
-    return base
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    """A field's help line: its meaning, default and choices, from its metadata."""
+    default = "none" if f.default is None else f.default
+    text = f"{f.metadata['help']} (default: {default}"
+    if "choices" in f.metadata:
+        text += f"; choices: {', '.join(map(str, f.metadata['choices']))}"
+    return text + ")"
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="JSON file of TrainConfig fields; flags given here override it")
+    parser.add_argument("--config", help="JSON file of TrainConfig fields, or a bundled preset name "
+                                         f"({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))}); "
+                                         "flags given here override it; the defaults below are TrainConfig's, "
+                                         "a preset may set others")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        base = _flag_type(f.type)
+        flag = flag_name(f.name)
+        base = field_type(f)
         if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=flag_help(f))
         else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
+                                help=flag_help(f))
+
+
+def error_line(exc: Exception) -> str:
+    """One line for a bad setting: the flag, the bad value and what is accepted."""
+    if isinstance(exc, ConfigError):
+        return f"{flag_name(exc.key)} {exc.detail}" if exc.key else exc.detail
+    return str(exc).replace("\n", " ")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -51,9 +73,9 @@ def main(argv=None) -> int:
         from .probe import eval_command
         return eval_command(argv)
     if command == "export":
-        ap = argparse.ArgumentParser(prog="train.py export",
-                                     description="Write the online encoder of a checkpoint as a torchvision "
-                                                 "ResNet state_dict and a Detectron2 pickle.")
+        ap = _Parser(prog="train.py export",
+                     description="Write the online encoder of a checkpoint as a torchvision "
+                                 "ResNet state_dict and a Detectron2 pickle.")
         ap.add_argument("--checkpoint", required=True)
         ap.add_argument("--out", required=True, help="output folder")
         args = ap.parse_args(argv)
@@ -61,18 +83,23 @@ def main(argv=None) -> int:
         tv, d2 = export_checkpoint(args.checkpoint, args.out)
         print(f"wrote {tv}\nwrote {d2}")
         return 0
-    ap = argparse.ArgumentParser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), "
-                                                              "export, eval (dense linear probe). Every TrainConfig "
-                                                              "field is a flag.")
+    ap = _Parser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), export, eval "
+                                              "(dense linear probe). Every TrainConfig field is a flag.")
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        from .training import resolve_device
+        resolve_device(cfg.device)
     except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
+        ap.error(error_line(e))
     from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
-        result = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+    except ConfigError as e:
+        ap.error(error_line(e))
+    try:
+        result = trainer.fit()
     except (NonFiniteLossError, ResumeMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

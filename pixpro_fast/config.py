@@ -1,5 +1,12 @@
 """The training configuration: one flat dataclass, loadable from JSON, overridable from the
-command line, checked on load (unknown keys and bad values are errors that name them)."""
+command line, checked on load (unknown keys and bad values are errors that name them).
+
+Each field carries its own description in ``dataclasses.field(metadata=...)``: ``help``
+(the meaning, shown by ``--help``), ``choices`` and ``min``/``max`` (checked by
+:meth:`TrainConfig.validate`), and ``resume``: ``"refuse"`` when a checkpoint written under
+another value cannot be continued (shapes, data order or schedule differ), ``"apply"`` when
+the new value simply takes effect on resume (workers, logging, output, ...).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,102 +15,127 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from pipelines import BACKENDS as LOADERS
+from pipelines.recipe import PRESETS as RECIPES
+
+from .encoder import ARCHS
+from .methods import METHODS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRESETS_DIR = Path(__file__).parent / "configs"
+RESUME_RULES = ("refuse", "apply")
+
+
+def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max=None):
+    """A TrainConfig field with its description (see the module docstring)."""
+    meta = {"help": help, "resume": resume}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class ConfigError(ValueError):
+    """A bad value of one field: ``key`` names it, ``detail`` says what is wrong and what is accepted."""
+
+    def __init__(self, key: str | None, detail: str):
+        self.key, self.detail = key, detail
+        super().__init__(f"invalid config: {key} {detail}" if key else f"invalid config: {detail}")
 
 
 @dataclass
 class TrainConfig:
     # data
-    data: str | None = None            # image folder (or .beton for ffcv); None = built-in scenes
-    loader: str = "torch"              # torch | dali | ffcv | synthetic
-    recipe: str = "byol"
-    image_size: int = 224
-    num_workers: int | None = None     # None = the loader's default
-    on_corrupt: str = "skip"           # skip | error
-    scenes_images: int = 512           # size of the built-in dataset when data is None
+    data: str | None = _opt(None, "image folder (or a .beton file for --loader ffcv); none: the built-in scenes")
+    loader: str = _opt("torch", "data loader backend", choices=LOADERS)
+    recipe: str = _opt("byol", "augmentation recipe of the two views", choices=RECIPES)
+    image_size: int = _opt(224, "side of each training view in pixels (a multiple of 32)", min=32)
+    num_workers: int | None = _opt(None, "loader worker processes or threads; none: the loader's default",
+                                   "apply", min=0)
+    on_corrupt: str = _opt("skip", "an unreadable image: skip (counted, replaced) or error (stop)", "apply",
+                           choices=("skip", "error"))
+    scenes_images: int = _opt(512, "size of the built-in scenes dataset when --data is not given", min=1)
     # objective and model
-    method: str = "pixpro"             # pixpro | pixpro_ins | pixcontrast | byol | simsiam | simclr | mocov2 | swav
-    arch: str = "resnet50"
-    encoder_weights: str | None = None
-    proj_hidden_dim: int = 4096
-    proj_dim: int = 256
-    ppm_layers: int = 1
-    ppm_gamma: float = 2.0
-    ppm_clamp: float = 0.0
-    pos_ratio: float = 0.7
-    ins_loss_weight: float = 0.0
-    pixpro_weight: float = 1.0
-    pixcontrast_weight: float = 0.0
-    neg_ratio: float = 0.7             # PixContrast: cells at or beyond this distance ratio are negatives
-    temperature: float = 0.3           # PixContrast, SimCLR, MoCo v2, SwAV
-    queue_size: int = 65536            # MoCo v2 queue of keys
-    moco_symmetric: bool = False
-    num_prototypes: int = 3000         # SwAV
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iters: int = 3
-    swav_queue: int = 0                # SwAV: past embeddings kept for the codes (0: none)
-    freeze_prototypes_steps: int = 0
-    concat_views: bool = False
+    method: str = _opt("pixpro", "self-supervised objective; also loads its bundled defaults", choices=METHODS)
+    arch: str = _opt("resnet50", "encoder architecture", choices=ARCHS)
+    encoder_weights: str | None = _opt(None, "torchvision state_dict to start the encoder from; none: random init")
+    proj_hidden_dim: int = _opt(4096, "hidden width of the projector (and predictor) MLP", min=1)
+    proj_dim: int = _opt(256, "output width of the projector", min=1)
+    ppm_layers: int = _opt(1, "PixPro: layers of the pixel propagation module's transform", min=0)
+    ppm_gamma: float = _opt(2.0, "PixPro: sharpness exponent of the propagation similarities", min=0)
+    ppm_clamp: float = _opt(0.0, "PixPro: similarities below this are set to zero before the exponent")
+    pos_ratio: float = _opt(0.7, "pixel pairs closer than this fraction of a feature cell are positives", min=0)
+    ins_loss_weight: float = _opt(0.0, "weight of the BYOL-style instance branch (pixpro_ins)", min=0)
+    pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0)
+    pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0)
+    neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0)
+    temperature: float = _opt(0.3, "softmax temperature (PixContrast, SimCLR, MoCo v2, SwAV); must be positive")
+    queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1)
+    moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views")
+    num_prototypes: int = _opt(3000, "SwAV: number of prototypes", min=1)
+    sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0)
+    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations", min=1)
+    swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0)
+    freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0)
+    concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)")
     # optimisation
-    optimizer: str = "lars"            # lars | sgd (SGD with momentum and weight decay on every parameter)
-    epochs: int = 100
-    max_steps: int | None = None       # stop after this many optimiser steps (schedules still span `epochs`)
-    batch_size: int = 64               # per process, per micro-batch
-    accum_steps: int = 1
-    base_lr: float = 1.0
-    lr_scaling: str = "linear"         # linear: base_lr * B / 256; sqrt: 4 * sqrt(B / 1024)
-    warmup_epochs: float = 5.0
-    final_lr: float = 1e-6
-    weight_decay: float = 1e-5
-    sgd_momentum: float = 0.9
-    lars_trust: float = 0.001
-    ema_momentum: float = 0.99
-    ema_schedule: str = "cosine"       # cosine: rises to 1 over training; constant
+    optimizer: str = _opt("lars", "lars, or sgd (SGD with momentum and weight decay on every parameter)",
+                          choices=("lars", "sgd"))
+    epochs: int = _opt(100, "length of the schedules (lr, momentum) in epochs", min=1)
+    max_steps: int | None = _opt(None, "stop after this many optimiser steps (the schedules still span --epochs)",
+                                 "apply", min=1)
+    batch_size: int = _opt(64, "images per process per micro-batch", min=1)
+    accum_steps: int = _opt(1, "micro-batches accumulated per optimiser step", min=1)
+    base_lr: float = _opt(1.0, "base learning rate, scaled by the global batch (see --lr-scaling)", min=0)
+    lr_scaling: str = _opt("linear", "peak lr: linear = base_lr * B / 256; sqrt = 4 * sqrt(B / 1024)",
+                           choices=("linear", "sqrt"))
+    warmup_epochs: float = _opt(5.0, "linear lr warmup, in epochs", min=0)
+    final_lr: float = _opt(1e-6, "learning rate at the end of the cosine decay", "apply", min=0)
+    weight_decay: float = _opt(1e-5, "weight decay (LARS: multi-dimensional parameters only)", "apply", min=0)
+    sgd_momentum: float = _opt(0.9, "momentum of the SGD/LARS update", "apply", min=0, max=1)
+    lars_trust: float = _opt(0.001, "LARS trust coefficient; short runs need more (0.02 suits a few hundred steps)",
+                             "apply", min=0)
+    ema_momentum: float = _opt(0.99, "momentum of the target (EMA) update at step 0", min=0, max=1)
+    ema_schedule: str = _opt("cosine", "target momentum: cosine (rises to 1 over training) or constant",
+                             choices=("cosine", "constant"))
     # engine
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    precision: str = "auto"            # auto (bf16 on GPUs that have it, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False
-    seed: int = 0
-    out: str = "runs/pixpro"
-    log_every: int = 10
-    ckpt_every: int = 500              # optimiser steps between checkpoints (0: epoch ends only)
-    keep_ckpts: int = 3
-    resume: bool = True                # continue from the newest checkpoint in `out` when there is one
-    tensorboard: bool = True
-    profile: int = 0                   # record this many steps with torch.profiler, then stop
-    probe_every: int = 0               # dense linear probe of the online encoder every N steps (0: never)
-    probe_images: int = 64             # scenes per split for that probe (train and val)
+    device: str = _opt("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N", "apply")
+    precision: str = _opt("auto", "auto (bf16 where this GPU or CPU has native bf16, else fp32), fp32, bf16 or fp16",
+                          choices=PRECISIONS)
+    channels_last: bool = _opt(True, "channels-last memory format for the model and views", "apply")
+    compile: bool = _opt(False, "torch.compile the model (slow first steps, faster later)", "apply")
+    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across processes (torchrun)")
+    seed: int = _opt(0, "seed of the model initialisation and the data order")
+    out: str = _opt("runs/pixpro", "output folder: checkpoints, metrics.jsonl, tb/", "apply")
+    log_every: int = _opt(10, "optimiser steps between metric lines", "apply", min=1)
+    ckpt_every: int = _opt(500, "optimiser steps between checkpoints (0: epoch ends only)", "apply", min=0)
+    keep_ckpts: int = _opt(3, "newest checkpoints kept in --out", "apply", min=1)
+    resume: bool = _opt(True, "continue from the newest checkpoint in --out when there is one", "apply")
+    tensorboard: bool = _opt(True, "write TensorBoard events to --out/tb when TensorBoard is installed", "apply")
+    profile: int = _opt(0, "record this many steps with torch.profiler, then stop (0: no profiling)", "apply", min=0)
+    probe_every: int = _opt(0, "dense linear probe of the online encoder every N steps (0: never)", "apply", min=0)
+    probe_images: int = _opt(64, "scenes per split (train and val) for that probe", "apply", min=1)
 
     def validate(self) -> "TrainConfig":
-        def need(ok, msg):
+        for f in fields(self):
+            check_field(f, getattr(self, f.name))
+
+        def need(ok, key, detail):
             if not ok:
-                raise ValueError(f"invalid config: {msg}")
-        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        need(self.on_corrupt in ("skip", "error"), f"on_corrupt must be 'skip' or 'error', got {self.on_corrupt!r}")
-        need(self.lr_scaling in ("linear", "sqrt"), f"lr_scaling must be 'linear' or 'sqrt', got {self.lr_scaling!r}")
-        for name in ("image_size", "batch_size", "accum_steps", "epochs", "log_every", "keep_ckpts"):
-            need(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
-        need(self.image_size % 32 == 0, f"image_size must be a multiple of 32 (the encoder's stride), got {self.image_size}")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}")
-        need(0.0 <= self.ema_momentum <= 1.0, f"ema_momentum must lie in [0, 1], got {self.ema_momentum}")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be non-negative, got {self.warmup_epochs}")
-        need(self.ckpt_every >= 0, f"ckpt_every must be non-negative, got {self.ckpt_every}")
-        need(self.probe_every >= 0, f"probe_every must be non-negative, got {self.probe_every}")
-        need(self.probe_images >= 1, f"probe_images must be at least 1, got {self.probe_images}")
-        from .methods import METHODS
-        need(self.method in METHODS, f"method must be one of {sorted(METHODS)}, got {self.method!r}")
-        need(self.optimizer in ("lars", "sgd"), f"optimizer must be 'lars' or 'sgd', got {self.optimizer!r}")
-        need(self.ema_schedule in ("cosine", "constant"),
-             f"ema_schedule must be 'cosine' or 'constant', got {self.ema_schedule!r}")
-        need(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
-        need(self.method != "pixcontrast" or self.pixcontrast_weight > 0,
-             "method 'pixcontrast' needs pixcontrast_weight > 0 (start from --config pixcontrast)")
-        need(self.method != "pixpro_ins" or self.ins_loss_weight > 0,
-             "method 'pixpro_ins' needs ins_loss_weight > 0 (start from --config pixpro_ins)")
+                raise ConfigError(key, detail)
+        need(self.image_size % 32 == 0, "image_size",
+             f"must be a multiple of 32 (the encoder's stride), got {self.image_size}")
+        need(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
+             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(self.method != "pixcontrast" or self.pixcontrast_weight > 0, "pixcontrast_weight",
+             "must be > 0 for method 'pixcontrast' (start from --config pixcontrast)")
+        need(self.method != "pixpro_ins" or self.ins_loss_weight > 0, "ins_loss_weight",
+             "must be > 0 for method 'pixpro_ins' (start from --config pixpro_ins)")
         return self
 
     def to_dict(self) -> dict:
@@ -140,25 +172,60 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
-# Fields whose change a resumed run takes on from its checkpoint's step (they touch neither
-# the state's shapes nor the sequence of batches and schedules); a change of any other field
-# is refused.
-RESUME_APPLIED = ("num_workers", "on_corrupt", "device", "channels_last", "compile", "out", "log_every",
-                  "ckpt_every", "keep_ckpts", "resume", "tensorboard", "profile", "probe_every", "probe_images",
-                  "max_steps", "weight_decay", "lars_trust", "sgd_momentum", "final_lr")
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def _changed(saved: dict, current: "TrainConfig", applied: bool) -> list[str]:
-    cur = current.to_dict()
-    return [f"{k}: checkpoint has {saved.get(k)!r}, config has {cur[k]!r}"
-            for k in cur if (k in RESUME_APPLIED) == applied and saved.get(k, cur[k]) != cur[k]]
+def field_type(f: dataclasses.Field) -> type:
+    """The value type of a TrainConfig field (``int | None`` -> int)."""
+    names = [t.strip() for t in str(f.type).split("|") if t.strip() != "None"]
+    return _TYPES[names[0]]
+
+
+def field_optional(f: dataclasses.Field) -> bool:
+    return "None" in str(f.type)
+
+
+def check_field(f: dataclasses.Field, value) -> None:
+    """A :class:`ConfigError` when ``value`` breaks field ``f``'s type, choices or bounds."""
+    meta = f.metadata
+    if value is None:
+        if not field_optional(f):
+            raise ConfigError(f.name, "must be given (it has no 'none' value)")
+        return
+    tp = field_type(f)
+    ok = isinstance(value, bool) if tp is bool else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+        isinstance(value, tp) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f.name, f"must be {'a number' if tp is float else 'an ' + tp.__name__ if tp is int else 'a ' + tp.__name__}"
+                                  f", got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f.name, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f.name, f"must be at least {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f.name, f"must be at most {hi}, got {value!r}")
+
+
+def _fields_by_rule(rule: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata["resume"] == rule)
 
 
 def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
-    """Human-readable list of the differences that make resuming from ``saved`` unsafe."""
-    return _changed(saved, current, applied=False)
+    """Human-readable list of the differences that make resuming from ``saved`` unsafe
+    (fields whose metadata says ``resume: refuse``)."""
+    cur = current.to_dict()
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    # a field a checkpoint predates had its default value then
+    return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, config has {cur[k]!r}"
+            for k in _fields_by_rule("refuse") if saved.get(k, default[k]) != cur[k]]
 
 
 def resume_applied_changes(saved: dict, current: "TrainConfig") -> list[str]:
-    """The changed fields that a resumed run applies (see :data:`RESUME_APPLIED`)."""
-    return _changed(saved, current, applied=True)
+    """The differences a resumed run simply applies (fields with ``resume: apply``), worded as
+    :func:`resume_differences`; a key the checkpoint does not have is not a change."""
+    cur = current.to_dict()
+    return [f"{k}: checkpoint has {saved.get(k)!r}, config has {cur[k]!r}"
+            for k in _fields_by_rule("apply") if k in saved and saved[k] != cur[k]]

@@ -23,10 +23,10 @@ import torch.distributed as dist
 from .checkpoint import (archive_previous_run, list_checkpoints, load_checkpoint, load_newest_intact,
                          non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, resume_applied_changes, resume_differences
-from .metrics import MetricsLogger, truncate_metrics, verdict
-from .methods import build_method
-from .momentum import momentum_at
-from .optim import LARS, lars_travel, lr_at, scaled_lr
+from .hardware import native_precisions, resolve_precision
+from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
+from .optim import lars_travel
+from .training import autocast, build_loader_for, build_training, resolve_device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,34 +52,6 @@ class FitResult:
     checkpoint: Path | None
     metrics_path: Path
     out_dir: Path
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        return "fp16"  # CPU autocast supports fp16; a GradScaler guards the backward pass
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _no_buffer_sync() -> dict:
@@ -111,33 +83,18 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.precision = resolve_precision(cfg.precision, self.device)
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.out)
         self.log_stream = log_stream or sys.stderr
         torch.manual_seed(cfg.seed)
-
-        self.loader = loader if loader is not None else self._build_loader()
-        self.steps_per_epoch = len(self.loader) // cfg.accum_steps
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the loader yields {len(self.loader)} batches per epoch, fewer than accum_steps="
-                             f"{cfg.accum_steps}: use a smaller batch size or more data")
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.global_batch = cfg.batch_size * cfg.accum_steps * self.world_size
-        self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch, cfg.lr_scaling)
-        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-
-        model = build_method(cfg)
-        if cfg.sync_bn and self.world_size > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=memory_format)
-        if cfg.optimizer == "lars":
-            self.optimizer = LARS(self.model.online.parameters(), lr=self.peak_lr, momentum=cfg.sgd_momentum,
-                                  weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust)
-        else:
-            self.optimizer = torch.optim.SGD(self.model.online.parameters(), lr=self.peak_lr,
-                                             momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        if loader is None:
+            loader = build_loader_for(cfg, self.device, self.rank, self.world_size,
+                                      self.log_stream if self.is_main else None)
+        self.training = build_training(cfg, loader, self.device, self.rank, self.world_size)
+        t = self.training
+        self.precision, self.loader, self.model, self.optimizer = t.precision, t.loader, t.method, t.optimizer
+        self.steps_per_epoch, self.total_steps, self.global_batch = t.steps_per_epoch, t.total_steps, t.global_batch
+        self.peak_lr, self.warmup_steps = t.peak_lr, t.warmup_steps
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         forward = self.model
         if self.world_size > 1:
@@ -150,22 +107,6 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps
         self._probe = None        # OnlineProbe, built on first use (cfg.probe_every)
-
-    # -- setup --------------------------------------------------------------------------
-    def _build_loader(self):
-        import pipelines
-        cfg = self.cfg
-        data = cfg.data
-        if data is None and cfg.loader not in ("synthetic",):
-            from pipelines.scenes import ensure_scenes
-            data = str(ensure_scenes(n_images=cfg.scenes_images, seed=0))
-            if self.is_main:
-                print(f"no --data given: using the built-in scenes dataset at {data}", file=self.log_stream)
-        opts = dict(device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world_size,
-                    on_corrupt=cfg.on_corrupt)
-        if cfg.num_workers is not None:
-            opts["num_workers"] = cfg.num_workers
-        return pipelines.build_loader(cfg.loader, data, cfg.batch_size, cfg.image_size, cfg.recipe, **opts)
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -259,9 +200,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
     def _train_step(self, micro_batches) -> torch.Tensor:
         cfg = self.cfg
-        lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.final_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.training.set_lr(self.step)
         stats = []
         for i, batch in enumerate(micro_batches):
             sync_ctx = (self.ddp.no_sync() if self.ddp is not None and i < len(micro_batches) - 1
@@ -291,9 +230,7 @@ class Trainer:
                   file=self.log_stream, flush=True)
 
     def _momentum(self) -> float:
-        if self.cfg.ema_schedule == "constant":
-            return self.cfg.ema_momentum
-        return momentum_at(self.step, self.total_steps, self.cfg.ema_momentum)
+        return self.training.momentum_at(self.step)
 
     def short_schedule_note(self) -> str | None:
         """A warning when LARS's trust coefficient cannot move the weights in this schedule."""
@@ -320,7 +257,10 @@ class Trainer:
         self._saved_step = self.step if resumed else None
         if self.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
-        logger = MetricsLogger(self.out_dir, self.total_steps, enabled=self.is_main, tensorboard=cfg.tensorboard,
+        stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        if cfg.profile > 0:
+            stop_at = min(stop_at, self.step + cfg.profile + 2)
+        logger = MetricsLogger(self.out_dir, stop_at, enabled=self.is_main, tensorboard=cfg.tensorboard,
                                start_step=self.step, stream=self.log_stream)
         if self.is_main:
             print(f"pixpro_fast: {cfg.method}, {cfg.arch} on {self.device} ({self.precision}"
@@ -336,10 +276,8 @@ class Trainer:
             note = self.short_schedule_note()
             if note:
                 print(note, file=self.log_stream)
-        stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
         profiler = self._start_profiler() if cfg.profile > 0 else None
-        if profiler is not None:
-            stop_at = min(stop_at, self.step + cfg.profile + 2)
+        meter = WaitMeter()
         status, last_ckpt = "finished", None
         run_wait = run_wall = 0.0
         run_images = 0
@@ -359,8 +297,10 @@ class Trainer:
                         if self._stop_requested:   # Ctrl-C also reached the loader's worker processes
                             raise KeyboardInterrupt from None
                         raise
-                    win["wait"] += time.perf_counter() - t_wait
+                    waited = time.perf_counter() - t_wait
+                    win["wait"] += waited
                     stats, lr = self._train_step(micro)
+                    meter.step(waited)
                     if cfg.probe_every and self.step % cfg.probe_every == 0 and self.is_main:
                         t_probe = time.perf_counter()
                         win["probe"] = self._online_probe()
@@ -421,8 +361,10 @@ class Trainer:
             in_use = tuple(name for name, on in (("bf16 autocast", self.precision != "fp32"),
                                                  ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
                            if on)
+            judged = verdict(meter.fraction, in_use=in_use, loader=cfg.loader,
+                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used)
             print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
-                  f"{verdict(fraction, in_use=in_use)}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
+                  f"{judged}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
         return result
 
     def _check_finite(self, win, last_loss) -> None:

@@ -9,25 +9,81 @@ from pathlib import Path
 
 
 COMPUTE_REMEDIES = ("bf16 autocast", "channels-last", "torch.compile", "a larger batch per device")
+FAST_BACKENDS = ("dali", "ffcv")
+WARMUP_STEPS = 5   # first steps of a run left out of the data-wait verdict (workers start, queues fill)
 
 
-def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ...] = ()) -> str:
-    """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data.
-    ``in_use`` names compute remedies (of :data:`COMPUTE_REMEDIES`) the run already has, so
-    they are not suggested again."""
+def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ...] = (), loader: str | None = None,
+            bf16_native: bool = True, warmup_steps: int = 0) -> str:
+    """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data,
+    with only the remedies that can help this run: ``in_use`` names compute remedies (of
+    :data:`COMPUTE_REMEDIES`) the run already has; ``loader`` is its backend, not suggested
+    again; ``bf16_native`` False drops bf16 (emulated, it would slow the step down);
+    ``warmup_steps`` says how many first steps the fraction leaves out."""
+    after = f" after the first {warmup_steps} steps" if warmup_steps else ""
     if wait_fraction >= threshold:
-        return (f"loader-bound: {wait_fraction:.0%} of wall time waiting for data "
-                "(remedies: more loader workers, a faster backend such as dali or ffcv, "
-                "smaller stored images, or fewer CPU-side augmentations)")
-    remedies = [r for r in COMPUTE_REMEDIES if r not in in_use]
-    return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data (remedies: {', '.join(remedies)})"
+        remedies = ["more loader workers"]
+        faster = [b for b in FAST_BACKENDS if b != loader]
+        if faster:
+            remedies.append("a faster backend such as " + " or ".join(faster))
+        remedies += ["smaller stored images", "fewer CPU-side augmentations"]
+        return (f"loader-bound: {wait_fraction:.0%} of wall time waiting for data{after} "
+                f"(remedies: {', '.join(remedies)})")
+    skip = set(in_use) | (set() if bf16_native else {"bf16 autocast"})
+    remedies = [r for r in COMPUTE_REMEDIES if r not in skip]
+    return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data{after} (remedies: {', '.join(remedies)})"
+
+
+class WaitMeter:
+    """Time waiting for data and wall time, counted only after the first ``warmup`` steps.
+
+    Call :meth:`step` once per optimiser step with the seconds that step waited for its
+    batch; the wall time runs from the end of the last warm-up step to the last call. With
+    no step past the warm-up, the totals cover every step (``warmup_used`` says which)."""
+
+    def __init__(self, warmup: int = WARMUP_STEPS, clock=time.perf_counter):
+        self.warmup, self.clock = warmup, clock
+        self.steps = 0
+        self._t_start = clock()
+        self._t_mark = None
+        self._t_last = self._t_start
+        self.all_wait = 0.0
+        self.wait = 0.0
+
+    def step(self, waited: float) -> None:
+        now = self.clock()
+        self.steps += 1
+        self.all_wait += waited
+        if self.steps == self.warmup:
+            self._t_mark = now
+        elif self.steps > self.warmup:
+            self.wait += waited
+        self._t_last = now
+
+    @property
+    def warmup_used(self) -> int:
+        """Steps left out: ``warmup``, or 0 when the run had no step after it."""
+        return self.warmup if self.steps > self.warmup else 0
+
+    @property
+    def wall(self) -> float:
+        if self.warmup_used:
+            return self._t_last - (self._t_mark if self._t_mark is not None else self._t_start)
+        return self._t_last - self._t_start
+
+    @property
+    def fraction(self) -> float:
+        wait = self.wait if self.warmup_used else self.all_wait
+        wall = self.wall
+        return wait / wall if wall > 0 else 0.0
 
 
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, total_steps: int, enabled: bool = True, tensorboard: bool = True,
                  start_step: int = 0, stream=None):
         self.enabled = enabled
-        self.total_steps = total_steps
+        self.total_steps = total_steps    # the step the run stops at: progress and ETA count to it
+        self.start_step = start_step
         self.stream = stream or sys.stderr
         self.path = Path(out_dir) / "metrics.jsonl"
         self._tb = None
@@ -67,8 +123,8 @@ class MetricsLogger:
             self._bar.set_postfix_str(short, refresh=True)
         else:
             elapsed = time.time() - self._t0
-            done = max(step, 1)
-            eta = elapsed / done * max(self.total_steps - step, 0) if step else 0.0
+            done = step - self.start_step
+            eta = elapsed / done * max(self.total_steps - step, 0) if done > 0 else 0.0
             print(f"step {step}/{self.total_steps}  epoch {values.get('epoch', 0)}  {short}  eta {eta / 60:.1f} min",
                   file=self.stream, flush=True)
 

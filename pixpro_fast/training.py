@@ -1,0 +1,164 @@
+"""Everything a training loop needs, built from one config by one call.
+
+:func:`build_training` returns the method (on its device, in its memory format), the loader,
+the optimiser over the method's online parameters, and the lr and target-momentum schedules
+as methods of :class:`Training`. The engine's :class:`~pixpro_fast.engine.Trainer` is built
+from it; so can be a loop of one's own::
+
+    t = build_training(cfg)
+    for step, batch in zip(range(t.total_steps), t.batches()):
+        t.set_lr(step)
+        with t.autocast():
+            loss = t.loss(batch)
+        loss.backward()
+        t.optimizer.step()
+        t.optimizer.zero_grad(set_to_none=True)
+        t.update_target(step)
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .config import ConfigError, TrainConfig
+from .hardware import resolve_precision
+from .methods import build_method
+from .momentum import momentum_at
+from .optim import LARS, lr_at, scaled_lr
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this process's GPU when there is one, else the CPU; a CUDA device on a
+    machine without one is a :class:`ConfigError` naming ``device``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available on this machine; "
+                                    "use auto or cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a resolved precision (fp32: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def build_loader_for(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1, log=None):
+    """The loader ``cfg`` names (the built-in scenes when ``cfg.data`` is None). A missing or
+    wrong ``--data``, a backend that cannot run here or a batch larger than the dataset is a
+    :class:`ConfigError` naming the setting."""
+    import pipelines
+    data = cfg.data
+    if data is None and cfg.loader != "synthetic":
+        from pipelines.scenes import ensure_scenes
+        data = str(ensure_scenes(n_images=cfg.scenes_images, seed=0))
+        if log is not None:
+            print(f"no --data given: using the built-in scenes dataset at {data}", file=log)
+    opts = dict(device=device, seed=cfg.seed, rank=rank, world_size=world_size, on_corrupt=cfg.on_corrupt)
+    if cfg.num_workers is not None:
+        opts["num_workers"] = cfg.num_workers
+    try:
+        return pipelines.build_loader(cfg.loader, data, cfg.batch_size, cfg.image_size, cfg.recipe, **opts)
+    except OSError as exc:
+        raise ConfigError("data", f"{data!r} cannot be read by the {cfg.loader} loader: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError("loader", f"{cfg.loader!r} cannot run on this machine: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(None, f"--loader {cfg.loader} --data {data} --batch-size {cfg.batch_size}: {exc}") from None
+
+
+@dataclass
+class Training:
+    """The parts of a run and its schedules. ``method.online`` is what the optimiser trains."""
+
+    cfg: TrainConfig
+    method: torch.nn.Module
+    loader: object
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: str               # resolved: fp32 | bf16 | fp16
+    steps_per_epoch: int         # optimiser steps per epoch (micro-batches / accum_steps)
+    total_steps: int             # length of the schedules: epochs * steps_per_epoch
+    stop_step: int               # where a run of this config stops: total_steps, or max_steps when smaller
+    global_batch: int
+    peak_lr: float
+    warmup_steps: int
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup to ``peak_lr``, then cosine to ``cfg.final_lr`` at ``total_steps``."""
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.final_lr)
+
+    def set_lr(self, step: int) -> float:
+        """Put the lr of ``step`` into every parameter group; returns it."""
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def momentum_at(self, step: int) -> float:
+        """Target momentum after ``step``: ``cfg.ema_momentum`` rising to 1 (cosine) or constant."""
+        if self.cfg.ema_schedule == "constant":
+            return self.cfg.ema_momentum
+        return momentum_at(step, self.total_steps, self.cfg.ema_momentum)
+
+    def update_target(self, step: int) -> None:
+        """The momentum update of the method's target after optimiser step ``step``."""
+        self.method.update_target(self.momentum_at(step))
+
+    def autocast(self):
+        """The autocast context of this run's precision (none for fp32)."""
+        return autocast(self.device, self.precision)
+
+    def loss(self, batch) -> torch.Tensor:
+        """The method's loss on one batch of the loader (call inside :meth:`autocast`)."""
+        return self.method(batch.views, batch.coords).loss
+
+    def batches(self) -> Iterator:
+        """The loader's batches, epoch after epoch, without end (each pass reads the next epoch)."""
+        while True:
+            yield from self.loader
+
+
+def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | None = None, rank: int = 0,
+                   world_size: int = 1, log=None) -> Training:
+    """The method, loader, optimiser and schedules of ``cfg``. ``loader``: use this one instead
+    of building ``cfg.loader``; ``device``: default ``cfg.device`` resolved; ``log``: a stream
+    for notes (which dataset is used)."""
+    cfg = cfg.validate()
+    device = resolve_device(cfg.device, 0) if device is None else torch.device(device)
+    precision = resolve_precision(cfg.precision, device)
+    if loader is None:
+        loader = build_loader_for(cfg, device, rank, world_size, log)
+    steps_per_epoch = len(loader) // cfg.accum_steps
+    if steps_per_epoch < 1:
+        raise ConfigError("batch_size", f"{cfg.batch_size} (x accum_steps {cfg.accum_steps}) is larger than the "
+                                        f"dataset: the loader yields {len(loader)} batches per epoch, fewer than "
+                                        f"accum_steps; use a smaller --batch-size or more data")
+    total_steps = cfg.epochs * steps_per_epoch
+    global_batch = cfg.batch_size * cfg.accum_steps * world_size
+    peak_lr = scaled_lr(cfg.base_lr, global_batch, cfg.lr_scaling)
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    method = build_method(cfg)
+    if cfg.sync_bn and world_size > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    method = method.to(device, memory_format=memory_format)
+    params = method.online.parameters()
+    if cfg.optimizer == "lars":
+        optimizer = LARS(params, lr=peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
+                         trust_coefficient=cfg.lars_trust)
+    else:
+        optimizer = torch.optim.SGD(params, lr=peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    return Training(cfg, method, loader, optimizer, device, precision, steps_per_epoch, total_steps, stop_step,
+                    global_batch, peak_lr, warmup_steps)
