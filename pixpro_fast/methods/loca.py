@@ -32,6 +32,12 @@ differs from a plain reading of the paper's recipe:
   position and cluster cross-entropies are normalised by the GLOBAL count, so that the
   DistributedDataParallel average of the rank losses (and gradients) equals the
   single-process loss on the concatenated batch.
+- Views (data side): colour jitter (p 0.8; 0.4, 0.4, 0.2, 0.1) and grayscale (p 0.2) on
+  EVERY view, the reference included; solarize (p 0.2) on query 0 only. Blur is effectively
+  off: its calls pass the probability into the ``height`` argument, so the kernel has size 1.
+  Reference: area 32-100%, no flip; query 0: 32-100%; focal: 5-32%; queries flip at random.
+  Labels there come from a chain of nearest-neighbour resizes of a 14 x 14 index map; here
+  they are read at each query patch centre (the same within a pixel).
 - Initialisation of the backbone follows timm; the heads use the reference's (xavier
   uniform in the cross-attention block, lecun normal in the MLP head, unit-norm
   prototypes). GELU is exact here (the reference's flax GELU is the tanh approximation).
@@ -285,7 +291,7 @@ class LOCA(Method):
                 "valid_fraction": valid.float().mean(),
                 "prediction_entropy": -me_max.detach(),
                 "target_entropy": -(targets * torch.log(targets.clamp(min=1e-12))).sum(-1).mean(),
-                "query_tokens_kept": torch.tensor(float(q0.shape[1])),
-                "reference_tokens_kept": torch.tensor(float(kv.shape[1])),
+                "query_tokens_kept": torch.tensor(float(q0.shape[1]), device=ref.device),
+                "reference_tokens_kept": torch.tensor(float(kv.shape[1]), device=ref.device),
             }
         return MethodOutput(loss, stats)
