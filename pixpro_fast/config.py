@@ -18,10 +18,14 @@ from pathlib import Path
 from pipelines import BACKENDS as LOADERS
 from pipelines.recipe import PRESETS as RECIPES
 
-from .encoder import ARCHS
+from .encoder import ARCHS as RESNET_ARCHS
+from .vit import VIT_ARCHS
+
+ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
 from .methods import METHODS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+VIT_METHODS = ("loca",)        # the methods whose encoder is a ViT; every other one takes a ResNet
 PRESETS_DIR = Path(__file__).parent / "configs"
 RESUME_RULES = ("refuse", "apply")
 
@@ -60,7 +64,7 @@ class TrainConfig:
     scenes_images: int = _opt(512, "size of the built-in scenes dataset when --data is not given", min=1)
     # objective and model
     method: str = _opt("pixpro", "self-supervised objective; also loads its bundled defaults", choices=METHODS)
-    arch: str = _opt("resnet50", "encoder architecture", choices=ARCHS)
+    arch: str = _opt("resnet50", "encoder architecture (ResNets; ViTs for loca)", choices=ARCHS)
     encoder_weights: str | None = _opt(None, "torchvision state_dict to start the encoder from; none: random init")
     proj_hidden_dim: int = _opt(4096, "hidden width of the projector (and predictor) MLP", min=1)
     proj_dim: int = _opt(256, "output width of the projector", min=1)
@@ -72,18 +76,26 @@ class TrainConfig:
     pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0)
     pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0)
     neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0)
-    temperature: float = _opt(0.3, "softmax temperature (PixContrast, SimCLR, MoCo v2, SwAV); must be positive")
+    temperature: float = _opt(0.3, "softmax temperature (PixContrast, SimCLR, MoCo v2, SwAV; LOCA's student); "
+                                   "must be positive")
     queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1)
     moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views")
-    num_prototypes: int = _opt(3000, "SwAV: number of prototypes", min=1)
+    num_prototypes: int = _opt(3000, "SwAV, LOCA: number of prototypes", min=1)
     sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0)
-    sinkhorn_iters: int = _opt(3, "SwAV: Sinkhorn-Knopp iterations", min=1)
+    sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1)
     swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0)
     freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0)
+    teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0)
+    query_keep: int = _opt(70, "LOCA: patch tokens of query 0 the student keeps (of 196 at 224 px)", min=1)
+    reference_keep: float = _opt(0.2, "LOCA: fraction of the reference's tokens kept, as one contiguous run",
+                                 min=0, max=1)
+    stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1)
     concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)")
     # optimisation
-    optimizer: str = _opt("lars", "lars, or sgd (SGD with momentum and weight decay on every parameter)",
-                          choices=("lars", "sgd"))
+    optimizer: str = _opt("lars", "lars, sgd (SGD with momentum and weight decay on every parameter), or adamw "
+                          "(no decay on 1-D parameters)", choices=("lars", "sgd", "adamw"))
+    clip_grad_norm: float = _opt(0.0, "clip the global gradient norm to this value before each step (0: off)",
+                                 "apply", min=0)
     epochs: int = _opt(100, "length of the schedules (lr, momentum) in epochs", min=1)
     max_steps: int | None = _opt(None, "stop after this many optimiser steps (the schedules still span --epochs)",
                                  "apply", min=1)
@@ -136,6 +148,11 @@ class TrainConfig:
              "must be > 0 for method 'pixcontrast' (start from --config pixcontrast)")
         need(self.method != "pixpro_ins" or self.ins_loss_weight > 0, "ins_loss_weight",
              "must be > 0 for method 'pixpro_ins' (start from --config pixpro_ins)")
+        vit_method = self.method in VIT_METHODS
+        need(vit_method == (self.arch in VIT_ARCHS), "arch",
+             f"{self.arch!r} does not fit method {self.method!r}: "
+             + (f"it needs a ViT encoder ({', '.join(VIT_ARCHS)})" if vit_method
+                else f"it needs a ResNet encoder ({', '.join(RESNET_ARCHS)})"))
         return self
 
     def to_dict(self) -> dict:

@@ -26,7 +26,7 @@ from .config import TrainConfig, resume_applied_changes, resume_differences
 from .hardware import native_precisions, resolve_precision
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
-from .training import autocast, build_loader_for, build_training, resolve_device
+from .training import apply_optimizer_settings, autocast, build_loader_for, build_training, resolve_device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,20 +125,12 @@ class Trainer:
                                       + "\nuse the original settings, or a new --out folder to start afresh")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self._apply_optimizer_settings()
+        apply_optimizer_settings(self.cfg, self.optimizer)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         set_rng_state(state["rng"])
         self.resume_changes = resume_applied_changes(state.get("config", {}), self.cfg)
 
-    def _apply_optimizer_settings(self) -> None:
-        """The optimiser hyperparameters of this config, over those a loaded state carried in."""
-        cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = cfg.weight_decay
-            group["momentum"] = cfg.sgd_momentum
-            if "trust_coefficient" in group:
-                group["trust_coefficient"] = cfg.lars_trust
 
     def save(self) -> Path | None:
         """Write a checkpoint (on rank 0; every rank must call it). BatchNorm running statistics
@@ -212,6 +204,9 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             stats.append(torch.stack([out.loss.detach().float()] + [v.float() for v in out.stats.values()]))
         self.model.before_optimizer_step(self.step)
+        if self.cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.online.parameters(), self.cfg.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

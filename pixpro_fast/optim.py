@@ -88,3 +88,14 @@ def lars_travel(total_steps: int, warmup_steps: int, peak_lr: float, trust: floa
     smaller; below about 1 the weights end where they started, whatever the loss did."""
     total_lr = sum(lr_at(s, total_steps, warmup_steps, peak_lr, final_lr) for s in range(total_steps))
     return total_lr * trust / (1.0 - momentum)
+
+
+def adamw_param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: weight decay on parameters of 2+ dimensions, none on 1-D ones (biases,
+    norms); the second is marked so a resumed run keeps its decay at zero."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0, "no_weight_decay": True}]

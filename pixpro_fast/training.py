@@ -27,7 +27,7 @@ from .config import ConfigError, TrainConfig
 from .hardware import resolve_precision
 from .methods import build_method
 from .momentum import momentum_at
-from .optim import LARS, lr_at, scaled_lr
+from .optim import LARS, adamw_param_groups, lr_at, scaled_lr
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -128,6 +128,29 @@ class Training:
             yield from self.loader
 
 
+def build_optimizer(cfg: TrainConfig, online: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.optimizer`` names over ``online``'s parameters: LARS (decay and trust
+    scaling on multi-dimensional parameters only), SGD (decay on all), or AdamW (no decay on
+    1-D parameters: biases, norms)."""
+    if cfg.optimizer == "lars":
+        return LARS(online.parameters(), lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
+                    trust_coefficient=cfg.lars_trust)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(online.parameters(), lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(adamw_param_groups(online, cfg.weight_decay), lr=lr)
+
+
+def apply_optimizer_settings(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> None:
+    """Put ``cfg``'s hyperparameters into an optimiser whose state was loaded from a checkpoint
+    written under other values (the settings a resumed run applies)."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 0.0 if group.get("no_weight_decay") else cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.sgd_momentum
+        if "trust_coefficient" in group:
+            group["trust_coefficient"] = cfg.lars_trust
+
+
 def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | None = None, rank: int = 0,
                    world_size: int = 1, log=None) -> Training:
     """The method, loader, optimiser and schedules of ``cfg``. ``loader``: use this one instead
@@ -153,12 +176,7 @@ def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | N
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
-    params = method.online.parameters()
-    if cfg.optimizer == "lars":
-        optimizer = LARS(params, lr=peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay,
-                         trust_coefficient=cfg.lars_trust)
-    else:
-        optimizer = torch.optim.SGD(params, lr=peak_lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg, method.online, peak_lr)
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
     return Training(cfg, method, loader, optimizer, device, precision, steps_per_epoch, total_steps, stop_step,
                     global_batch, peak_lr, warmup_steps)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .byol import BYOL
 from .contract import Method, MethodOutput
+from .loca import LOCA
 from .mocov2 import MoCoV2
 from .pixpro import PixPro
 from .simclr import SimCLR
@@ -25,6 +26,7 @@ METHODS: dict[str, tuple[type[Method], str]] = {
     "simclr": (SimCLR, "instance-level: NT-Xent with negatives from every rank"),
     "mocov2": (MoCoV2, "instance-level: momentum keys and a queue of negatives"),
     "swav": (SwAV, "instance-level: swapped prediction of Sinkhorn cluster codes"),
+    "loca": (LOCA, "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)"),
 }
 
 
@@ -32,7 +34,7 @@ def build_method(cfg) -> Method:
     """The objective named by ``cfg.method`` (a TrainConfig)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
-    return METHODS[cfg.method][0](cfg)
+    return METHODS[cfg.method][0].from_config(cfg)
 
 
 __all__ = ["METHODS", "Method", "MethodOutput", "build_method"]

@@ -48,6 +48,11 @@ class Method(nn.Module):
         self.online = nn.ModuleDict()
         self.target = nn.ModuleDict()
 
+    @classmethod
+    def from_config(cls, cfg) -> "Method":
+        """The method with the fields it reads from a TrainConfig (by default it takes the config)."""
+        return cls(cfg)
+
     def make_target(self, *names: str) -> None:
         """Momentum copies of the named online modules, initialised equal, never trained."""
         for name in names:

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum, gather_with_grad, world
 from ..vit import PATCH, VIT_ARCHS, ViTEncoder
+from ..optim import adamw_param_groups  # noqa: F401  (LOCA's optimiser groups)
 from .contract import Method, MethodOutput
 
 # The shipped 100-epoch ImageNet-1k recipe, for wiring into a config.
@@ -73,15 +74,6 @@ TRAINING_DEFAULTS: dict = {
     "batch_size": 1024,
     "stochastic_depth": 0.1,
 }
-
-
-def adamw_param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: weight decay on parameters of 2+ dimensions, none on 1-D ones."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def patch_position_labels(query_coords: torch.Tensor, reference_coords: torch.Tensor,
@@ -217,6 +209,15 @@ class LOCA(Method):
         self.online["position"] = PositionHead(dim, heads, 4 * dim, positions)
         self.online["cluster"] = ClusterHead(dim, head_hidden_dim, head_bottleneck_dim, num_prototypes)
         self.make_target("encoder", "cluster")
+
+    @classmethod
+    def from_config(cls, cfg) -> "LOCA":
+        """LOCA with the reference view at ``cfg.image_size`` (the 'loca' plan scales with it)."""
+        return cls(arch=cfg.arch, reference_size=cfg.image_size, query_keep=cfg.query_keep,
+                   reference_keep_fraction=cfg.reference_keep, stochastic_depth=cfg.stochastic_depth,
+                   head_hidden_dim=cfg.proj_hidden_dim, head_bottleneck_dim=cfg.proj_dim,
+                   num_prototypes=cfg.num_prototypes, student_temperature=cfg.temperature,
+                   teacher_temperature=cfg.teacher_temperature, sinkhorn_iters=cfg.sinkhorn_iters)
 
     def check_views(self, count: int) -> None:
         if count != self.num_views:
