@@ -132,13 +132,14 @@ def tile_origins(batch: int, height: int, width: int, grid: TileGrid, device, ge
     return square[:, None, :] + cell + randint(grid.jitter, (batch, grid.cells, 2))
 
 
-def gather_tiles(x: torch.Tensor, origins: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) and (B, T, 2) corners -> (B, T, C, size, size), one indexing op."""
+def gather_tiles(x: torch.Tensor, origins: torch.Tensor, size: int, image: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) and (N, T, 2) corners -> (N, T, C, size, size), one indexing op. Row ``n``
+    of ``origins`` reads view ``image[n]`` (default: view ``n``)."""
     b, t = origins.shape[:2]
     ar = torch.arange(size, device=x.device)
     rows = (origins[..., 0:1] + ar).view(b, t, size, 1)
     cols = (origins[..., 1:2] + ar).view(b, t, 1, size)
-    bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    bidx = (torch.arange(b, device=x.device) if image is None else image).view(b, 1, 1, 1)
     # advanced indices on dims 0, 2, 3 with a slice on dim 1: the result is (B, T, size, size, C)
     return x[bidx, :, rows, cols].permute(0, 1, 4, 2, 3)
 
