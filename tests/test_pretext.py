@@ -148,12 +148,14 @@ def test_ab_bins_are_the_in_gamut_cells_of_the_grid():
     assert torch.equal(bins, torch.round(bins / 10) * 10)
     assert len({tuple(b) for b in bins.tolist()}) == bins.shape[0]
     assert ab_bins(levels=32).shape[0] <= bins.shape[0]  # a coarser sampling finds no cell more
-    # every bin holds an sRGB colour: its centre is reachable within half a cell at some L
-    grey_bin = torch.tensor([0.0, 0.0])
-    assert (bins == grey_bin).all(1).any()
-    far = torch.tensor([[[[50.0]], [[120.0]], [[120.0]]]])
-    assert not (bins == torch.tensor([120.0, 120.0])).all(1).any()
-    assert (lab_to_rgb(far.view(1, 3, 1, 1), clip=False) > 1).any()
+    assert (bins == torch.tensor([0.0, 0.0])).all(1).any()           # the greys' cell
+    # a cell that no L brings into the gamut is left out
+    far = torch.tensor([120.0, 120.0])
+    assert not (bins == far).all(1).any()
+    for lightness in range(0, 101, 5):
+        lab = torch.tensor([float(lightness), 120.0, 120.0]).view(1, 3, 1, 1)
+        raw = lab_to_rgb(lab, clip=False)
+        assert (raw < -1e-6).any() or (raw > 1 + 1e-6).any()
 
 
 def test_soft_encoding_matches_per_pixel_reference_and_sums_to_one():
@@ -289,3 +291,14 @@ def test_tile_tasks_reject_small_views(cls):
     m = cls("resnet18", **kwargs)
     with pytest.raises(ValueError, match="too small for the 3x3 tile grid"):
         m((torch.randn(2, 3, 20, 64),), None)
+
+
+def test_colorization_targets_stay_fp32_under_autocast():
+    m = Colorization("resnet18", decoder_dim=16)
+    x = torch.randn(2, 3, 32, 32)
+    ref_l, ref_ab = m.task(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l, ab = m.task(x)
+    assert l.dtype == torch.float32 and ab.dtype == torch.float32
+    torch.testing.assert_close(ab, ref_ab)
+    torch.testing.assert_close(l, ref_l)

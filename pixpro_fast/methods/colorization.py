@@ -133,12 +133,14 @@ class Colorization(PretextMethod):
         self.class_weights.copy_(rebalancing_weights(self.prior, self.lam))
 
     def task(self, x: torch.Tensor):
-        """Normalised views -> (encoder input (B, 1, H, W), ab target at 1/4 resolution)."""
-        lab = rgb_to_lab(self.to_unit(x))
+        """Normalised views -> (encoder input (B, 1, H, W), ab target at 1/4 resolution), in
+        fp32 whatever the ambient autocast."""
         h, w = x.shape[-2:]
         if h < 4 or w < 4:
             raise ValueError(f"colorization needs views of at least 4x4 px, got {h}x{w}")
-        ab = F.interpolate(lab[:, 1:], size=(h // 4, w // 4), mode="area")
+        with torch.autocast(x.device.type, enabled=False):
+            lab = rgb_to_lab(self.to_unit(x.float()))
+            ab = F.interpolate(lab[:, 1:], size=(h // 4, w // 4), mode="area")
         return (lab[:, :1] - 50.0) / 50.0, ab
 
     def forward(self, views, coords=None) -> MethodOutput:
@@ -149,7 +151,8 @@ class Colorization(PretextMethod):
         if self.mode == "regression":
             loss = F.mse_loss(out, ab / AB_SCALE)
             return MethodOutput(loss, {})
-        target = soft_encode(ab, self.bins, self.k, self.sigma)                     # (B, Q, h, w)
+        with torch.autocast(x.device.type, enabled=False):
+            target = soft_encode(ab, self.bins, self.k, self.sigma)                 # (B, Q, h, w)
         hard = target.argmax(1)
         pixel_ce = -(target * F.log_softmax(out, dim=1)).sum(1)                     # (B, h, w)
         loss = (self.class_weights[hard] * pixel_ce).mean()
