@@ -23,6 +23,7 @@ class ResNetTrunk(nn.Module):
         self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
         self.out_channels = resnet.fc.in_features
+        self.in_channels = resnet.conv1.in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -59,19 +60,31 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def build_encoder(arch: str = "resnet50", weights: str | Path | None = None,
-                  zero_init_residual: bool = True) -> ResNetTrunk:
+                  zero_init_residual: bool = True, in_channels: int = 3) -> ResNetTrunk:
     """A randomly initialised ResNet trunk, or one loaded from a local state_dict file.
 
     ``weights`` may be a torchvision ResNet state_dict (``fc.*`` is ignored) or a trunk's.
-    Keys that do not fit raise an error listing them.
+    Keys that do not fit raise an error listing them. ``in_channels`` sets the input channels
+    of ``conv1`` (1 for an encoder of the L channel); the state_dict keys stay the same.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown encoder arch {arch!r}; choose one of {ARCHS}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
     resnet = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
+    if in_channels != resnet.conv1.in_channels:
+        old = resnet.conv1
+        resnet.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                 bias=False)
+        nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
     trunk = ResNetTrunk(resnet)
     if weights is not None:
         state = {k: v for k, v in load_state_dict_file(weights).items() if not k.startswith("fc.")}
         own = trunk.state_dict()
+        conv1 = state.get("conv1.weight")
+        if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] != in_channels:
+            raise ValueError(f"weights in {weights} take {conv1.shape[1]}-channel input (conv1.weight "
+                             f"{tuple(conv1.shape)}) but the encoder takes in_channels={in_channels}")
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

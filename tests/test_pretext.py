@@ -1,0 +1,304 @@
+import itertools
+
+import pytest
+import torch
+
+from pipelines.colour import lab_to_rgb
+from pixpro_fast.methods.colorization import (Colorization, ab_bins, estimate_ab_prior, rebalancing_weights,
+                                              soft_encode)
+from pixpro_fast.methods.denoising_ae import DenoisingAE, corrupt
+from pixpro_fast.methods.jigsaw import Jigsaw, jigsaw_tiles, min_pairwise_hamming, permutation_set
+from pixpro_fast.methods.pretext import TileGrid, grid_for
+from pixpro_fast.methods.relative_location import NEIGHBOURS, RelativeLocation, relative_location_pairs
+from pixpro_fast.methods.rotation import Rotation, rotations
+
+
+# --------------------------------------------------------------------------- rotation
+
+def test_rotations_match_per_image_reference():
+    x = torch.randn(3, 2, 5, 5)
+    out, labels = rotations(x)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    s = 5
+    for n in range(12):
+        k, b = divmod(n, 3)
+        ref = x[b].clone()
+        for _ in range(k):   # one 90-degree counter-clockwise turn: new[i, j] = old[j, s - 1 - i]
+            ref = torch.stack([torch.stack([ref[:, j, s - 1 - i] for j in range(s)], -1) for i in range(s)], -2)
+        torch.testing.assert_close(out[n], ref)
+
+
+def test_rotations_centre_crop_a_non_square_view():
+    x = torch.randn(1, 1, 4, 6)
+    out, _ = rotations(x)
+    assert out.shape == (4, 1, 4, 4)
+    torch.testing.assert_close(out[0], x[0, :, :, 1:5])
+
+
+# --------------------------------------------------------------------------- jigsaw
+
+def test_permutation_set_is_valid_deterministic_and_spread():
+    p = permutation_set(100, seed=0)
+    assert p.dtype == torch.int64 and p.shape == (100, 9)
+    assert torch.equal(p.sort(1).values, torch.arange(9).expand(100, 9))
+    assert len({tuple(r) for r in p.tolist()}) == 100
+    assert torch.equal(p, permutation_set(100, seed=0))
+    assert not torch.equal(p, permutation_set(100, seed=1))
+    d = min_pairwise_hamming(p)
+    print(f"min pairwise Hamming distance of 100 permutations: {d}")
+    # greedy max-min: every new pick is at least as far from the set as any later pick
+    assert d >= 5
+    # plain check of the greedy rule on the first picks: the k-th pick maximises the distance
+    # to its nearest earlier pick over all 9! permutations
+    perms = torch.tensor(list(itertools.permutations(range(9))))
+    for k in (1, 2, 5):
+        nearest = (perms[:, None, :] != p[None, :k, :]).sum(-1).min(1).values
+        assert int((p[k] != p[:k]).sum(-1).min()) == int(nearest.max())
+
+
+def test_permutation_set_rejects_bad_size():
+    with pytest.raises(ValueError, match="permutation set size"):
+        permutation_set(0)
+
+
+@pytest.mark.parametrize("grid", [grid_for(63, 70, "jigsaw"), TileGrid(square=30, cell=10, tile=10)])
+def test_jigsaw_tiles_reassemble_to_the_crop_under_the_inverse_permutation(grid):
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 63, 70)
+    perms = permutation_set(100)
+    tiles, labels, origins = jigsaw_tiles(x, perms, grid, torch.Generator().manual_seed(1))
+    t = grid.tile
+    for b in range(3):
+        perm = perms[labels[b]].tolist()
+        inverse = [perm.index(cell) for cell in range(9)]          # slot holding each cell's tile
+        for cell in range(9):
+            y0, x0 = origins[b, cell].tolist()
+            r, c = divmod(cell, 3)
+            sq_y, sq_x = origins[b, 0].tolist()
+            assert abs(y0 - sq_y - r * grid.cell) <= grid.jitter and abs(x0 - sq_x - c * grid.cell) <= grid.jitter
+            torch.testing.assert_close(tiles[b, inverse[cell]], x[b, :, y0:y0 + t, x0:x0 + t])
+        if grid.jitter == 0:   # the tiles cover the square exactly
+            rows = [torch.cat([tiles[b, inverse[3 * r + c]] for c in range(3)], -1) for r in range(3)]
+            y0, x0 = origins[b, 0].tolist()
+            torch.testing.assert_close(torch.cat(rows, -2), x[b, :, y0:y0 + grid.square, x0:x0 + grid.square])
+
+
+def test_grid_scales_down_and_rejects_small_views():
+    assert grid_for(300, 256, "jigsaw") == TileGrid()
+    g = grid_for(64, 64, "jigsaw")
+    assert (g.square, g.cell, g.tile) == (63, 21, 15)
+    with pytest.raises(ValueError, match="too small for the 3x3 tile grid"):
+        grid_for(24, 64, "jigsaw")
+
+
+def test_jigsaw_tiles_are_normalised_each():
+    m = Jigsaw("resnet18", num_permutations=100, tile_dim=16, hidden_dim=32)
+    tiles, labels = m.task(torch.randn(2, 3, 64, 64))
+    assert tiles.shape == (2, 9, 3, 15, 15) and labels.shape == (2,)
+    torch.testing.assert_close(tiles.mean((-2, -1)), torch.zeros(2, 9, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiles.std((-2, -1)), torch.ones(2, 9, 3), atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- relative location
+
+@pytest.mark.parametrize("all_neighbours", [False, True])
+def test_relative_location_labels_match_tile_geometry(all_neighbours):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 80, 72)
+    grid = grid_for(80, 72, "relative_location")
+    centre, neighbour, labels, origins = relative_location_pairs(x, grid, all_neighbours,
+                                                                 torch.Generator().manual_seed(3))
+    per = 8 if all_neighbours else 1
+    assert labels.shape == (4 * per,)
+    # where each label says the neighbour is, written out: (row step, column step)
+    direction = {0: (-1, -1), 1: (-1, 0), 2: (-1, 1), 3: (0, -1), 4: (0, 1), 5: (1, -1), 6: (1, 0), 7: (1, 1)}
+    t = grid.tile
+    for n in range(4 * per):
+        b = n // per
+        cy, cx = origins[b, 4].tolist()
+        k = int(labels[n])
+        cell = NEIGHBOURS[k]
+        ny, nx = origins[b, cell].tolist()
+        dy, dx = direction[k]
+        # a neighbour's tile lies in the cell one step away: its offset from the centre tile is
+        # the step times the cell size, give or take the jitter
+        assert abs((ny - cy) - dy * grid.cell) <= grid.jitter and abs((nx - cx) - dx * grid.cell) <= grid.jitter
+        torch.testing.assert_close(centre[n], x[b, :, cy:cy + t, cx:cx + t])
+        torch.testing.assert_close(neighbour[n], x[b, :, ny:ny + t, nx:nx + t])
+    if all_neighbours:
+        assert labels.tolist() == list(range(8)) * 4
+
+
+def test_colour_drop_keeps_one_channel():
+    m = RelativeLocation("resnet18", colour="drop", hidden_dim=32)
+    x = torch.randn(2, 3, 64, 64)
+    pairs, _ = m.task(x)
+    small = pairs.flatten(0, 1).std((-2, -1))           # (2N, 3)
+    big = small.max(1).values
+    assert ((small < 0.05 * big[:, None]).sum(1) == 2).all()
+
+
+# --------------------------------------------------------------------------- colorization
+
+def test_ab_bins_are_the_in_gamut_cells_of_the_grid():
+    bins = ab_bins()
+    print(f"in-gamut ab bins: {bins.shape[0]}")
+    assert 200 <= bins.shape[0] <= 400
+    assert torch.equal(bins, ab_bins())
+    assert torch.equal(bins, torch.round(bins / 10) * 10)
+    assert len({tuple(b) for b in bins.tolist()}) == bins.shape[0]
+    assert ab_bins(levels=32).shape[0] <= bins.shape[0]  # a coarser sampling finds no cell more
+    assert (bins == torch.tensor([0.0, 0.0])).all(1).any()           # the greys' cell
+    # a cell that no L brings into the gamut is left out
+    far = torch.tensor([120.0, 120.0])
+    assert not (bins == far).all(1).any()
+    for lightness in range(0, 101, 5):
+        lab = torch.tensor([float(lightness), 120.0, 120.0]).view(1, 3, 1, 1)
+        raw = lab_to_rgb(lab, clip=False)
+        assert (raw < -1e-6).any() or (raw > 1 + 1e-6).any()
+
+
+def test_soft_encoding_matches_per_pixel_reference_and_sums_to_one():
+    bins = ab_bins()
+    torch.manual_seed(0)
+    ab = torch.randn(2, 2, 3, 4) * 40
+    enc = soft_encode(ab, bins, k=5, sigma=5.0)
+    assert enc.shape == (2, bins.shape[0], 3, 4)
+    torch.testing.assert_close(enc.sum(1), torch.ones(2, 3, 4))
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                a, bb = ab[b, :, i, j].tolist()
+                dists = sorted((((a - p) ** 2 + (bb - q) ** 2) ** 0.5, n) for n, (p, q) in enumerate(bins.tolist()))[:5]
+                ws = [torch.exp(torch.tensor(-d * d / 50.0)).item() for d, _ in dists]
+                ref = torch.zeros(bins.shape[0])
+                for (d, n), w in zip(dists, ws):
+                    ref[n] = w / sum(ws)
+                torch.testing.assert_close(enc[b, :, i, j], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_prior_and_rebalancing_weights():
+    bins = ab_bins()
+    torch.manual_seed(0)
+    batches = [torch.rand(2, 3, 8, 8) for _ in range(2)]
+    for b in batches:                       # three pixels in four grey
+        b[:, :, :6] = b[:, :1, :6]
+    raw = estimate_ab_prior(batches, bins, sigma=0)
+    counts = torch.zeros(bins.shape[0])
+    from pipelines.colour import rgb_to_lab
+    for b in batches:
+        lab = rgb_to_lab(b)
+        for n in range(2):
+            for i in range(8):
+                for j in range(8):
+                    counts[((bins - lab[n, 1:, i, j]) ** 2).sum(1).argmin()] += 1
+    torch.testing.assert_close(raw, counts / counts.sum())
+    prior = estimate_ab_prior(batches, bins)
+    assert prior.shape == (bins.shape[0],)
+    assert abs(float(prior.sum()) - 1) < 1e-5 and (prior >= 0).all()
+    grey_index = int((bins == 0).all(1).nonzero())
+    assert int(prior.argmax()) == grey_index
+    w = rebalancing_weights(prior, 0.5)
+    assert abs(float((prior * w).sum()) - 1) < 1e-5
+    q = prior.numel()
+    torch.testing.assert_close(w / w[0], ((0.5 * prior + 0.5 / q) ** -1) / (0.5 * prior[0] + 0.5 / q) ** -1)
+    assert w[grey_index] == w.min()          # the common colour weighs least
+    m = Colorization("resnet18", decoder_dim=16)
+    m.set_prior(prior)
+    torch.testing.assert_close(m.class_weights, w)
+    with pytest.raises(ValueError, match="no non-empty|at least one"):
+        estimate_ab_prior([], bins)
+
+
+def test_colorization_rejects_a_three_channel_checkpoint(tmp_path):
+    import torchvision
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="3-channel input.*in_channels=1"):
+        Colorization("resnet18", encoder_weights=str(path))
+    m = Colorization("resnet18", decoder_dim=16)
+    assert m.export_encoder().conv1.in_channels == 1 and m.export_encoder().in_channels == 1
+
+
+# --------------------------------------------------------------------------- denoising autoencoder
+
+def test_corruptions():
+    x = torch.rand(4, 3, 32, 32) * 0.9 + 0.1
+    g = torch.Generator().manual_seed(0)
+    masked = corrupt(x, "masking", p=0.3, generator=g)
+    dropped = (masked == 0).float().mean()
+    assert 0.27 < float(dropped) < 0.33
+    kept = masked != 0
+    torch.testing.assert_close(masked[kept], x[kept])
+    noisy = corrupt(x, "gaussian", sigma=0.2, generator=g)
+    assert abs(float((noisy - x).std()) - 0.2) < 0.01
+    with pytest.raises(ValueError, match="noise must be one of"):
+        corrupt(x, "salt")
+
+
+def test_export_encoder_is_the_encoder_alone():
+    m = DenoisingAE("resnet18", decoder_dim=16)
+    enc = m.export_encoder()
+    assert enc is m.online["encoder"]
+    assert not any(k.startswith("decoder") or "net." in k for k in enc.state_dict())
+
+
+# --------------------------------------------------------------------------- every method
+
+METHODS = [
+    (Rotation, {}),
+    (Jigsaw, dict(num_permutations=100, tile_dim=32, hidden_dim=64)),
+    (RelativeLocation, dict(hidden_dim=64)),
+    (RelativeLocation, dict(hidden_dim=64, colour="drop", all_neighbours=True)),
+    (Colorization, dict(decoder_dim=32)),
+    (Colorization, dict(decoder_dim=32, mode="regression")),
+    (DenoisingAE, dict(decoder_dim=32)),
+    (DenoisingAE, dict(decoder_dim=32, noise="gaussian", sigma=0.2)),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", METHODS, ids=lambda v: getattr(v, "__name__", None) or str(v))
+def test_one_step_changes_the_weights(cls, kwargs):
+    torch.manual_seed(0)
+    m = cls("resnet18", **kwargs)
+    assert m.recipe == "single" and m.num_views == 1
+    before = {k: v.detach().clone() for k, v in m.online.named_parameters()}
+    opt = torch.optim.SGD(m.online.parameters(), lr=0.1)
+    out = m((torch.randn(4, 3, 64, 64),), (torch.zeros(4, 4),))
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(v.dim() == 0 and not v.requires_grad for v in out.stats.values())
+    opt.zero_grad()
+    out.loss.backward()
+    opt.step()
+    after = dict(m.online.named_parameters())
+    assert not torch.equal(before["encoder.conv1.weight"], after["encoder.conv1.weight"].detach())
+    changed = [k for k in before if not k.startswith("encoder.") and not torch.equal(before[k], after[k].detach())]
+    assert changed, "no head or decoder parameter moved"
+
+
+@pytest.mark.parametrize("cls", [Rotation, Jigsaw, RelativeLocation, Colorization, DenoisingAE])
+def test_more_than_one_view_is_rejected(cls):
+    kwargs = dict(num_permutations=100) if cls is Jigsaw else {}
+    m = cls("resnet18", **kwargs)
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="needs a view plan of 1 view"):
+        m((x, x), None)
+
+
+@pytest.mark.parametrize("cls", [Jigsaw, RelativeLocation])
+def test_tile_tasks_reject_small_views(cls):
+    kwargs = dict(num_permutations=100) if cls is Jigsaw else {}
+    m = cls("resnet18", **kwargs)
+    with pytest.raises(ValueError, match="too small for the 3x3 tile grid"):
+        m((torch.randn(2, 3, 20, 64),), None)
+
+
+def test_colorization_targets_stay_fp32_under_autocast():
+    m = Colorization("resnet18", decoder_dim=16)
+    x = torch.randn(2, 3, 32, 32)
+    ref_l, ref_ab = m.task(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        l, ab = m.task(x)
+    assert l.dtype == torch.float32 and ab.dtype == torch.float32
+    torch.testing.assert_close(ab, ref_ab)
+    torch.testing.assert_close(l, ref_l)
