@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
         trainer = Trainer(cfg)
-    except ConfigError as e:
+    except ValueError as e:       # ConfigError, or a method that cannot be built from these settings
         ap.error(error_line(e))
     try:
         result = trainer.fit()

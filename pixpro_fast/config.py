@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipelines import BACKENDS as LOADERS
 from pipelines.recipe import PRESETS as RECIPES
+from pipelines.recipe import get_recipe
 
 from .encoder import ARCHS as RESNET_ARCHS
 from .vit import VIT_ARCHS
@@ -148,6 +149,12 @@ class TrainConfig:
              "must be > 0 for method 'pixcontrast' (start from --config pixcontrast)")
         need(self.method != "pixpro_ins" or self.ins_loss_weight > 0, "ins_loss_weight",
              "must be > 0 for method 'pixpro_ins' (start from --config pixpro_ins)")
+        views = len(get_recipe(self.recipe).views)
+        wants = METHODS[self.method][0]
+        need((wants.num_views is None or views == wants.num_views) and views >= wants.min_views, "recipe",
+             f"{self.recipe!r} has {views} view(s); method {self.method!r} needs "
+             + (f"{wants.num_views}" if wants.num_views is not None else f"at least {wants.min_views}")
+             + f" (its own plan is {wants.recipe!r})")
         vit_method = self.method in VIT_METHODS
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "

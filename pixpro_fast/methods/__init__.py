@@ -7,10 +7,15 @@ A new method is one module, one line in :data:`METHODS` and one bundled preset
 from __future__ import annotations
 
 from .byol import BYOL
+from .colorization import Colorization
 from .contract import Method, MethodOutput
+from .denoising_ae import DenoisingAE
+from .jigsaw import Jigsaw
 from .loca import LOCA
 from .mocov2 import MoCoV2
 from .pixpro import PixPro
+from .relative_location import RelativeLocation
+from .rotation import Rotation
 from .simclr import SimCLR
 from .simsiam import SimSiam
 from .swav import SwAV
@@ -27,6 +32,11 @@ METHODS: dict[str, tuple[type[Method], str]] = {
     "mocov2": (MoCoV2, "instance-level: momentum keys and a queue of negatives"),
     "swav": (SwAV, "instance-level: swapped prediction of Sinkhorn cluster codes"),
     "loca": (LOCA, "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)"),
+    "rotation": (Rotation, "pretext: which of four rotations a view shows"),
+    "jigsaw": (Jigsaw, "pretext: the permutation of a 3 x 3 grid of tiles"),
+    "relative_location": (RelativeLocation, "pretext: where a neighbouring tile sits around the centre tile"),
+    "colorization": (Colorization, "pretext: the ab colour channels from the L channel (1-channel encoder)"),
+    "denoising_ae": (DenoisingAE, "pretext: reconstruct the clean view from a corrupted one"),
 }
 
 

@@ -38,6 +38,11 @@ class PretextMethod(Method):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
+    @classmethod
+    def from_config(cls, cfg) -> "PretextMethod":
+        """The task with its paper's options and the config's encoder."""
+        return cls(arch=cfg.arch, encoder_weights=cfg.encoder_weights)
+
     def single_view(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """The one view of the batch as float (B, 3, H, W); a ValueError for any other count."""
         if isinstance(views, torch.Tensor):
