@@ -22,10 +22,10 @@ import torch.distributed as dist
 
 from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, resume_differences
-from .hardware import native_precisions, resolve_precision
+from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
 from .metrics import MetricsLogger, WaitMeter, verdict
 from .optim import lars_travel
-from .training import autocast, build_loader_for, build_training, resolve_device
+from .training import autocast, build_loader_for, build_training, resolve_device  # noqa: F401 (autocast: re-exported)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -187,7 +187,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         resumed = self.maybe_resume()
-        stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        stop_at = self.training.stop_step
         if cfg.profile > 0:
             stop_at = min(stop_at, self.step + cfg.profile + 2)
         logger = MetricsLogger(self.out_dir, stop_at, enabled=self.is_main, tensorboard=cfg.tensorboard,
