@@ -17,6 +17,10 @@ its speedup over the fp32 / contiguous / eager PixPro step of the same run and i
 FLOP utilisation against a large bf16 ``torch.matmul`` timed on the same device in the
 same run (on a GPU, that is MFU against the GPU's achievable bf16 matmul rate).
 
+A precision the device only emulates (bf16 on a CPU without bf16 instructions, fp16 on
+most CPUs; see :mod:`pixpro_fast.hardware`) is listed as skipped, with why, unless
+``--emulated``.
+
     python -m benchmarks.bench_step --arch resnet18 --image-size 64 --batch-size 32
 """
 from __future__ import annotations

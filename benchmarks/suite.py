@@ -1,8 +1,10 @@
 """The benchmark suite: loaders, training step, end to end and peers in one run.
 
-Three sizes: ``smoke`` (tiny, for the tests), ``quick`` (resnet18 at small sizes, a few
-minutes on a 2-core CPU) and ``full`` (resnet18 and resnet50 at 224, all settings). The
-step and peer sections also run on CUDA when a GPU is present. Writes ``suite.json``,
+Three sizes: ``smoke`` (tiny, for the tests), ``quick`` (resnet18 at small sizes, under
+three minutes on a 2-core CPU) and ``full`` (resnet18 and resnet50 at 224, all settings). The
+step and peer sections also run on CUDA when a GPU is present. Precisions are those native
+on each device (bf16 only where the hardware has it); CPU rows under torch.compile only
+with ``compile_cpu`` (``--compile``). Writes ``suite.json``,
 ``suite.md`` (the markdown tables) and ``suite.png`` (the chart) into the output folder;
 asserts nothing about speed.
 """
@@ -50,11 +52,11 @@ def plan(mode: str, cuda: bool, workers: int | None = None, compile_cpu: bool = 
         }
     quick = mode == "quick"
     step = ([dict(device="cpu", arch="resnet18", image_size=64, batch_size=32,
-                  settings=settings_grid(compiled=cpu_compiled), warmup=2, iters=5)] if quick else
+                  settings=settings_grid(compiled=cpu_compiled), warmup=1, iters=4)] if quick else
             [dict(device="cpu", arch=a, image_size=224, batch_size=32, settings=settings_grid(compiled=cpu_compiled),
                   warmup=2, iters=5) for a in ("resnet18", "resnet50")])
-    peers = [dict(device="cpu", arch="resnet18", image_size=64 if quick else 224, batch_size=32, iters=5,
-                  best=best_setting("cpu"))]
+    peers = [dict(device="cpu", arch="resnet18", image_size=64 if quick else 224, batch_size=16 if quick else 32,
+                  warmup=1 if quick else 2, iters=3 if quick else 5, best=best_setting("cpu"))]
     if not quick:
         peers.append(dict(device="cpu", arch="resnet50", image_size=224, batch_size=32, iters=5,
                           best=best_setting("cpu")))
@@ -66,11 +68,12 @@ def plan(mode: str, cuda: bool, workers: int | None = None, compile_cpu: bool = 
         peers.append(dict(device="cuda", arch="resnet50", image_size=224, batch_size=64, iters=10,
                           best=best_setting("cuda")))
     return {
-        "loaders": dict(batch_size=32 if quick else 64, image_size=224, workers=workers, batches=6 if quick else 12,
+        "loaders": dict(batch_size=16 if quick else 64, image_size=224, workers=workers, batches=4 if quick else 12,
                         rounds=2 if quick else 3, device="cuda" if cuda else "cpu"),
         "step": step,
-        "end_to_end": dict(arch="resnet18" if quick else "resnet50", image_size=128 if quick else 224,
-                           batch_size=128 if cuda else 32, steps=6 if quick else 10, skip=2, workers=workers,
+        "end_to_end": dict(arch="resnet18" if quick else "resnet50", image_size=96 if quick else 224,
+                           batch_size=128 if cuda else 16 if quick else 32, steps=4 if quick else 10, skip=2,
+                           workers=workers,
                            precision="auto", device="cuda" if cuda else "cpu"),
         "peers": peers,
     }

@@ -23,10 +23,11 @@ import torch.distributed as dist
 from .checkpoint import (archive_previous_run, list_checkpoints, load_checkpoint, load_newest_intact,
                          non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, resume_applied_changes, resume_differences
-from .hardware import native_precisions, resolve_precision
+from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
-from .training import apply_optimizer_settings, autocast, build_loader_for, build_training, resolve_device
+from .training import (apply_optimizer_settings, autocast, build_loader_for, build_training,  # noqa: F401
+                       resolve_device)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -252,7 +253,7 @@ class Trainer:
         self._saved_step = self.step if resumed else None
         if self.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
-        stop_at = self.total_steps if cfg.max_steps is None else min(self.total_steps, cfg.max_steps)
+        stop_at = self.training.stop_step
         if cfg.profile > 0:
             stop_at = min(stop_at, self.step + cfg.profile + 2)
         logger = MetricsLogger(self.out_dir, stop_at, enabled=self.is_main, tensorboard=cfg.tensorboard,
