@@ -24,6 +24,7 @@ from .vit import VIT_ARCHS
 
 ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
 from .methods import METHODS
+from .optim import LR_SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 VIT_METHODS = ("loca",)        # the methods whose encoder is a ViT; every other one takes a ResNet
@@ -105,6 +106,9 @@ class TrainConfig:
     base_lr: float = _opt(1.0, "base learning rate, scaled by the global batch (see --lr-scaling)", min=0)
     lr_scaling: str = _opt("linear", "peak lr: linear = base_lr * B / 256; sqrt = 4 * sqrt(B / 1024)",
                            choices=("linear", "sqrt"))
+    lr_schedule: str = _opt("warmup_cosine", "warmup_cosine: linear warmup, then cosine decay to --final-lr; "
+                            "warmup_times_cosine: a warmup factor times a cosine over the whole run (LOCA)",
+                            choices=LR_SCHEDULES)
     warmup_epochs: float = _opt(5.0, "linear lr warmup, in epochs", min=0)
     final_lr: float = _opt(1e-6, "learning rate at the end of the cosine decay", "apply", min=0)
     weight_decay: float = _opt(1e-5, "weight decay (LARS: multi-dimensional parameters only)", "apply", min=0)

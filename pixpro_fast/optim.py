@@ -70,8 +70,20 @@ def scaled_lr(base_lr: float, global_batch: int, rule: str = "linear") -> float:
     raise ValueError(f"unknown lr scaling rule {rule!r}; choose 'linear' or 'sqrt'")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_lr: float = 1e-6) -> float:
-    """Linear warmup from ``peak/100`` to ``peak`` over ``warmup_steps``, then cosine to ``final_lr``."""
+LR_SCHEDULES = ("warmup_cosine", "warmup_times_cosine")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_lr: float = 1e-6,
+          schedule: str = "warmup_cosine") -> float:
+    """``warmup_cosine``: linear warmup from ``peak/100`` to ``peak`` over ``warmup_steps``, then
+    cosine to ``final_lr``. ``warmup_times_cosine`` (LOCA's): a linear warmup factor from 0 to 1
+    times a cosine from ``peak`` to ``final_lr`` that spans the whole run from step 0."""
+    if schedule == "warmup_times_cosine":
+        t = min(max(step, 0), total_steps) / max(total_steps, 1)
+        cosine = final_lr + (peak_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return cosine * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+    if schedule != "warmup_cosine":
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         start = peak_lr / 100.0
         return start + (peak_lr - start) * step / warmup_steps

@@ -95,7 +95,7 @@ class Training:
 
     def lr_at(self, step: int) -> float:
         """Linear warmup to ``peak_lr``, then cosine to ``cfg.final_lr`` at ``total_steps``."""
-        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.final_lr)
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.final_lr, self.cfg.lr_schedule)
 
     def set_lr(self, step: int) -> float:
         """Put the lr of ``step`` into every parameter group; returns it."""

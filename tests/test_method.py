@@ -264,3 +264,14 @@ def test_concat_views_option_changes_only_batchnorm_statistics():
 
 def test_mlp2d_shape():
     assert MLP2d(8, 16, 4)(torch.randn(2, 8, 3, 3)).shape == (2, 4, 3, 3)
+
+
+def test_warmup_times_cosine_schedule_follows_its_formula():
+    peak, final, total, warm = 1e-3, 1e-5, 100, 10
+    for step in (0, 5, 10, 50, 100):
+        cosine = final + (peak - final) * 0.5 * (1 + math.cos(math.pi * step / total))
+        want = cosine * min(1.0, step / warm)
+        assert lr_at(step, total, warm, peak, final, "warmup_times_cosine") == pytest.approx(want)
+    assert lr_at(5, total, warm, peak, final) != pytest.approx(lr_at(5, total, warm, peak, final, "warmup_times_cosine"))
+    with pytest.raises(ValueError, match="lr schedule"):
+        lr_at(0, total, warm, peak, final, "step")
