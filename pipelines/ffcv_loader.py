@@ -1,34 +1,32 @@
-"""The ``ffcv`` backend: two views per sample from an FFCV ``.beton`` file.
+"""The ``ffcv`` backend: every view of the view plan per sample from an FFCV ``.beton`` file.
 
 Write the file with ``python -m pipelines.ffcv_writer``. Per batch:
 
 1. FFCV's JIT-compiled worker threads run :class:`ViewPlanDecoder`: each image is decoded
-   ONCE (JPEG through libjpeg-turbo, with DCT down-scaling by 2, 4 or 8 when both crop
-   windows stay at least the output size), then both views are cropped and resized
-   (OpenCV area resampling, as FFCV's own RandomResizedCrop decoder) and flipped. Besides
-   the two uint8 views the decoder fills a third buffer with each view's window, flip and
-   the size of the image it was cut from: the boxes are exact, not re-derived.
+   ONCE (JPEG through libjpeg-turbo, with DCT down-scaling by 2, 4 or 8 when every crop
+   window stays at least twice its view's output size), then every view is cropped and
+   resized to its own size (OpenCV area resampling, as FFCV's own RandomResizedCrop
+   decoder) and flipped. The draws (window, flip, colour) come from :mod:`pipelines.sampler`
+   inside the compiled decoder, keyed by (seed, epoch, dataset index, view) as in every
+   backend; the decoder also reports each view's window in the decoded image, so the
+   boxes are exact, not re-derived.
 2. The main thread moves the uint8 views to the training device and finishes the recipe
-   there with :mod:`pipelines.colour` (jitter, grayscale, blur, solarize, normalisation),
-   yielding channels-last float views; coords follow the contract in
-   ``pipelines.geometry``, normalised by the decoded image's size (normalised
+   there with :mod:`pipelines.colour` from the same draws (jitter, grayscale, blur,
+   solarize, normalisation), yielding channels-last float views; coords follow the
+   contract in ``pipelines.geometry``, normalised by the decoded image's size (normalised
    coordinates are the same in the stored, possibly resized, image and the original).
 
-Order and sharding are those of the torch backend (``torch_loader.epoch_order`` and
-``shard_positions``) over the samples of the file, or ``order='quasi_random'``: pages of
-the file are shuffled, then samples within windows of a few batches, so that an epoch
-reads the file nearly sequentially (useful with ``os_cache=False`` on slow disks).
+Order and sharding are :mod:`pipelines.epoch`'s over the samples of the file, or
+``order='quasi_random'``: pages of the file are shuffled, then samples within windows of a
+few batches, so that an epoch reads the file nearly sequentially (useful with
+``os_cache=False`` on slow disks). ``set_epoch(e, start_batch=k)`` yields exactly batches
+k.. of the uninterrupted epoch e, whatever ``num_workers``.
 
-What is guaranteed (for the same file, seed, batch_size, world_size and drop_last):
-- the samples of batch k of epoch e on rank r, whatever ``num_workers``;
-- each sample's crop windows and flips: drawn from a counter-based generator keyed by
-  (seed, epoch, sample, view), so they do not depend on thread scheduling either;
-- each batch's colour parameters: drawn from (seed, epoch, rank, batch number);
-- ``set_epoch(e, start_batch=k)`` therefore yields exactly batches k.. of the
-  uninterrupted epoch e (the offset applies to the next pass only).
-
-Unreadable images are left out by the writer; an image that still fails to decode here
-becomes a mid-grey view and is counted in ``Batch.skipped`` (and logged once).
+Unreadable images are left out by the writer. An image that still fails to decode here is
+reported through :mod:`pipelines.corrupt` (named ``sample <index> of <file>``; 'error'
+raises :class:`~pipelines.corrupt.CorruptImageError`); in 'skip' mode its views are
+mid-grey, counted in ``Batch.skipped``: the compiled decoder does not yet fetch the next
+readable sample as the other backends do.
 """
 from __future__ import annotations
 
