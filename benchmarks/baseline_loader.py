@@ -22,7 +22,7 @@ from torchvision.transforms import functional as F
 from pipelines.batch import Batch
 from pipelines.image_folder import list_images
 from pipelines.recipe import BYOL, Recipe, ViewRecipe
-from pixpro_fast.geometry import window_to_coords
+from pipelines.geometry import window_to_coords
 
 
 def blur_kernel_size(image_size: int) -> int:

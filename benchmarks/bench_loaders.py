@@ -7,7 +7,8 @@ References (always run):
 
 Then one function per backend produces that backend's rows: its two-view loader with the
 full recipe (two views + boxes, yielding :class:`pipelines.batch.Batch`) and, where the
-library has one, its stock single-view random-resized-crop pipeline. A backend whose
+library has one, its stock single-view random-resized-crop pipeline, plus the 8-view
+``swav_multicrop`` plan (2 x full size + 6 x 96/224 of it). A backend whose
 library (or whose loader / benchmark module) is not installed is skipped with the reason,
 never an error. Rows are images (samples) per second; each round runs every row in turn
 and the median over rounds is kept, so a busy machine slows every contender alike. Ratios
@@ -34,7 +35,7 @@ from torchvision import transforms
 
 from pipelines.batch import keep_torch_threads
 from pipelines.image_folder import list_images
-from pipelines.recipe import BYOL, Recipe, get_recipe
+from pipelines.recipe import BYOL, SWAV_MULTICROP, Recipe, get_recipe
 
 from .baseline_loader import build_baseline_loader
 from .bench_torch_loader import decode_loader, images_per_second
@@ -116,8 +117,8 @@ class _StockSingleView(torch.utils.data.Dataset):
 def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     from pipelines.torch_loader import build_torch_loader
 
-    def two_view():
-        loader = build_torch_loader(b.data_dir, b.batch_size, b.image_size, b.recipe, device=b.device,
+    def two_view(recipe=b.recipe):
+        loader = build_torch_loader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device,
                                     num_workers=b.workers, persistent_workers=False)
         return images_per_second(loader, b.batch_size, b.warmup, b.batches)
 
@@ -127,7 +128,8 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
                                              num_workers=b.workers)
         return images_per_second(loader, b.batch_size, b.warmup, b.batches)
 
-    return {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock}
+    return {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
+            "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}
 
 
 # -- dali -----------------------------------------------------------------------------------
@@ -139,8 +141,8 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     files = list_images(b.data_dir)
     warmup = 3
 
-    def loader():
-        return DaliLoader(b.data_dir, b.batch_size, b.image_size, b.recipe, device=b.device, num_workers=b.workers)
+    def loader(recipe=b.recipe):
+        return DaliLoader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device, num_workers=b.workers)
 
     probe = loader()
     mode, device_id = probe.dali_device, probe.device_id
@@ -153,7 +155,11 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
         pipe = bench.stock_pipeline(files, b.batch_size, b.workers, device_id, mode, b.image_size, b.recipe, True)
         return bench.pipeline_rate(pipe, b.batch_size, warmup, b.batches, b.device)
 
-    return {"dali loader (2 views + boxes)": two_view, "DALI stock 1-view RRC": stock}
+    def multi_crop():
+        return bench.loader_rate(loader(SWAV_MULTICROP), b.batch_size, warmup, b.batches, b.device)
+
+    return {"dali loader (2 views + boxes)": two_view, "DALI stock 1-view RRC": stock,
+            "dali loader (8-view multi-crop)": multi_crop}
 
 
 # -- ffcv -----------------------------------------------------------------------------------
@@ -187,7 +193,10 @@ def ffcv_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
         bench.RandomResizedCropRGBImageDecoder((b.image_size, b.image_size)), bench.RandomHorizontalFlip(),
         bench.NormalizeImage(mean, std, np.float32), bench.ToTensor(), bench.ToTorchImage()])
     ours = FFCVLoader(beton, b.batch_size, b.image_size, b.recipe, device=b.device, num_workers=b.workers, seed=0)
-    makers = {"ffcv loader (2 views + boxes)": lambda: iter(ours), "FFCV stock 1-view RRC": lambda: iter(stock)}
+    multi = FFCVLoader(beton, b.batch_size, b.image_size, SWAV_MULTICROP, device=b.device, num_workers=b.workers,
+                       seed=0)
+    makers = {"ffcv loader (2 views + boxes)": lambda: iter(ours), "FFCV stock 1-view RRC": lambda: iter(stock),
+              "ffcv loader (8-view multi-crop)": lambda: iter(multi)}
     for make in makers.values():   # FFCV compiles each pipeline on its first pass: keep that out of the timing
         bench.measure(make, b.batch_size, 1, 1)
     return {name: (lambda m: lambda: bench.measure(m, b.batch_size, b.warmup, b.batches)[0])(make)

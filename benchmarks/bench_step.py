@@ -98,7 +98,7 @@ def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSettin
     trainer = Trainer(cfg, loader=loader)
     batch = next(iter(loader))
     if not setting.channels_last:
-        batch = dataclasses.replace(batch, view1=batch.view1.contiguous(), view2=batch.view2.contiguous())
+        batch = batch.replace(views=tuple(v.contiguous() for v in batch.views))
 
     def step():
         trainer._train_step([batch])

@@ -1,4 +1,4 @@
-"""Data pipelines: image files -> two augmented views with their crop boxes.
+"""Data pipelines: image files -> the views of a view plan, each with its crop box.
 
 ``build_loader`` is the single entry point; each backend lives in its own module and is
 imported only when asked for, so a missing optional library (DALI, FFCV) matters only to
@@ -10,7 +10,9 @@ import importlib
 from pathlib import Path
 
 from .batch import Batch, Loader
-from .recipe import BYOL, MOCOV2, PRESETS, SIMCLR, Recipe, ViewRecipe, get_recipe
+from .corrupt import CorruptImageError
+from .recipe import (BYOL, LOCA, MOCOV2, PRESETS, SIMCLR, SINGLE, SWAV_MULTICROP, Recipe, ViewRecipe, ViewSpec,
+                     get_recipe)
 
 # backend name -> (module, factory function, pip extra that provides its library)
 BACKENDS = {
@@ -22,8 +24,11 @@ BACKENDS = {
 
 
 def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, image_size: int = 224,
-                 recipe: Recipe | str = BYOL, **options) -> Loader:
-    """Build a two-view loader.
+                 recipe: Recipe | str | dict = BYOL, **options) -> Loader:
+    """Build a loader yielding one :class:`Batch` of the recipe's views per step.
+
+    ``recipe``: a :class:`Recipe`, a preset name (:data:`PRESETS`) or a recipe dict
+    (:meth:`Recipe.from_dict`); its view sizes scale with ``image_size``.
 
     Common options every backend accepts: ``device`` (training device), ``num_workers``,
     ``seed``, ``rank``, ``world_size``, ``drop_last`` (default True), ``on_corrupt``
@@ -31,8 +36,7 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown loader backend {backend!r}; choose one of {sorted(BACKENDS)}")
-    if isinstance(recipe, str):
-        recipe = get_recipe(recipe)
+    recipe = get_recipe(recipe)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     module_name, factory, extra = BACKENDS[backend]
@@ -41,5 +45,5 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
                                     recipe=recipe, **options)
 
 
-__all__ = ["Batch", "Loader", "Recipe", "ViewRecipe", "BYOL", "SIMCLR", "MOCOV2", "PRESETS", "get_recipe",
-           "build_loader", "BACKENDS"]
+__all__ = ["Batch", "Loader", "Recipe", "ViewSpec", "ViewRecipe", "BYOL", "SIMCLR", "MOCOV2", "SWAV_MULTICROP",
+           "LOCA", "SINGLE", "PRESETS", "get_recipe", "build_loader", "BACKENDS", "CorruptImageError"]

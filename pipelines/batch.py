@@ -2,27 +2,77 @@
 from __future__ import annotations
 
 import contextlib
-
-from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
 
-@dataclass
 class Batch:
-    """Two normalised views (B, 3, H, W) in channels-last memory, on the training device,
-    their crop boxes (B, 4) float32 per the contract in ``pixpro_fast.geometry``, the
-    dataset indices of the samples (B,), and how many unreadable images were replaced."""
-    view1: torch.Tensor
-    view2: torch.Tensor
-    coords1: torch.Tensor
-    coords2: torch.Tensor
-    index: torch.Tensor
-    skipped: int = 0
+    """One batch of a view plan: ``views[k]`` is view k of every sample, (B, 3, H_k, W_k)
+    normalised, channels-last, on the training device; ``coords[k]`` its crop boxes (B, 4)
+    float32 per the contract in :mod:`pipelines.geometry`; ``index`` the dataset indices of
+    the samples (B,) int64; ``skipped`` how many unreadable images were replaced.
+
+    Built as ``Batch(views, coords, index, skipped)`` or, for two views,
+    ``Batch(view1, view2, coords1, coords2, index, skipped)``; ``view1`` / ``view2`` /
+    ``coords1`` / ``coords2`` name the first two views.
+    """
+    __slots__ = ("views", "coords", "index", "skipped")
+
+    def __init__(self, *args, views: Sequence[torch.Tensor] | None = None,
+                 coords: Sequence[torch.Tensor] | None = None, index: torch.Tensor | None = None,
+                 skipped: int = 0):
+        if args and isinstance(args[0], torch.Tensor):  # Batch(view1, view2, coords1, coords2, index[, skipped])
+            if len(args) not in (5, 6):
+                raise TypeError("two-view form is Batch(view1, view2, coords1, coords2, index[, skipped])")
+            views, coords, index = args[:2], args[2:4], args[4]
+            skipped = args[5] if len(args) == 6 else skipped
+        elif args:
+            names = ("views", "coords", "index", "skipped")
+            if len(args) > 4:
+                raise TypeError("Batch(views, coords, index[, skipped])")
+            given = dict(zip(names, args))
+            views, coords = given.get("views", views), given.get("coords", coords)
+            index, skipped = given.get("index", index), given.get("skipped", skipped)
+        if views is None or coords is None or index is None:
+            raise TypeError("Batch needs views, coords and index")
+        self.views, self.coords = tuple(views), tuple(coords)
+        if len(self.views) != len(self.coords) or not self.views:
+            raise ValueError(f"{len(self.views)} views but {len(self.coords)} coords")
+        self.index, self.skipped = index, int(skipped)
+
+    @property
+    def view1(self) -> torch.Tensor:
+        return self.views[0]
+
+    @property
+    def view2(self) -> torch.Tensor:
+        return self.views[1]
+
+    @property
+    def coords1(self) -> torch.Tensor:
+        return self.coords[0]
+
+    @property
+    def coords2(self) -> torch.Tensor:
+        return self.coords[1]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
 
     def __len__(self) -> int:
-        return self.view1.shape[0]
+        return self.views[0].shape[0]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(v.shape)) for v in self.views)
+        return f"Batch(views=[{shapes}], skipped={self.skipped})"
+
+    def replace(self, **changes) -> "Batch":
+        """A copy with some of ``views``, ``coords``, ``index``, ``skipped`` changed."""
+        kw = {name: getattr(self, name) for name in self.__slots__}
+        kw.update(changes)
+        return Batch(**kw)
 
     @property
     def views(self) -> tuple[torch.Tensor, ...]:
@@ -34,9 +84,8 @@ class Batch:
 
     def to(self, device, non_blocking: bool = True) -> "Batch":
         mv = lambda t: t.to(device, non_blocking=non_blocking)
-        return Batch(mv(self.view1).contiguous(memory_format=torch.channels_last),
-                     mv(self.view2).contiguous(memory_format=torch.channels_last),
-                     mv(self.coords1), mv(self.coords2), mv(self.index), self.skipped)
+        return Batch(tuple(mv(v).contiguous(memory_format=torch.channels_last) for v in self.views),
+                     tuple(mv(c) for c in self.coords), mv(self.index), self.skipped)
 
 
 class Loader(Protocol):

@@ -34,10 +34,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from . import colour_cpu
+from .colour_cpu import LUMA, blur_radius
 from .recipe import ViewRecipe
-
-# ITU-R 601-2 luma weights as torchvision's rgb_to_grayscale uses them.
-LUMA = (0.2989, 0.587, 0.114)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -179,10 +178,6 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int, dtype=torch.float32, devi
     return k / k.sum(dim=1, keepdim=True)
 
 
-def blur_radius(sigma: float, truncate: float = 3.0) -> int:
-    return max(1, int(math.ceil(truncate * sigma)))
-
-
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """Separable Gaussian blur of (n, C, H, W) with per-sample sigma and one common radius.
 
@@ -286,7 +281,6 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine != "auto":
         return engine
-    from . import colour_cpu
     return "numba" if device.type == "cpu" and dtype == torch.float32 and colour_cpu.available() else "torch"
 
 
@@ -313,7 +307,6 @@ def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold:
     if resolve_engine(engine, images.device, dtype) == "numba":
         if images.device.type != "cpu" or dtype != torch.float32:
             raise ValueError("the numba engine works on CPU tensors and writes float32")
-        from . import colour_cpu
         return colour_cpu.apply(images, params, solarize_threshold, mean, std, blur_truncate, out)
     if chunk is None:
         chunk = 4 if images.device.type == "cpu" else b

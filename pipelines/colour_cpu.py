@@ -24,8 +24,12 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     njit = None
 
+# ITU-R 601-2 luma weights exactly as torchvision's rgb_to_grayscale uses them: the one
+# copy every backend reads (pipelines.colour, the torch loader's PIL path, DALI's matrices).
+LUMA = (0.2989, 0.587, 0.114)
+
 F32 = np.float32
-LR, LG, LB = F32(0.2989), F32(0.587), F32(0.114)
+LR, LG, LB = F32(LUMA[0]), F32(LUMA[1]), F32(LUMA[2])
 ZERO, ONE, SIX, FOUR = F32(0.0), F32(1.0), F32(6.0), F32(4.0)
 
 
@@ -206,10 +210,14 @@ if njit is not None:
                 _store_row(final[0, y], final[1, y], final[2, y], out[i, y].reshape(-1), t, m0, m1, m2, q0, q1, q2)
 
 
+def blur_radius(sigma: float, truncate: float = 3.0) -> int:
+    """Kernel radius of a Gaussian blur of ``sigma`` pixels: ``ceil(truncate * sigma)``, at least 1."""
+    return max(1, int(math.ceil(truncate * sigma)))
+
+
 def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur_truncate: float,
           out: torch.Tensor) -> torch.Tensor:
     """Fill ``out`` (B, 3, H, W) float32 channels-last on the CPU; see :func:`pipelines.colour.apply_colour`."""
-    from .colour import blur_radius
     b, _, h, w = images.shape
     if images.dtype not in (torch.uint8, torch.float32):
         images = images.float()

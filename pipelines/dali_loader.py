@@ -1,36 +1,33 @@
-"""The ``dali`` backend: decoding and the whole two-view recipe inside one DALI pipeline.
+"""The ``dali`` backend: decoding and the whole view plan inside one DALI pipeline.
 
 Split of the work:
 
 - The feeder (an external source, main process) reads each file's bytes, reads its size
-  from the header, and draws every random decision of a batch with numpy, vectorised over
-  the batch, from a generator seeded by (seed, epoch, rank, batch number): crop windows
-  with torchvision ``RandomResizedCrop``'s algorithm (ten tries of area ~ U(scale) and
-  log-aspect ~ U(log ratio), Python rounding, central fallback with the aspect clamped),
-  flip, jitter factors, grayscale, blur sigma, solarize. It hands DALI per-sample
-  arguments (ROI, colour matrix, blur kernels, masks).
+  from the header, and draws every view's parameters with :mod:`pipelines.sampler` (the
+  one draw of every backend, keyed by (seed, epoch, dataset index, view)). It hands DALI
+  per-sample arguments (ROI, colour matrix, blur kernels, masks).
   Why not DALI random operators plus arithmetic in the graph (peek_image_shape, coin_flip,
   uniform): that graph has ~150 tiny per-sample CPU operators, and their fixed cost capped
   the loader at ~2.9k (geometry) / ~1.7k (full recipe) images/s on an H100 machine with
-  16 threads, against ~19k for DALI's stock single-view pipeline; drawing in numpy gives
+  16 threads, against ~19k for DALI's stock single-view pipeline; drawing on the host gives
   ~13k / ~8.4k there, exact torchvision crop semantics and bit-exact resumes.
-- One ``pipeline_def`` graph (:func:`two_view_pipeline`) does all pixel work: one decode
-  shared by both views; per view ``fn.resize`` with an absolute ROI (the window is known
+- One ``pipeline_def`` graph (:func:`view_plan_pipeline`) does all pixel work: one decode
+  shared by every view; per view, at its own output size, ``fn.resize`` with an absolute ROI (the window is known
   exactly; a flip is the ROI with its x ends swapped); colour jitter in the fixed order
   brightness, contrast, saturation, hue (torchvision draws a random order): brightness and
   contrast about the view's mean luma (as torchvision) in one step; saturation, hue and
   grayscale as ONE 3x3 matrix per sample (``coord_transform``), ``M = Wy + s cos(t) K2 +
   s sin(t) K3`` with Wy the luma projection and K2/K3 the YIQ chroma plane, so hue is a YIQ
   rotation (DALI's ``hsv`` approximation, not torchvision's exact HSV shift) and grayscale is
-  s = 0 (luma 0.299/0.587/0.114 as torchvision); Gaussian blur as two 1-D ``fn.filter``
+  s = 0 (luma weights :data:`pipelines.colour_cpu.LUMA`, torchvision's); Gaussian blur as two 1-D ``fn.filter``
   passes with a kernel of radius ceil(3 sigma) per sample (a 1-tap kernel when not blurred;
   DALI's ``gaussian_blur`` is an order of magnitude slower on CPU), reflect borders as
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
   which is channels-last memory, with no copy.
 
-Each view's draws are a (B, 16) row per ``PARAM_NAMES``; ``coords`` come from them through
-:func:`pixpro_fast.geometry.windows_to_coords`, and ``last_params`` keeps the latest batch's.
+Each view's draws are a (B, len(PARAM_NAMES)) block of :mod:`pipelines.sampler` rows;
+``coords`` come from them, and ``last_params`` keeps the latest batch's (one per view).
 
 Devices: with a CUDA training device the pipeline decodes with ``device="mixed"`` (nvJPEG)
 and runs every image operator on the GPU (per-sample arguments stay on the CPU, as DALI
@@ -38,41 +35,37 @@ requires; the contrast step then uses arithmetic, since its centre, the view's m
 on the GPU). On CPU it runs with ``device_id=None``. ``dali_device`` ('cpu' | 'gpu' | None =
 follow the training device) forces either.
 
-Order and sharding: :func:`pipelines.torch_loader.epoch_order` and
-:func:`~pipelines.torch_loader.shard_positions`, the torch backend's rules (drop_last=True:
-every rank gets ``N // (world_size * batch_size)`` full batches). A fresh pipeline is built
-per pass. Guarantee: a batch's samples and draws depend on (seed, epoch, rank, batch number)
-only, so ``set_epoch(epoch, start_batch)`` resumes exactly (bit for bit on CPU).
+Order and sharding: :mod:`pipelines.epoch`, as every backend (drop_last=True: every rank
+gets ``N // (world_size * batch_size)`` full batches). A fresh pipeline is built per pass.
+A batch's samples and draws depend on (seed, epoch, rank, batch number) only, so
+``set_epoch(epoch, start_batch)`` resumes exactly (bit for bit on CPU).
 
 Bad files: the feeder rejects bytes without a JPEG/PNG/WebP signature, end marker or
 readable frame header. If the DALI decoder still fails (damage inside the data), the files
 in flight are decoded one by one with the same decoder to find the culprit, which is then
-treated like the others, and the pipeline restarts at the failed batch. on_corrupt='skip'
-replaces a bad file by the next readable one of the epoch order, counts it in
-``Batch.skipped`` and logs it once; 'error' raises
-:class:`~pipelines.torch_loader.CorruptImageError` naming the file.
+treated like the others, and the pipeline restarts at the failed batch. Replacement,
+counting and naming follow :mod:`pipelines.corrupt`.
 """
 from __future__ import annotations
 
 import io
-import logging
 import math
 import os
-import queue
-import threading
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pixpro_fast.geometry import windows_to_coords
-
+from . import sampler
 from .batch import Batch, check_loader_options
-from .epoch import EpochCursor
+from .colour_cpu import LUMA
+from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
+from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
+from .prefetch import Prefetcher
 from .recipe import BYOL, Recipe, ViewRecipe
-from .torch_loader import CorruptImageError, epoch_order, shard_positions
+from .sampler import PARAM_NAMES
 
 try:
     import nvidia.dali.fn as fn
@@ -83,13 +76,10 @@ try:
 except ImportError as exc:  # optional dependency
     _DALI_ERROR = exc
 
-log = logging.getLogger(__name__)
 
-PARAM_NAMES = ("top", "left", "height", "width", "image_height", "image_width", "flip", "jitter",
-               "grayscale", "blur", "solarize", "sigma", "brightness", "contrast", "saturation", "hue")
-CROP_TRIES = 10
-LUMA = (0.299, 0.587, 0.114)
-OUTPUTS = ("view1", "view2")
+
+def output_names(recipe: Recipe) -> list[str]:
+    return [f"view{k}" for k in range(1, recipe.num_views + 1)]
 
 
 def require_dali() -> None:
@@ -118,63 +108,7 @@ def colour_matrix(saturation: float, hue: float) -> np.ndarray:
     return wy + saturation * math.cos(t) * k2 + saturation * math.sin(t) * k3
 
 
-# --------------------------------------------------------------------------- random draws
-
-def sample_windows(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
-                   scale: tuple[float, float], ratio: tuple[float, float], tries: int = CROP_TRIES) -> np.ndarray:
-    """RandomResizedCrop windows for a batch of image sizes: (B, 4) float64 (top, left, h, w).
-
-    torchvision's algorithm, vectorised: ``tries`` draws of (area ~ U(scale), log-aspect ~
-    U(log ratio)), sizes rounded half-to-even as Python's ``round``; the first that fits is
-    placed uniformly, else the central window with the aspect clamped into ``ratio``.
-    """
-    h_img, w_img = heights.astype(np.float64), widths.astype(np.float64)
-    n = len(h_img)
-    target = (h_img * w_img)[:, None] * rng.uniform(scale[0], scale[1], (n, tries))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, tries)))
-    w = np.round(np.sqrt(target * aspect))
-    h = np.round(np.sqrt(target / aspect))
-    fits = (w > 0) & (w <= w_img[:, None]) & (h > 0) & (h <= h_img[:, None])
-    first = fits.argmax(axis=1)
-    found = fits[np.arange(n), first]
-    rows = np.arange(n)
-    in_ratio = w_img / h_img
-    w_fall = np.where(in_ratio > ratio[1], np.maximum(np.round(h_img * ratio[1]), 1), w_img)
-    h_fall = np.where(in_ratio < ratio[0], np.maximum(np.round(w_img / ratio[0]), 1), h_img)
-    w = np.where(found, w[rows, first], np.minimum(w_fall, w_img))
-    h = np.where(found, h[rows, first], np.minimum(h_fall, h_img))
-    u = rng.random((n, 2))
-    top = np.where(found, np.minimum(np.floor(u[:, 0] * (h_img - h + 1)), h_img - h), np.floor((h_img - h) / 2))
-    left = np.where(found, np.minimum(np.floor(u[:, 1] * (w_img - w + 1)), w_img - w), np.floor((w_img - w) / 2))
-    return np.stack([top, left, h, w], axis=1)
-
-
-def draw_view_params(rng: np.random.Generator, view: ViewRecipe, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Every random decision of one view for a batch: (B, len(PARAM_NAMES)) float64.
-
-    Factors of steps that are not applied are neutral (1, or 0 for hue and sigma), so a row
-    describes exactly what the pipeline does to its sample."""
-    n = len(heights)
-    out = np.zeros((n, len(PARAM_NAMES)))
-    col = {name: i for i, name in enumerate(PARAM_NAMES)}
-    out[:, :4] = sample_windows(rng, heights, widths, view.crop_scale, view.crop_ratio)
-    out[:, col["image_height"]], out[:, col["image_width"]] = heights, widths
-    coin = lambda p: rng.random(n) < p
-    out[:, col["flip"]] = coin(view.flip_p)
-    jitter = coin(view.jitter_p) & any(v > 0 for v in (view.brightness, view.contrast, view.saturation, view.hue))
-    out[:, col["jitter"]] = jitter
-    for name in ("brightness", "contrast", "saturation"):
-        strength = getattr(view, name)
-        factor = rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength, n)
-        out[:, col[name]] = np.where(jitter, factor, 1.0)
-    out[:, col["hue"]] = np.where(jitter, rng.uniform(-view.hue, view.hue, n), 0.0)
-    out[:, col["grayscale"]] = coin(view.grayscale_p)
-    blur = coin(view.blur_p)
-    out[:, col["blur"]] = blur
-    out[:, col["sigma"]] = np.where(blur, rng.uniform(view.blur_sigma[0], view.blur_sigma[1], n), 0.0)
-    out[:, col["solarize"]] = coin(view.solarize_p)
-    return out
-
+# --------------------------------------------------------------------------- per-sample arguments
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian over radius ceil(3 sigma) ([1] for sigma 0: no blur)."""
@@ -213,7 +147,7 @@ class _ViewSteps:
 
 def view_arguments(params: np.ndarray, steps: _ViewSteps, gpu_style: bool) -> dict[str, object]:
     """The pipeline's per-sample arguments for one view from its drawn params."""
-    col = {name: i for i, name in enumerate(PARAM_NAMES)}
+    col = sampler.P
     p = params
     top, left, h, w, flip = (p[:, col[k]] for k in ("top", "left", "height", "width", "flip"))
     # absolute ROI in (y, x); a flip is the same window with its x ends swapped
@@ -277,8 +211,8 @@ def input_names(recipe: Recipe, gpu_style: bool) -> list[tuple[str, "types.DALID
     return names
 
 
-def two_view_pipeline(source, recipe: Recipe, image_size: int, dali_device: str = "cpu", gpu_style: bool = False):
-    """The DALI graph (wrap with ``pipeline_def``): encoded bytes + per-sample arguments -> two views.
+def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str = "cpu", gpu_style: bool = False):
+    """The DALI graph (wrap with ``pipeline_def``): encoded bytes + per-sample arguments -> every view.
 
     ``source`` yields one batch per call in the order of :func:`input_names`. ``gpu_style``
     builds the variant whose steps all work with GPU images (required on GPU; it runs on CPU
@@ -290,9 +224,9 @@ def two_view_pipeline(source, recipe: Recipe, image_size: int, dali_device: str 
     image = fn.decoders.image(inputs["data"], device="mixed" if dali_device == "gpu" else "cpu",
                               output_type=types.RGB, adjust_orientation=False)
     views = []
-    for k, view in enumerate(recipe.views, 1):
+    for k, (view, size) in enumerate(zip(recipe.views, recipe.output_sizes(image_size)), 1):
         args = {n.split(".", 1)[1]: node for n, node in inputs.items() if n.startswith(f"view{k}.")}
-        views.append(_view(image, args, view, _ViewSteps(view), image_size, recipe.mean, recipe.std, gpu_style))
+        views.append(_view(image, args, view, _ViewSteps(view), size, recipe.mean, recipe.std, gpu_style))
     return tuple(views)
 
 
@@ -363,9 +297,9 @@ class _EpochFeeder:
     """External source for one pass: yields this rank's batches from ``start`` on.
 
     Reads bytes, replaces bad files (known or newly found) by the next readable file of the
-    epoch order, draws both views' parameters for the batch from a generator seeded by
-    (seed, epoch, rank, batch number), and keeps per batch what the loader needs besides the
-    images (indices, replacements, params) until the loader takes it.
+    epoch order, draws every view's parameters with :mod:`pipelines.sampler`, and keeps per
+    batch what the loader needs besides the images (indices, replacements, params) until the
+    loader takes it.
     """
 
     def __init__(self, loader: "DaliLoader", order: np.ndarray, epoch: int, start: int):
@@ -374,8 +308,8 @@ class _EpochFeeder:
 
     def _read(self, index: int):
         path = self.loader.paths[index]
-        if path in self.loader.bad:
-            return None, self.loader.bad[path]
+        if path in self.loader.corrupt.bad:
+            return None, self.loader.corrupt.bad[path]
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -386,14 +320,13 @@ class _EpochFeeder:
     def _sample(self, position: int):
         """The file at ``position`` of the epoch order, or the next readable one after it."""
         n = len(self.order)
-        for k in range(self.loader.max_replacements + 1):
-            index = int(self.order[(position + k) % n])
+        for k, pos in enumerate(replacement_positions(position, n, self.loader.max_replacements)):
+            index = int(self.order[pos])
             got, reason = self._read(index)
             if got is not None:
                 return got[0], got[1], index, k > 0
-            self.loader._mark_bad(index, reason)
-        raise CorruptImageError(f"{self.loader.max_replacements + 1} unreadable images in a row from position "
-                                f"{position}; is the dataset damaged?")
+            self.loader.corrupt.report(self.loader.paths[index], reason)
+        raise too_many_unreadable(self.loader.max_replacements + 1, self.loader.paths[index])
 
     def __iter__(self):
         ld = self.loader
@@ -402,66 +335,15 @@ class _EpochFeeder:
         steps = [_ViewSteps(v) for v in ld.recipe.views]
         for k in range(self.start, ld.num_batches):
             samples = [self._sample(int(p)) for p in ld.positions[k * b:(k + 1) * b]]
-            heights = np.array([s[1][0] for s in samples], dtype=np.float64)
-            widths = np.array([s[1][1] for s in samples], dtype=np.float64)
-            rng = np.random.default_rng((ld.seed, self.epoch, ld.rank, k))
-            params = [draw_view_params(rng, v, heights, widths) for v in ld.recipe.views]
+            heights = np.array([s[1][0] for s in samples], dtype=np.int64)
+            widths = np.array([s[1][1] for s in samples], dtype=np.int64)
+            index = np.array([s[2] for s in samples], dtype=np.int64)
+            params = sampler.draw(ld.spec, ld.image_size, ld.seed, self.epoch, index, heights, widths)
             out = {"data": [s[0] for s in samples]}
-            for v, (p, st) in enumerate(zip(params, steps), 1):
-                out.update({f"view{v}.{n}": a for n, a in view_arguments(p, st, ld.gpu_style).items()})
-            self.fed[k] = {"index": [s[2] for s in samples], "skipped": sum(s[3] for s in samples),
-                           "params": tuple(torch.from_numpy(p.astype(np.float32)) for p in params)}
+            for v, st in enumerate(steps):
+                out.update({f"view{v + 1}.{n}": a for n, a in view_arguments(params[:, v], st, ld.gpu_style).items()})
+            self.fed[k] = {"index": index.tolist(), "skipped": sum(s[3] for s in samples), "params": params}
             yield tuple(out[n] for n in names)
-
-
-class _ReadAhead:
-    """Runs the feeder in a background thread, ``depth`` batches ahead, order kept: file
-    reads and draws then overlap DALI's work instead of stalling the consuming thread."""
-
-    def __init__(self, feeder: "_EpochFeeder", depth: int):
-        self.feeder = feeder
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for batch in self.feeder:
-                if not self._put(("batch", batch)):
-                    return
-            self._put(("end", None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put(("error", exc))
-
-    def __iter__(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="dali-feeder", daemon=True)
-            self._thread.start()
-        return self
-
-    def __next__(self):
-        kind, value = self._queue.get()
-        if kind == "end":
-            self._queue.put((kind, value))  # stay exhausted
-            raise StopIteration
-        if kind == "error":
-            raise value
-        return value
-
-    def close(self) -> None:
-        """Stop reading ahead; returns once the reading thread is done."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
 
 
 # --------------------------------------------------------------------------- the loader
@@ -480,13 +362,15 @@ def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str,
 
 
 class DaliLoader:
-    """Two-view loader running the recipe in a DALI pipeline (see the module docstring)."""
+    """View-plan loader running the recipe in a DALI pipeline (see the module docstring).
+
+    ``last_params``: the latest batch's draws, one (B, len(PARAM_NAMES)) float64 tensor per view."""
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
                  prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
-                 max_replacements: int = 16, gpu_style: bool = False):
+                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False):
         require_dali()
         check_loader_options(on_corrupt, rank, world_size, seed)
         if prefetch < 1:
@@ -503,14 +387,13 @@ class DaliLoader:
         self.prefetch, self.max_replacements = prefetch, max_replacements
         # the GPU graph needs the GPU-style steps; on CPU they are a test hook
         self.gpu_style = bool(gpu_style) or self.dali_device == "gpu"
-        self.positions = shard_positions(len(self.paths), batch_size, rank, world_size, drop_last)
-        if len(self.positions) == 0:
-            raise ValueError(f"{len(self.paths)} images under {self.images.root} give no batch of "
-                             f"{batch_size} on each of {world_size} ranks (drop_last={drop_last})")
+        self.positions = rank_positions(len(self.paths), batch_size, rank, world_size, drop_last,
+                                        str(self.images.root))
+        self.spec = sampler.recipe_spec(recipe, image_size)
         self.num_batches = -(-len(self.positions) // batch_size)
         self.cursor = EpochCursor(self.num_batches)
-        self.bad: dict[str, str] = {}
-        self.last_params: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.corrupt = CorruptFiles(on_corrupt)
+        self.last_params: tuple[torch.Tensor, ...] | None = None
 
     def __len__(self) -> int:
         return self.num_batches
@@ -519,14 +402,6 @@ class DaliLoader:
         self.cursor.set(epoch, start_batch)
 
     # ---- bad files
-
-    def _mark_bad(self, index: int, reason: str | None) -> None:
-        path = self.paths[index]
-        if self.on_corrupt == "error":
-            raise CorruptImageError(f"cannot decode image {path}: {reason}")
-        if path not in self.bad:
-            self.bad[path] = reason or "unreadable"
-            log.warning("skipping unreadable image %s (%s); replaced by another sample", path, reason)
 
     def _undecodable(self, indices: list[int]) -> list[int]:
         """Those of ``indices`` the pipeline's decoder rejects, tried one file at a time."""
@@ -550,13 +425,13 @@ class DaliLoader:
 
     def _start(self, epoch: int, start: int, order: np.ndarray):
         feeder = _EpochFeeder(self, order, epoch, start)
-        source = _ReadAhead(feeder, self.prefetch + 1)
+        source = Prefetcher(feeder, self.prefetch + 1, name="dali-feeder")
         seed = int(np.random.SeedSequence([self.seed, epoch, self.rank, start]).generate_state(1)[0] & 0x7FFFFFFF)
-        pipe = pipeline_def(two_view_pipeline)(
+        pipe = pipeline_def(view_plan_pipeline)(
             batch_size=self.batch_size, num_threads=self.num_workers, device_id=self.device_id, seed=seed,
             prefetch_queue_depth=self.prefetch, source=source, recipe=self.recipe, image_size=self.image_size,
             dali_device=self.dali_device, gpu_style=self.gpu_style)
-        it = DALIGenericIterator(pipe, list(OUTPUTS), last_batch_policy=LastBatchPolicy.PARTIAL,
+        it = DALIGenericIterator(pipe, output_names(self.recipe), last_batch_policy=LastBatchPolicy.PARTIAL,
                                  auto_reset=False, prepare_first_batch=False)
         return feeder, source, it
 
@@ -564,15 +439,14 @@ class DaliLoader:
         dev = self.device
         nb = dev.type == "cuda"
         views = []
-        for name in OUTPUTS:
+        for name in output_names(self.recipe):
             v = out[name].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW = channels-last, no copy
             views.append(v if v.device == dev else v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last))
         params = fed["params"]
-        coords = [windows_to_coords(p[:, 0], p[:, 1], p[:, 2], p[:, 3], p[:, 4], p[:, 5], p[:, 6] > 0.5)
-                  .to(dev, non_blocking=nb) for p in params]
-        self.last_params = params
+        coords = [sampler.coords_of(params[:, v]).to(dev, non_blocking=nb) for v in range(params.shape[1])]
+        self.last_params = tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1]))
         index = torch.tensor(fed["index"], dtype=torch.int64).to(dev, non_blocking=nb)
-        return Batch(views[0], views[1], coords[0], coords[1], index, int(fed["skipped"]))
+        return Batch(tuple(views), tuple(coords), index, int(fed["skipped"]))
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, position = self.cursor.begin_pass()
@@ -596,7 +470,7 @@ class DaliLoader:
                             raise
                         for index in culprits:
                             try:
-                                self._mark_bad(index, "the DALI decoder rejected it")
+                                self.corrupt.report(self.paths[index], "the DALI decoder rejected it")
                             except CorruptImageError as exc:
                                 raise exc from err
                         break  # restart the pipeline at the failed batch, culprits now replaced

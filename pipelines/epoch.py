@@ -12,6 +12,8 @@ sees the same epoch and offset.
 """
 from __future__ import annotations
 
+import numpy as np
+
 
 class EpochCursor:
     def __init__(self, num_batches: int):
@@ -35,3 +37,37 @@ class EpochCursor:
         self._pinned = False
         self._passes += 1
         return self.epoch, self.start_batch
+
+
+# --------------------------------------------------------------------------- order and sharding
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True):
+    """The global order of dataset indices for an epoch (identical on every rank)."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng((seed, epoch, 0x5EED)).permutation(n)
+
+
+def shard_positions(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool):
+    """Positions in the epoch order that this rank reads, in reading order.
+
+    Rank r takes positions r, r + world_size, ... drop_last=True: every rank gets the same
+    number of full batches, ``n // (world_size * batch_size)``; the few samples left over
+    are skipped this epoch (a different few each epoch). drop_last=False: the order is
+    padded by repeating its first samples up to a multiple of world_size, so every sample
+    is seen at least once and the last batch of a rank may be short. A position p >= n
+    reads the sample at ``p % n``."""
+    if drop_last:
+        per_rank = (n // (world_size * batch_size)) * batch_size
+    else:
+        per_rank = -(-n // world_size)
+    return rank + world_size * np.arange(per_rank)
+
+
+def rank_positions(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool, source: str):
+    """:func:`shard_positions`, or a ValueError naming ``source`` when they give no batch."""
+    positions = shard_positions(n, batch_size, rank, world_size, drop_last)
+    if len(positions) == 0:
+        raise ValueError(f"{n} images in {source} give no batch of {batch_size} on each of {world_size} ranks "
+                         f"(drop_last={drop_last})")
+    return positions

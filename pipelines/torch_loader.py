@@ -1,10 +1,11 @@
 """The ``torch`` backend: PIL decoding and augmentation in DataLoader workers.
 
-The portable CPU fast path. Per sample, ONE decode serves both views:
+The portable CPU fast path. Per sample, ONE decode serves every view of the recipe:
 
-1. open the file (header only), draw both views' parameters, then ask libjpeg for the
-   largest DCT down-scaling (1/2, 1/4, 1/8) that still leaves both crop windows at least
-   the output size (``Image.draft``), so large images are never decoded in full;
+1. open the file (header only), draw every view's parameters (:mod:`pipelines.sampler`),
+   then ask libjpeg for the largest DCT down-scaling (1/2, 1/4, 1/8) that still leaves each
+   crop window at least its view's output size (``Image.draft``), so large images are never
+   decoded in full;
 2. crop + resize each view in one ``Image.resize(size, box=...)`` call with the window
    mapped into the reduced image (coords stay in ORIGINAL image pixels);
 3. colour work, flip folded into the copy into the batch buffer. ``colour='fused'`` (the
@@ -18,24 +19,13 @@ The portable CPU fast path. Per sample, ONE decode serves both views:
    them on the device. Both use the same per-sample draws. On 2 cores at 224 px the fused
    pass costs about a quarter of the PIL ops' time.
 
-Determinism: epoch order is a permutation drawn from (seed, epoch); the random draws of
-the sample at position p of that order come from (seed, epoch, p) only, so the output does
-not depend on the number of workers or on which rank/worker handles it.
-
-Sharding: rank r takes positions r, r + world_size, r + 2 * world_size, ... of the epoch
-order. drop_last=True (default): every rank gets the same number of full batches,
-``N // (world_size * batch_size)``; the few samples left over are skipped this epoch (a
-different few each epoch). drop_last=False: the order is padded by repeating its first
-samples up to a multiple of world_size, so every sample is seen at least once (the padding
-twice) and the last batch of a rank may be short.
-
-Unreadable images (on_corrupt='skip'): the sample is replaced by another image chosen
-from the same per-sample random stream, the replacement is counted in ``Batch.skipped``
-and the file is logged once (per loader). on_corrupt='error' raises naming the file.
+Determinism: epoch order and sharding are :mod:`pipelines.epoch`'s; a sample's draws come
+from (seed, epoch, dataset index, view) only, so the output depends neither on the number
+of workers nor on which rank or worker handles it. Unreadable images follow
+:mod:`pipelines.corrupt` (replaced by the next readable sample of the epoch order).
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,34 +35,30 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from pixpro_fast.geometry import window_to_coords
+from .geometry import window_to_coords
 
-from . import colour_cpu
+from . import colour_cpu, sampler
 from .batch import Batch, check_loader_options
-from .epoch import EpochCursor
 from .colour import ColourParams
 from .colour import apply_colour as apply_batch_colour
-from .crop import sample_crop
+from .colour_cpu import LUMA
+from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
+from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
 from .recipe import BYOL, Recipe, ViewRecipe
 
-log = logging.getLogger(__name__)
-
-_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+_JITTER_OPS = sampler.JITTER_OPS
 COLOUR_MODES = ("auto", "fused", "pil")
 _DRAFT_FACTORS = (8, 4, 2)
-
-
-class CorruptImageError(RuntimeError):
-    """An image file could not be decoded."""
 
 
 # --------------------------------------------------------------------------- per-view draws
 
 @dataclass(frozen=True)
 class ViewParams:
-    """Every random decision for one view. ``jitter`` lists (operation, factor) in the order
-    applied (empty when colour jitter is not applied); ``blur_sigma`` is None for no blur."""
+    """Every random decision for one view, for the PIL colour ops. ``jitter`` lists
+    (operation, factor) in the order applied (empty when colour jitter is not applied; an
+    operation of zero strength is left out); ``blur_sigma`` is None for no blur."""
     top: int
     left: int
     height: int
@@ -84,39 +70,25 @@ class ViewParams:
     solarize: bool
 
 
-def _factor_range(strength: float) -> tuple[float, float] | None:
-    return (max(0.0, 1.0 - strength), 1.0 + strength) if strength > 0 else None
-
-
-def sample_view_params(rng: np.random.Generator, view: ViewRecipe, image_height: int,
-                       image_width: int) -> ViewParams:
-    """Draw one view's parameters with the distribution of the torchvision recipe
-    (RandomResizedCrop, flip, RandomApply(ColorJitter) with a random op order, RandomGrayscale,
-    RandomApply(GaussianBlur), RandomSolarize)."""
-    top, left, h, w = sample_crop(rng, image_height, image_width, view.crop_scale, view.crop_ratio)
-    flip = bool(rng.random() < view.flip_p)
+def view_params(row: np.ndarray, view: ViewRecipe) -> ViewParams:
+    """One view's row of :mod:`pipelines.sampler` draws as :class:`ViewParams`."""
+    p = {name: row[i] for name, i in sampler.P.items()}
     jitter: tuple[tuple[str, float], ...] = ()
-    if rng.random() < view.jitter_p:
-        ranges = {"brightness": _factor_range(view.brightness), "contrast": _factor_range(view.contrast),
-                  "saturation": _factor_range(view.saturation),
-                  "hue": (-view.hue, view.hue) if view.hue > 0 else None}
-        ops = []
-        for k in rng.permutation(4):
-            name = _JITTER_OPS[k]
-            if ranges[name] is not None:
-                ops.append((name, float(rng.uniform(*ranges[name]))))
-        jitter = tuple(ops)
-    grayscale = bool(rng.random() < view.grayscale_p)
-    blur_sigma = float(rng.uniform(*view.blur_sigma)) if rng.random() < view.blur_p else None
-    solarize = bool(rng.random() < view.solarize_p)
-    return ViewParams(top, left, h, w, flip, jitter, grayscale, blur_sigma, solarize)
+    if p["jitter"] > 0.5:
+        strength = {"brightness": view.brightness, "contrast": view.contrast, "saturation": view.saturation,
+                    "hue": view.hue}
+        jitter = tuple((name, float(p[name])) for name in sampler.jitter_order(p["jitter_order"]) if strength[name] > 0)
+    return ViewParams(int(p["top"]), int(p["left"]), int(p["height"]), int(p["width"]), bool(p["flip"] > 0.5), jitter,
+                      bool(p["grayscale"] > 0.5), float(p["sigma"]) if p["blur"] > 0.5 else None,
+                      bool(p["solarize"] > 0.5))
 
 
-def draft_factor(params: list[ViewParams] | tuple[ViewParams, ...], size: int) -> int:
-    """Largest JPEG DCT reduction (1, 2, 4, 8) keeping every crop window >= ``size`` pixels."""
-    smallest = min(min(p.height, p.width) for p in params)
+def draft_factor(params, sizes) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) keeping every crop window at least its view's
+    output size (``sizes``: one per view, or one for all)."""
+    sizes = [sizes] * len(params) if isinstance(sizes, int) else list(sizes)
     for f in _DRAFT_FACTORS:
-        if smallest >= f * size:
+        if all(min(p.height, p.width) >= f * s for p, s in zip(params, sizes)):
             return f
     return 1
 
@@ -135,7 +107,7 @@ def _grey_mean(img: Image.Image) -> int:
     """Mean of the ITU-R 601 luma, as ImageEnhance.Contrast uses, from one RGB histogram."""
     hist = np.asarray(img.histogram(), dtype=np.float64).reshape(3, 256)
     means = hist @ _IDENTITY / max(hist[0].sum(), 1.0)
-    return int(means @ np.array([0.299, 0.587, 0.114]) + 0.5)
+    return int(means @ np.array(LUMA) + 0.5)
 
 
 def adjust_brightness(img: Image.Image, factor: float) -> Image.Image:
@@ -222,11 +194,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def render_views(path: str | Path, rng: np.random.Generator, recipe: Recipe, size: int,
-                 reducing_gap: float | None = 2.0,
-                 colour: bool = True) -> tuple[list[np.ndarray], list[tuple[float, ...]], list[ViewParams]]:
-    """Decode ``path`` once and produce both views as uint8 HxWx3 arrays (flip applied),
-    their coords per the box contract, and the parameters drawn.
+def render_views(path: str | Path, recipe: Recipe, image_size: int, seed: int, epoch: int, sample: int,
+                 reducing_gap: float | None = 2.0, colour: bool = True,
+                 spec: np.ndarray | None = None) -> tuple[list[np.ndarray], list[tuple[float, ...]], np.ndarray]:
+    """Decode ``path`` once and produce every view of the recipe as uint8 HxWx3 arrays (flip
+    applied), their coords per the box contract, and the (V, len(PARAM_NAMES)) draws of
+    :mod:`pipelines.sampler` for key (seed, epoch, sample).
 
     Resampling is PIL's antialiased bilinear, as torchvision's on PIL images; where a window
     is at least ``reducing_gap`` times the output size it is first box-reduced by an integer
@@ -234,12 +207,16 @@ def render_views(path: str | Path, rng: np.random.Generator, recipe: Recipe, siz
     resize in most cases from 3.0 up, 2.0 trades a little of that for speed). None turns it
     off. With JPEG draft decoding this step rarely triggers. ``colour=False`` leaves the colour
     work out (the caller applies the drawn parameters itself)."""
+    spec = sampler.recipe_spec(recipe, image_size) if spec is None else spec
+    sizes = [int(s) for s in spec[:, sampler.S["size"]]]
     with Image.open(path) as img:
         width, height = img.size
-        params = [sample_view_params(rng, v, height, width) for v in recipe.views]
+        rows = np.zeros((len(recipe.views), len(sampler.PARAM_NAMES)))
+        sampler.draw_sample(rows, spec, seed, epoch, sample, height, width)
+        params = [view_params(r, v) for r, v in zip(rows, recipe.views)]
         scale = 1.0
         if img.format == "JPEG":
-            f = draft_factor(params, size)
+            f = draft_factor(params, sizes)
             if f > 1:
                 drafted = img.draft("RGB", (width // f, height // f))
                 if drafted is not None:
@@ -247,7 +224,7 @@ def render_views(path: str | Path, rng: np.random.Generator, recipe: Recipe, siz
         img.load()
         img = _to_rgb(img)
     arrays, coords = [], []
-    for p, view in zip(params, recipe.views):
+    for p, view, size in zip(params, recipe.views, sizes):
         box = (p.left / scale, p.top / scale, (p.left + p.width) / scale, (p.top + p.height) / scale)
         out = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=reducing_gap)
         if colour:
@@ -255,39 +232,19 @@ def render_views(path: str | Path, rng: np.random.Generator, recipe: Recipe, siz
         arr = np.asarray(out)
         arrays.append(arr[:, ::-1] if p.flip else arr)
         coords.append(window_to_coords(p.top, p.left, p.height, p.width, height, width, p.flip))
-    return arrays, coords, params
+    return arrays, coords, rows
 
 
 # --------------------------------------------------------------------------- epoch plan
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The global order of dataset indices for an epoch (identical on every rank)."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng((seed, epoch, 0x5EED)).permutation(n)
-
-
-def shard_positions(n: int, batch_size: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
-    """Positions in the epoch order that this rank reads, in reading order (see module doc)."""
-    if drop_last:
-        per_rank = (n // (world_size * batch_size)) * batch_size
-    else:
-        per_rank = -(-n // world_size)
-    return rank + world_size * np.arange(per_rank)
-
-
-def _sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
-    return np.random.default_rng((seed, epoch, position))
-
 
 class _EpochPlan:
     """DataLoader sampler: yields one descriptor per batch, (epoch, positions, indices)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int, world_size: int,
-                 drop_last: bool, shuffle: bool):
+                 drop_last: bool, shuffle: bool, source: str):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.drop_last, self.shuffle = rank, world_size, drop_last, shuffle
-        self.positions = shard_positions(n, batch_size, rank, world_size, drop_last)
+        self.positions = rank_positions(n, batch_size, rank, world_size, drop_last, source)
         self.cursor = EpochCursor(self.num_batches())
 
     def num_batches(self) -> int:
@@ -309,66 +266,88 @@ class _EpochPlan:
 
 # --------------------------------------------------------------------------- worker side
 
-class TwoViewDataset(torch.utils.data.Dataset):
+class ViewPlanDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches, keyed by an :class:`_EpochPlan` descriptor.
 
-    Returns ``(views1 uint8 BxSxSx3, views2, coords Bx2x4 float32, index B int64, skipped, bad_paths)``.
+    Returns ``(views, coords B x V x 4 float32, index B int64, skipped, bad)``: ``views`` one
+    tensor per view (uint8 B x S x S x 3 for colour='pil', else float32 channels-last
+    B x 3 x S x S), ``bad`` the (path, reason) of the unreadable files met.
     """
 
-    def __init__(self, paths: list[Path], recipe: Recipe, size: int, seed: int, on_corrupt: str = "skip",
-                 reducing_gap: float | None = 2.0, max_replacements: int = 16, colour: str = "pil"):
+    def __init__(self, paths: list[Path], recipe: Recipe, image_size: int, seed: int, on_corrupt: str = "skip",
+                 reducing_gap: float | None = 2.0, max_replacements: int = MAX_REPLACEMENTS, colour: str = "pil",
+                 shuffle: bool = True):
         self.paths = [str(p) for p in paths]
-        self.recipe, self.size, self.seed = recipe, size, seed
+        self.recipe, self.image_size, self.seed = recipe, image_size, seed
+        self.spec = sampler.recipe_spec(recipe, image_size)
+        self.sizes = recipe.output_sizes(image_size)
         self.on_corrupt, self.reducing_gap, self.max_replacements = on_corrupt, reducing_gap, max_replacements
         self.colour = resolve_colour(colour)
+        self.shuffle = shuffle
+        self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.paths), self.seed, epoch, self.shuffle))
+        return self._order[1]
+
     def sample(self, epoch: int, position: int, index: int):
-        """Both views of one sample; returns (arrays, coords, view params, used index, bad paths)."""
-        rng = _sample_rng(self.seed, epoch, position)
+        """Every view of the sample at ``position`` of the epoch order (``index`` is its dataset
+        index), or of the next readable one; returns (arrays, coords, draws, used index, bad)."""
         bad = []
-        for _ in range(self.max_replacements + 1):
+        order = None
+        for k, pos in enumerate(replacement_positions(position, len(self.paths), self.max_replacements)):
+            if k > 0:
+                order = self._epoch_order(epoch) if order is None else order
+                index = int(order[pos])
             path = self.paths[index]
             try:
-                arrays, coords, params = render_views(path, rng, self.recipe, self.size, self.reducing_gap,
-                                                      colour=self.colour == "pil")
-                return arrays, coords, params, index, bad
+                arrays, coords, rows = render_views(path, self.recipe, self.image_size, self.seed, epoch, index,
+                                                    self.reducing_gap, colour=self.colour == "pil", spec=self.spec)
+                return arrays, coords, rows, index, bad
             except Exception as exc:  # PIL raises many types for damaged files
                 if self.on_corrupt == "error":
                     raise CorruptImageError(f"cannot decode image {path}: {exc}") from exc
-                bad.append(path)
-                index = int(rng.integers(len(self.paths)))
-        raise CorruptImageError(f"{len(bad)} unreadable images in a row, last {bad[-1]}; is the dataset damaged?")
+                bad.append((path, str(exc) or type(exc).__name__))
+        raise too_many_unreadable(len(bad), bad[-1][0])
 
     def __getitem__(self, desc):
         epoch, positions, indices = desc
-        b, s = len(positions), self.size
-        views = torch.empty((2, b, s, s, 3), dtype=torch.uint8)
+        b, nv = len(positions), len(self.sizes)
+        views = [torch.empty((b, s, s, 3), dtype=torch.uint8) for s in self.sizes]
         in_worker = torch.utils.data.get_worker_info() is not None
         if in_worker and self.colour == "pil":
-            views.share_memory_()  # filled in place: no copy into shared memory on the way out
-        coords = torch.empty((b, 2, 4), dtype=torch.float32)
+            for v in views:
+                v.share_memory_()  # filled in place: no copy into shared memory on the way out
+        coords = torch.empty((b, nv, 4), dtype=torch.float32)
         used = torch.empty((b,), dtype=torch.int64)
-        v, c = views.numpy(), coords.numpy()
-        bad_paths, skipped, drawn = [], 0, []
+        arrays_np = [v.numpy() for v in views]
+        c = coords.numpy()
+        drawn = np.zeros((b, nv, len(sampler.PARAM_NAMES)))
+        bad_files, skipped = [], 0
         for k, (pos, idx) in enumerate(zip(positions, indices)):
-            arrays, xy, params, used_idx, bad = self.sample(epoch, pos, idx)
-            v[0, k], v[1, k] = arrays
+            arrays, xy, rows, used_idx, bad = self.sample(epoch, pos, idx)
+            for v in range(nv):
+                arrays_np[v][k] = arrays[v]
             c[k] = xy
-            drawn.append(params)
+            drawn[k] = rows
             used[k] = used_idx
             skipped += bool(bad)
-            bad_paths.extend(bad)
+            bad_files.extend(bad)
         if self.colour == "pil":
-            return views[0], views[1], coords, used, skipped, bad_paths
+            return tuple(views), coords, used, skipped, bad_files, drawn
         out = []
         for i, view in enumerate(self.recipe.views):
-            x = apply_batch_colour(views[i].permute(0, 3, 1, 2), colour_params([p[i] for p in drawn]),
+            x = apply_batch_colour(views[i].permute(0, 3, 1, 2), sampler.colour_params(drawn[:, i]),
                                    view.solarize_threshold, self.recipe.mean, self.recipe.std, engine="numba")
             out.append(x.share_memory_() if in_worker else x)
-        return out[0], out[1], coords, used, skipped, bad_paths
+        return tuple(out), coords, used, skipped, bad_files, drawn
+
+
+TwoViewDataset = ViewPlanDataset
 
 
 def _no_collate(item):
@@ -391,7 +370,9 @@ def normalise_uint8(views: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class TorchLoader:
-    """Two-view loader over an image folder (see the module docstring for the contract)."""
+    """View-plan loader over an image folder (see the module docstring for the contract).
+
+    ``last_params`` holds the latest batch's draws, (B, V, len(PARAM_NAMES)) float64."""
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
@@ -404,12 +385,10 @@ class TorchLoader:
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
         self.device = torch.device(device)
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.dataset = TwoViewDataset(list(self.images.paths), recipe, image_size, seed, on_corrupt, reducing_gap,
-                                      colour=colour)
-        self.plan = _EpochPlan(len(self.images), batch_size, seed, rank, world_size, drop_last, shuffle)
-        if len(self.plan.positions) == 0:
-            raise ValueError(f"{len(self.images)} images under {self.images.root} give no batch of "
-                             f"{batch_size} on each of {world_size} ranks (drop_last={drop_last})")
+        self.dataset = ViewPlanDataset(list(self.images.paths), recipe, image_size, seed, on_corrupt, reducing_gap,
+                                       colour=colour, shuffle=shuffle)
+        self.plan = _EpochPlan(len(self.images), batch_size, seed, rank, world_size, drop_last, shuffle,
+                               str(self.images.root))
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
         workers = self.num_workers > 0
@@ -418,7 +397,8 @@ class TorchLoader:
             collate_fn=_no_collate, pin_memory=pin_memory,
             prefetch_factor=(prefetch_factor or 2) if workers else None,
             persistent_workers=(workers if persistent_workers is None else persistent_workers and workers))
-        self._warned: set[str] = set()
+        self.corrupt = CorruptFiles(on_corrupt)
+        self.last_params: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.plan.num_batches()
@@ -427,20 +407,19 @@ class TorchLoader:
         self.plan.cursor.set(epoch, start_batch)
 
     def _to_batch(self, raw) -> Batch:
-        v1, v2, coords, index, skipped, bad = raw
-        for path in bad:
-            if path not in self._warned:
-                self._warned.add(path)
-                log.warning("skipping unreadable image %s (replaced by another sample)", path)
+        views, coords, index, skipped, bad, drawn = raw
+        for path, reason in bad:
+            self.corrupt.report(path, reason)
         dev, nb = self.device, self.device.type == "cuda"
         mean, std = self.recipe.mean, self.recipe.std
         coords = coords.to(dev, non_blocking=nb)
-        if v1.dtype == torch.uint8:
-            v1, v2 = (normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in (v1, v2))
+        if views[0].dtype == torch.uint8:
+            views = [normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in views]
         else:  # colour work and normalisation done in the worker; channels-last kept (a no-op copy-wise)
-            v1, v2 = (v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in (v1, v2))
-        return Batch(v1, v2,
-                     coords[:, 0], coords[:, 1], index.to(dev, non_blocking=nb), int(skipped))
+            views = [v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in views]
+        self.last_params = drawn
+        return Batch(tuple(views), tuple(coords[:, k] for k in range(coords.shape[1])),
+                     index.to(dev, non_blocking=nb), int(skipped))
 
     def __iter__(self) -> Iterator[Batch]:
         self.plan.cursor.begin_pass()

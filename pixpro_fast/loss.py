@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .geometry import cell_centers
+from pipelines.geometry import cell_centers
 
 
 def squared_distance_ratio(coords_a: torch.Tensor, coords_b: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -19,7 +19,8 @@ from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
 from pipelines import build_loader  # noqa: E402
 from pipelines.dali_loader import PARAM_NAMES, DaliLoader, colour_matrix, image_shape  # noqa: E402
 from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
-from pipelines.torch_loader import CorruptImageError  # noqa: E402
+from pipelines.colour_cpu import LUMA  # noqa: E402
+from pipelines.corrupt import CorruptImageError  # noqa: E402
 
 P = {name: i for i, name in enumerate(PARAM_NAMES)}
 # CPU-only by default; PIXPRO_TEST_DEVICE=cuda runs the same checks in DALI's GPU mode
@@ -233,10 +234,10 @@ def test_colour_steps_on_flat_images(tmp_path, gpu_style):
     folder = _flat_folder(tmp_path / "flat", colours)
     jitter_only = replace(OFF, jitter_p=1.0)
     grey_blur_solarize = replace(OFF, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0, solarize_threshold=100)
-    recipe = Recipe("flat", jitter_only, grey_blur_solarize)
+    recipe = Recipe("flat", (jitter_only, grey_blur_solarize))
     loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style)
     batches, p1, p2 = _run(loader, range(4))
-    luma = np.array([0.299, 0.587, 0.114])
+    luma = np.array(LUMA)
     for b, q1 in zip(batches, p1.split(4)):
         src = np.array([colours[i] for i in b.index.tolist()], dtype=np.float64)
         got1 = denormalise(b.view1, recipe.mean, recipe.std)[:, :, 4, 4].numpy() * 255
@@ -345,7 +346,7 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     loader = _loader(folder, batch_size=8, image_size=16, recipe=GEOMETRY, drop_last=False)
     bad_index = {i for i, p in enumerate(loader.paths) if Path(p) in bad.values()}
     assert len(bad_index) == 3
-    with caplog.at_level(logging.WARNING, logger="pipelines.dali_loader"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         for epoch in range(2):
             loader.set_epoch(epoch)
             batches = list(loader)

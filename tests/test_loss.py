@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pixpro_fast.geometry import flip_coords
+from pipelines.geometry import flip_coords
 from pixpro_fast.loss import instance_loss, pixpro_loss, pixpro_loss_with_stats, positive_mask
 from reference import mask_reference, pixpro_loss_reference
 

@@ -13,8 +13,8 @@ from coordinate_plane import coordinate_plane, corner_errors, denormalise, write
 from pipelines import build_loader
 from pipelines import torch_loader as T
 from pipelines.batch import Batch
-from pipelines.crop import central_crop, sample_crop
-from pipelines.recipe import BYOL, MOCOV2, SIMCLR, ViewRecipe
+from pipelines import sampler
+from pipelines.recipe import BYOL, Recipe, ViewRecipe
 
 GEOMETRY = BYOL.without_colour()
 # (height, width): odd and extreme aspects, smaller than the output, and large enough
@@ -53,7 +53,8 @@ def test_corners_match_coords(planes, fmt, size):
     for path, (h, w) in zip(planes[fmt], PLANE_SIZES):
         tol = corner_tolerance(h, w, size, fmt == "JPEG")
         for k in range(12):
-            arrays, coords, params = T.render_views(path, np.random.default_rng(k), GEOMETRY, size)
+            arrays, coords, rows = T.render_views(path, GEOMETRY, size, 0, 0, k)
+            params = [T.view_params(r, v) for r, v in zip(rows, GEOMETRY.views)]
             coords = torch.tensor(coords)
             err = corner_errors(_views01(arrays), coords)
             assert (err <= tol).all(), (path.name, k, err.tolist(), tol, params)
@@ -70,7 +71,8 @@ def test_wrong_coords_would_be_caught(planes):
     """The corner check is sensitive: the unflipped coords of a flipped view fail it."""
     path, (h, w) = planes["PNG"][0], PLANE_SIZES[0]
     for k in range(20):
-        arrays, coords, params = T.render_views(path, np.random.default_rng(k), GEOMETRY, 64)
+        arrays, coords, rows = T.render_views(path, GEOMETRY, 64, 0, 0, k)
+        params = [T.view_params(r, v) for r, v in zip(rows, GEOMETRY.views)]
         if params[0].flip:
             c = torch.tensor(coords[:1])[:, [2, 1, 0, 3]]
             assert corner_errors(_views01(arrays[:1]), c).item() > 5 * corner_tolerance(h, w, 64, False)
@@ -92,46 +94,12 @@ def test_loader_corners_end_to_end(planes):
                     assert e <= corner_tolerance(h, w, 64, True)
 
 
-# --------------------------------------------------------------------------- recipe statistics
-
-def _rate_ok(hits: int, n: int, p: float) -> bool:
-    """Within 4.5 standard errors of the expected rate (exact for p in {0, 1})."""
-    return abs(hits / n - p) <= 4.5 * math.sqrt(p * (1 - p) / n) + 1e-12
-
-
-@pytest.mark.parametrize("recipe", [BYOL, SIMCLR, MOCOV2], ids=lambda r: r.name)
-def test_view_parameter_rates(recipe):
-    n = 3000
-    rng = np.random.default_rng(0)
-    for view in recipe.views:
-        draws = [T.sample_view_params(rng, view, 375, 500) for _ in range(n)]
-        assert _rate_ok(sum(d.flip for d in draws), n, view.flip_p)
-        assert _rate_ok(sum(bool(d.jitter) for d in draws), n, view.jitter_p)
-        assert _rate_ok(sum(d.grayscale for d in draws), n, view.grayscale_p)
-        assert _rate_ok(sum(d.blur_sigma is not None for d in draws), n, view.blur_p)
-        assert _rate_ok(sum(d.solarize for d in draws), n, view.solarize_p)
-        sigmas = np.array([d.blur_sigma for d in draws if d.blur_sigma is not None])
-        if len(sigmas) > 100:
-            lo, hi = view.blur_sigma
-            assert sigmas.min() >= lo and sigmas.max() <= hi
-            assert abs(sigmas.mean() - (lo + hi) / 2) < 4.5 * (hi - lo) / math.sqrt(12 * len(sigmas))
-        jitters = [d.jitter for d in draws if d.jitter]
-        first = {}
-        for j in jitters:
-            assert sorted(name for name, _ in j) == ["brightness", "contrast", "hue", "saturation"]
-            first[j[0][0]] = first.get(j[0][0], 0) + 1
-            f = dict(j)
-            assert 1 - view.brightness <= f["brightness"] <= 1 + view.brightness
-            assert 1 - view.contrast <= f["contrast"] <= 1 + view.contrast
-            assert 1 - view.saturation <= f["saturation"] <= 1 + view.saturation
-            assert -view.hue <= f["hue"] <= view.hue
-        for name in ("brightness", "contrast", "saturation", "hue"):  # random order, each first 1/4
-            assert _rate_ok(first.get(name, 0), len(jitters), 0.25)
-
+# --------------------------------------------------------------------------- PIL colour ops
 
 def test_zero_strength_jitter_is_left_out():
     view = ViewRecipe(jitter_p=1.0, brightness=0.0, hue=0.0)
-    p = T.sample_view_params(np.random.default_rng(0), view, 100, 100)
+    rows = sampler.draw(Recipe("z", (view,)), 224, 0, 0, [0], [100], [100])
+    p = T.view_params(rows[0, 0], view)
     assert sorted(name for name, _ in p.jitter) == ["contrast", "saturation"]
 
 
@@ -216,8 +184,9 @@ def test_crop_distribution_matches_torchvision(hw, scale, ratio):
     img = Image.new("RGB", (w, h))
     torch.manual_seed(0)
     ref = np.array([transforms.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)])
-    rng = np.random.default_rng(0)
-    ours = np.array([sample_crop(rng, h, w, scale, ratio) for _ in range(n)])
+    rows = sampler.draw(Recipe("c", (ViewRecipe(crop_scale=scale, crop_ratio=ratio),)), 224, 0, 0, np.arange(n),
+                        np.full(n, h), np.full(n, w))[:, 0]
+    ours = rows[:, [sampler.P[k] for k in ("top", "left", "height", "width")]].astype(np.int64)
     assert (ours[:, 2] + ours[:, 0] <= h).all() and (ours[:, 3] + ours[:, 1] <= w).all()
     assert (ours[:, :2] >= 0).all() and (ours[:, 2:] >= 1).all()
     critical = 1.95 * math.sqrt(2 / n)  # KS at alpha ~ 0.001
@@ -226,20 +195,20 @@ def test_crop_distribution_matches_torchvision(hw, scale, ratio):
         assert _ks(col(ours), col(ref)) < critical
 
 
-def test_crop_fallback_and_torch_generator():
+def _window(h, w, scale, ratio, sample=0):
+    rows = sampler.draw(Recipe("c", (ViewRecipe(crop_scale=scale, crop_ratio=ratio),)), 224, 0, 0, [sample], [h], [w])
+    return tuple(int(rows[0, 0, sampler.P[k]]) for k in ("top", "left", "height", "width"))
+
+
+def test_crop_fallback_matches_torchvision():
     # no window of 99-100% area with aspect 3..4 fits a square: central crop, as torchvision
     img = Image.new("RGB", (200, 200))
     expect = transforms.RandomResizedCrop.get_params(img, [0.99, 1.0], [3.0, 4.0])
-    assert sample_crop(np.random.default_rng(0), 200, 200, (0.99, 1.0), (3.0, 4.0)) == tuple(expect)
+    assert _window(200, 200, (0.99, 1.0), (3.0, 4.0)) == tuple(expect)
     for h, w in ((100, 400), (400, 100), (64, 900)):  # too elongated for a 99% window: clamped aspect
         expect = transforms.RandomResizedCrop.get_params(Image.new("RGB", (w, h)), [0.99, 1.0], [3 / 4, 4 / 3])
-        assert central_crop(h, w) == tuple(expect)
-        assert sample_crop(np.random.default_rng(0), h, w, (0.99, 1.0)) == tuple(expect)
-    assert central_crop(100, 400) == (0, 133, 100, 133)
-    g = torch.Generator().manual_seed(0)
-    a = [sample_crop(g, 300, 200) for _ in range(5)]
-    g.manual_seed(0)
-    assert a == [sample_crop(g, 300, 200) for _ in range(5)]
+        assert _window(h, w, (0.99, 1.0), (3 / 4, 4 / 3)) == tuple(expect)
+    assert _window(100, 400, (0.99, 1.0), (3 / 4, 4 / 3)) == (0, 133, 100, 133)
 
 
 # --------------------------------------------------------------------------- loader behaviour
@@ -316,13 +285,13 @@ def test_fused_colour_applies_each_samples_draws(small_dir):
     batch = _collect(loader, epoch=1)[0]
     ds = loader.dataset
     epoch, positions, indices = next(iter(loader.plan._batches(1, 0)))
-    renders = [T.render_views(ds.paths[i], T._sample_rng(ds.seed, epoch, pos), BYOL, 32, colour=False)
-               for pos, i in zip(positions, indices)]
-    assert any(r[2][0].jitter for r in renders) and all(r[2][0].blur_sigma for r in renders)
+    renders = [T.render_views(ds.paths[i], BYOL, 32, ds.seed, epoch, i, colour=False) for i in indices]
+    params = [[T.view_params(r, v) for r, v in zip(rows, BYOL.views)] for _, _, rows in renders]
+    assert any(p[0].jitter for p in params) and all(p[0].blur_sigma for p in params)
     for v, got in enumerate((batch.view1, batch.view2)):
         u8 = torch.from_numpy(np.stack([r[0][v] for r in renders])).permute(0, 3, 1, 2)
-        want = apply_colour(u8, T.colour_params([r[2][v] for r in renders]), BYOL.views[v].solarize_threshold,
-                            BYOL.mean, BYOL.std, engine="torch")
+        want = apply_colour(u8, sampler.colour_params(np.stack([r[2][v] for r in renders])),
+                            BYOL.views[v].solarize_threshold, BYOL.mean, BYOL.std, engine="torch")
         torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
     plain = {c: _collect(build_loader("torch", small_dir, batch_size=5, image_size=32, seed=3, num_workers=0,
                                       recipe=GEOMETRY, colour=c), epoch=1)[0] for c in ("fused", "pil")}
@@ -411,7 +380,7 @@ def test_corrupt_images_are_skipped_counted_and_logged_once(damaged_dir, caplog)
     loader = build_loader("torch", damaged_dir, batch_size=4, image_size=32, num_workers=2, drop_last=False)
     bad = {i for i, p in enumerate(loader.images.paths) if not p.name.startswith("ok_")}
     assert len(bad) == 2
-    with caplog.at_level(logging.WARNING, logger="pipelines.torch_loader"):
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
         for epoch in range(3):
             batches = _collect(loader, epoch)
             assert sum(b.skipped for b in batches) >= 2  # each bad file is met at least at its own position

@@ -1,0 +1,46 @@
+"""One policy for unreadable images, shared by every backend.
+
+``on_corrupt='skip'``: the sample at position p of the epoch order is replaced by the next
+readable sample of that order (positions p + 1, p + 2, ...), drawn with the replacement's
+own key, so the replacement's views are the ones it would get anywhere else. Each replaced
+sample counts once in ``Batch.skipped``; each unreadable file is logged once per loader,
+by name. ``on_corrupt='error'``: :class:`CorruptImageError` naming the file.
+"""
+from __future__ import annotations
+
+import logging
+
+MAX_REPLACEMENTS = 16
+log = logging.getLogger("pipelines")
+
+
+class CorruptImageError(RuntimeError):
+    """An image file could not be decoded."""
+
+
+def replacement_positions(position: int, n: int, max_replacements: int = MAX_REPLACEMENTS):
+    """The epoch-order positions tried for the sample at ``position``: itself, then the next ones."""
+    return [(position + k) % n for k in range(max_replacements + 1)]
+
+
+def too_many_unreadable(tried: int, last: str) -> CorruptImageError:
+    return CorruptImageError(f"{tried} unreadable images in a row, last {last}; is the dataset damaged?")
+
+
+class CorruptFiles:
+    """What a loader knows about its unreadable files: reports them by the policy."""
+
+    def __init__(self, on_corrupt: str):
+        if on_corrupt not in ("skip", "error"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
+        self.bad: dict[str, str] = {}
+
+    def report(self, name: str, reason: str | None = None) -> None:
+        """Raise in 'error' mode, else remember and log ``name`` the first time it is met."""
+        reason = reason or "unreadable"
+        if self.on_corrupt == "error":
+            raise CorruptImageError(f"cannot decode image {name}: {reason}")
+        if name not in self.bad:
+            self.bad[name] = reason
+            log.warning("skipping unreadable image %s (%s); replaced by the next readable sample", name, reason)

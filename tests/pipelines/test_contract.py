@@ -1,0 +1,117 @@
+"""One contract for every installed backend: N views of any size, the box contract for every
+view of every preset, and the same draws (windows, flips, colour) from the one sampler."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
+from pipelines import build_loader, get_recipe, sampler
+from pipelines.batch import keep_torch_threads
+
+PLANE_SIZES = [(300, 301), (64, 300), (200, 90), (150, 200), (97, 113), (250, 333), (120, 120), (180, 260)]
+IMAGE_SIZE = 32
+PRESETS = ["byol", "swav_multicrop", "loca", "single"]
+
+
+def _installed(module: str) -> bool:
+    with keep_torch_threads():
+        return importlib.util.find_spec(module) is not None
+
+
+BACKENDS = ["torch"] + (["dali"] if _installed("nvidia.dali") else []) + (["ffcv"] if _installed("ffcv") else [])
+
+
+@pytest.fixture(scope="module")
+def planes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contract")
+    write_coordinate_planes(root / "img", PLANE_SIZES)
+    beton = None
+    if "ffcv" in BACKENDS:
+        from pipelines import ffcv_writer as FW
+        beton = root / "planes.beton"
+        FW.write_beton(root / "img", beton, max_resolution=0, jpeg_quality=95, num_workers=1, progress=False)
+    return root / "img", beton
+
+
+def _loader(backend, planes, recipe, **kw):
+    folder, beton = planes
+    extra = {"torch": {"num_workers": 0}, "dali": {"num_workers": 1}, "ffcv": {"num_workers": 1, "scale_decode": False}}
+    return build_loader(backend, beton if backend == "ffcv" else folder, batch_size=4, image_size=IMAGE_SIZE,
+                        recipe=recipe, seed=11, **extra[backend], **kw)
+
+
+def _tolerance(size: int) -> float:
+    """Half an output pixel (contract corners vs resampler pixel centres), half a source
+    pixel, plus 8-bit position code and JPEG error."""
+    return 0.5 / (size - 1) + 0.5 / 63 + 4.0 / 255
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_view_keeps_the_batch_and_box_contract(backend, preset, planes):
+    recipe = get_recipe(preset).without_colour()
+    loader = _loader(backend, planes, recipe)
+    sizes = recipe.output_sizes(IMAGE_SIZE)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2
+    for b in batches:
+        assert b.num_views == recipe.num_views == len(b.coords) and len(b) == 4
+        assert b.view1 is b.views[0] and b.coords1 is b.coords[0]
+        for k, (view, coords, size) in enumerate(zip(b.views, b.coords, sizes)):
+            assert view.shape == (4, 3, size, size) and view.dtype == torch.float32
+            assert view.is_contiguous(memory_format=torch.channels_last)
+            assert coords.shape == (4, 4) and coords.dtype == torch.float32
+            assert 0 <= coords.min() and coords.max() <= 1
+            err = corner_errors(denormalise(view, recipe.mean, recipe.std), coords)
+            assert (err <= _tolerance(size)).all(), (backend, preset, k, err.tolist())
+        assert b.index.dtype == torch.int64
+    flips = torch.cat([c[:, 0] > c[:, 2] for b in batches for c in b.coords[:2]])
+    if recipe.views[0].flip_p > 0:
+        assert flips.any()
+
+
+def _expected(recipe, index):
+    h = np.array([PLANE_SIZES[i][0] for i in index])
+    w = np.array([PLANE_SIZES[i][1] for i in index])
+    return sampler.draw(recipe, IMAGE_SIZE, 11, 0, index, h, w)
+
+
+@pytest.mark.parametrize("preset", ["byol", "swav_multicrop"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_use_the_one_draw(backend, preset, planes):
+    """Coords, flips and colour draws equal sampler.draw for the sample's key (seed, epoch,
+    dataset index, view) -- so they are the same on every backend."""
+    recipe = get_recipe(preset)
+    loader = _loader(backend, planes, recipe)
+    batches = list(loader)
+    last = batches[-1]
+    for b in batches:
+        want = _expected(recipe, b.index.numpy())
+        for v, coords in enumerate(b.coords):
+            torch.testing.assert_close(coords, sampler.coords_of(want[:, v]), atol=1e-6, rtol=0)
+    got = loader.last_params
+    got = np.stack([np.asarray(p) for p in got], axis=1) if isinstance(got, tuple) else np.asarray(got)
+    want = _expected(recipe, last.index.numpy())
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    # the colour draws are real draws: factors vary, some views jittered and some not
+    jit = want[:, :, sampler.P["jitter"]]
+    assert got.shape == (4, recipe.num_views, len(sampler.PARAM_NAMES))
+    assert 0 < jit.sum() <= jit.size
+
+
+def test_draws_do_not_depend_on_batch_or_rank():
+    recipe = get_recipe("swav_multicrop")
+    idx = np.arange(20)
+    a = sampler.draw(recipe, 224, 3, 2, idx, np.full(20, 300), np.full(20, 400))
+    b = np.concatenate([sampler.draw(recipe, 224, 3, 2, idx[s], np.full(5, 300), np.full(5, 400))
+                        for s in (slice(10, 15), slice(0, 5), slice(15, 20), slice(5, 10))])
+    order = np.concatenate([np.arange(10, 15), np.arange(5), np.arange(15, 20), np.arange(5, 10)])
+    assert np.array_equal(a[order], b)
+    c = sampler.draw(recipe, 224, 3, 3, idx, np.full(20, 300), np.full(20, 400))
+    assert not np.array_equal(a, c)
+    # views of one sample are drawn independently
+    assert len({tuple(r[:4]) for r in a[0]}) == recipe.num_views
