@@ -74,14 +74,6 @@ class Batch:
         kw.update(changes)
         return Batch(**kw)
 
-    @property
-    def views(self) -> tuple[torch.Tensor, ...]:
-        return (self.view1, self.view2)
-
-    @property
-    def coords(self) -> tuple[torch.Tensor, ...]:
-        return (self.coords1, self.coords2)
-
     def to(self, device, non_blocking: bool = True) -> "Batch":
         mv = lambda t: t.to(device, non_blocking=non_blocking)
         return Batch(tuple(mv(v).contiguous(memory_format=torch.channels_last) for v in self.views),

@@ -284,3 +284,34 @@ def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
     assert float(two) == pytest.approx(float(swapped_prediction_loss(s[0], s[1], q0, q1, 0.1)), rel=1e-6)
     with pytest.raises(ValueError, match="at least 2 views"):
         model(views[:1], None)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--method", "rotation", "--recipe", "byol"], ["--recipe", "'byol' has 2 view(s)", "'rotation' needs 1"]),
+    (["--method", "loca", "--arch", "resnet50"], ["--arch", "ViT encoder"]),
+    (["--method", "pixpro", "--arch", "vit_tiny_patch16"], ["--arch", "ResNet encoder"]),
+    (["--method", "loca", "--recipe", "byol"], ["--recipe", "'loca' needs 11"]),
+])
+def test_a_method_given_the_wrong_views_or_encoder_fails_before_training(flags, words, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags, "--loader", "synthetic", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert all(w in proc.stderr for w in words), proc.stderr
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("loca", dict(arch="vit_tiny_patch16", num_prototypes=32)),
+    ("rotation", dict(arch="resnet18")),
+    ("swav", dict(arch="resnet18", recipe="swav_multicrop", num_prototypes=16)),
+])
+def test_n_view_and_one_view_methods_train_on_the_scenes(method, extra, tmp_path):
+    from pixpro_fast.engine import Trainer
+    cfg = TrainConfig.from_file(method).replace(image_size=64, batch_size=4, max_steps=2, proj_hidden_dim=32,
+                                                proj_dim=16, num_workers=0, scenes_images=16, tensorboard=False,
+                                                precision="fp32", out=str(tmp_path), **extra)
+    res = Trainer(cfg).fit()
+    assert res.steps == 2 and res.status == "max_steps"
+    import json
+    records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)

@@ -84,7 +84,7 @@ def patch_position_labels(query_coords: torch.Tensor, reference_coords: torch.Te
     with a view spanning ``[x_a, x_b]`` (as ``geometry.cell_centers``). Returns (B,
     query_grid**2) int64 in row-major query-patch order, values row-major reference indices.
     """
-    from ..geometry import cell_centers
+    from pipelines.geometry import cell_centers
     cx, cy, _ = cell_centers(query_coords, query_grid, query_grid)
     r = reference_coords.float()
     u = (cx - r[:, 0, None]) / (r[:, 2, None] - r[:, 0, None])       # 0..1 across the reference
