@@ -80,8 +80,8 @@ def main(argv=None) -> int:
         ap.add_argument("--out", required=True, help="output folder")
         args = ap.parse_args(argv)
         from .export import export_checkpoint
-        tv, d2 = export_checkpoint(args.checkpoint, args.out)
-        print(f"wrote {tv}\nwrote {d2}")
+        for path in export_checkpoint(args.checkpoint, args.out):
+            print(f"wrote {path}")
         return 0
     ap = _Parser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), export, eval "
                                               "(dense linear probe). Every TrainConfig field is a flag.")

@@ -1,7 +1,10 @@
-"""Export the online encoder for downstream use: a torchvision ResNet state_dict, and a
-Detectron2-style pickle (``stem.conv1``, ``res2..res5``, ``.norm``, ``.shortcut``)."""
+"""Export the online encoder for downstream use: for a ResNet a torchvision state_dict and a
+Detectron2-style pickle (``stem.conv1``, ``res2..res5``, ``.norm``, ``.shortcut``); for a ViT
+a timm state_dict. ``encoder_info.json`` says what loads it (and, for the colorization
+encoder, that it takes one input channel, the L of CIE Lab)."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -48,15 +51,34 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict:
     return {"model": out, "__author__": "pixpro_fast", "matching_heuristics": False}
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``encoder_torchvision.pth`` and ``encoder_detectron2.pkl`` into ``out_dir``."""
-    state = encoder_state_from_checkpoint(load_checkpoint(checkpoint))
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write the online encoder's files into ``out_dir``; returns their paths."""
+    from .vit import VIT_ARCHS, timm_kwargs, timm_name
+    ckpt = load_checkpoint(checkpoint)
+    state = encoder_state_from_checkpoint(ckpt)
+    cfg = ckpt.get("config", {})
+    arch = cfg.get("arch", "")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tv = save_atomic({k: v.contiguous() for k, v in state.items()}, out_dir / "encoder_torchvision.pth")
-    d2 = out_dir / "encoder_detectron2.pkl"
-    tmp = d2.with_name(d2.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(to_detectron2(state), f)
-    tmp.replace(d2)
-    return tv, d2
+    if arch in VIT_ARCHS:
+        weights = {k[len("vit."):]: v.contiguous() for k, v in state.items() if k.startswith("vit.")}
+        paths = [save_atomic(weights, out_dir / "encoder_timm.pth")]
+        info = {"format": "timm", "model": timm_name(arch), "kwargs": timm_kwargs(cfg.get("image_size", 224)),
+                "load": "timm.create_model(model, pretrained=False, **kwargs).load_state_dict(torch.load(path))"}
+    else:
+        paths = [save_atomic({k: v.contiguous() for k, v in state.items()}, out_dir / "encoder_torchvision.pth")]
+        d2 = out_dir / "encoder_detectron2.pkl"
+        tmp = d2.with_name(d2.name + ".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(to_detectron2(state), f)
+        tmp.replace(d2)
+        paths.append(d2)
+        in_channels = int(state["conv1.weight"].shape[1]) if "conv1.weight" in state else 3
+        info = {"format": "torchvision", "model": arch, "in_channels": in_channels,
+                "load": f"torchvision.models.{arch}().load_state_dict(state, strict=False) (only fc.* missing)"
+                        if in_channels == 3 else
+                        f"a torchvision {arch} whose conv1 takes {in_channels} channel(s) (the L of CIE Lab)"}
+    info["method"] = cfg.get("method")
+    path = out_dir / "encoder_info.json"
+    path.write_text(json.dumps(info, indent=1) + "\n")
+    return paths + [path]
