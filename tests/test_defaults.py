@@ -196,7 +196,7 @@ def _cli_error(argv, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--loader", "nosuch"], "--loader must be one of torch, dali, ffcv, synthetic; got 'nosuch'"),
     (["--arch", "resnet19"], "--arch must be one of resnet18,"),
-    (["--recipe", "nosuch"], "--recipe must be one of byol, simclr, mocov2; got 'nosuch'"),
+    (["--recipe", "nosuch"], "--recipe must be one of byol, simclr, mocov2, swav_multicrop, loca, single; got 'nosuch'"),
     (["--method", "nosuch"], "--method must be one of pixpro,"),
     (["--base-lr", "-1"], "--base-lr must be at least 0, got -1.0"),
     (["--lars-trust", "-1"], "--lars-trust must be at least 0"),
