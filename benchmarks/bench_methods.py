@@ -1,5 +1,7 @@
 """Training-step images/sec of every objective beside PixPro: same backbone, batch, image
-size, precision and memory format, synthetic tensors (no loader), timed side by side.
+size, precision and memory format, synthetic tensors (no loader), timed side by side. Each
+method gets the views of its own plan (LOCA's eleven, the pretext tasks' one); LOCA runs on
+the ViT given by ``--vit-arch``.
 
     python -m benchmarks.bench_methods --arch resnet18 --image-size 64 --batch-size 32
 """
@@ -10,7 +12,8 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixpro_fast.config import TrainConfig
+from pixpro_fast.config import VIT_METHODS, TrainConfig
+from pipelines.recipe import get_recipe
 from pixpro_fast.engine import Trainer
 from pixpro_fast.methods import METHODS
 from pipelines.synthetic import SyntheticLoader
@@ -19,13 +22,14 @@ from .common import markdown_table, time_interleaved, write_json
 
 
 def method_step(method: str, arch: str, image_size: int, batch_size: int, device: str, precision: str,
-                channels_last: bool = True):
+                channels_last: bool = True, vit_arch: str = "vit_tiny_patch16"):
     """A closure running one engine training step of ``method`` on a fixed synthetic batch."""
+    arch = vit_arch if method in VIT_METHODS else arch
     cfg = TrainConfig.from_file(method).replace(
         arch=arch, image_size=image_size, batch_size=batch_size, device=device, precision=precision,
         channels_last=channels_last, tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False,
         out="bench_out/unused")
-    loader = SyntheticLoader(batch_size, image_size, device=device, batches_per_epoch=1)
+    loader = SyntheticLoader(batch_size, image_size, get_recipe(cfg.recipe), device=device, batches_per_epoch=1)
     trainer = Trainer(cfg, loader=loader)
     batch = next(iter(loader))
     return lambda: trainer._train_step([batch])
@@ -38,27 +42,28 @@ def flops_per_image(step, batch_size: int) -> float:
 
 
 def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="auto", iters=5,
-        methods=None) -> dict:
+        methods=None, vit_arch="vit_tiny_patch16") -> dict:
     methods = list(methods or METHODS)
-    steps = {m: method_step(m, arch, image_size, batch_size, device, precision) for m in methods}
+    steps = {m: method_step(m, arch, image_size, batch_size, device, precision, vit_arch=vit_arch) for m in methods}
     flops = {m: flops_per_image(s, batch_size) for m, s in steps.items()}
     times = time_interleaved(steps, device, warmup=2, iters=iters)
     ref = "pixpro" if "pixpro" in times else methods[0]
-    rows = [{"method": m, "description": METHODS[m][1], "gflops_per_image": flops[m] / 1e9,
+    rows = [{"method": m, "arch": vit_arch if m in VIT_METHODS else arch, "description": METHODS[m][1], "gflops_per_image": flops[m] / 1e9,
              "step_time_vs_pixpro": times[m] / times[ref], "images_per_sec_vs_pixpro": times[ref] / times[m],
              "images_per_sec": batch_size / times[m]} for m in methods]
-    return {"arch": arch, "image_size": image_size, "batch_size": batch_size, "device": device,
+    return {"arch": arch, "vit_arch": vit_arch, "image_size": image_size, "batch_size": batch_size, "device": device,
             "precision": precision, "rows": rows}
 
 
 def table(result: dict, absolute: bool = False) -> str:
-    cols = ["method", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro"]
+    cols = ["method", "arch", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro"]
     return markdown_table(result["rows"], cols + (["images_per_sec"] if absolute else []))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, args.precision, args.iters,
-                 args.methods.split(",") if args.methods else None)
+                 args.methods.split(",") if args.methods else None, args.vit_arch)
     print(f"{args.arch}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}")
     print(table(result, absolute=args.device.startswith("cuda")))
     print("wrote", write_json(args.out, "methods.json", result))
