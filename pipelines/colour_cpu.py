@@ -234,7 +234,7 @@ def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur
     acc = np.empty(w, dtype=np.float32)
     f32 = lambda t: t.numpy().astype(np.float32)
     with _ONE_AT_A_TIME:
-        _run_once_more_on_key_error(colour_batch, src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
+        colour_batch(src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
                      f32(params.saturation), f32(params.hue), params.grayscale.numpy(), sig, radius,
                      params.solarize.numpy(), F32(solarize_threshold / 255.0), np.asarray(mean, dtype=np.float32),
                      np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf, acc)
@@ -244,12 +244,3 @@ def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur
 # One call at a time in a process: two threads (a loader's colour thread and the training
 # thread, say) compiling the same kernels at once race inside numba's dispatcher.
 _ONE_AT_A_TIME = threading.Lock()
-
-
-def _run_once_more_on_key_error(kernel, *args):
-    """numba's dispatcher has raised a KeyError while typing a second specialisation of these
-    kernels in one process; a second attempt compiles cleanly."""
-    try:
-        kernel(*args)
-    except KeyError:
-        kernel(*args)
