@@ -235,3 +235,12 @@ def test_photo_set_is_imagenet_sized_jpegs_made_deterministically(tmp_path):
     assert len(sizes) > 1                                   # shapes vary as ImageNet's do
     assert ensure_photos(6, seed=1, root=tmp_path / "a") == a  # reused, not regenerated
 
+
+def test_methods_benchmark_gives_each_method_its_own_views():
+    from benchmarks import bench_methods
+    result = bench_methods.run(image_size=64, batch_size=2, iters=1, precision="fp32",
+                               methods=["pixpro", "loca", "rotation"])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["pixpro"]["step_time_vs_pixpro"] == 1.0
+    assert rows["loca"]["arch"] == "vit_tiny_patch16" and rows["rotation"]["arch"] == "resnet18"
+    assert all(r["gflops_per_image"] > 0 and r["images_per_sec"] > 0 for r in rows.values())
