@@ -9,9 +9,7 @@ solarize and normalisation written straight into channels-last output. Same sema
 float32 arithmetic as the tensor ops (and torchvision); results agree to float rounding.
 
 Serial by design: it runs in the loader's colour thread beside FFCV's decoding threads,
-and numba's default thread pool must not be entered from two threads at once. Compiled in
-each process, not cached on disk: loading these kernels from numba's cache while a worker
-process writes it has failed in a fresh checkout.
+and numba's default thread pool must not be entered from two threads at once.
 Needs numba (it comes with FFCV); :func:`available` says whether it is there.
 """
 from __future__ import annotations
@@ -41,11 +39,11 @@ def available() -> bool:
 
 
 if njit is not None:
-    @njit(cache=False, nogil=True, error_model="numpy", inline="always")
+    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _clamp01(v):
         return min(max(v, ZERO), ONE)
 
-    @njit(cache=False, nogil=True, error_model="numpy", inline="always")
+    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
     def _tri(k):
         """clamp(min(k, 4 - k), 0, 1) for k = (position) mod 6."""
         return min(max(min(k, FOUR - k), ZERO), ONE)
@@ -53,19 +51,19 @@ if njit is not None:
     # Row helpers: the loops get whole rows as separate arrays, which is what lets LLVM
     # vectorise them (indexing one array at an offset inside a bigger loop does not).
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _axpy(acc, row, a):
         for x in range(acc.shape[0]):
             acc[x] += a * row[x]
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _load_row(sr, sg, sb, wr, wg, wb, scale, b):
         for x in range(wr.shape[0]):
             wr[x] = _clamp01(b * (F32(sr[x]) * scale))
             wg[x] = _clamp01(b * (F32(sg[x]) * scale))
             wb[x] = _clamp01(b * (F32(sb[x]) * scale))
 
-    @njit(cache=False, nogil=True, error_model="numpy", fastmath=True)
+    @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
     def _luma_sum(r, g, b):
         """Sum of a row's luma; fastmath lets the reduction vectorise (the order of a float sum)."""
         total = F32(0.0)
@@ -73,7 +71,7 @@ if njit is not None:
             total += LR * r[x] + LG * g[x] + LB * b[x]
         return total
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _contrast_saturation_row(wr, wg, wb, c, cm, s, s1):
         for x in range(wr.shape[0]):
             r = _clamp01(c * wr[x] + cm)
@@ -84,7 +82,7 @@ if njit is not None:
             wg[x] = _clamp01(s * g + luma)
             wb[x] = _clamp01(s * b + luma)
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _hue_row(r, g, b, shift):
         """Rotate the hue of one row in place (see pipelines.colour.adjust_hue_), branch-free."""
         for x in range(r.shape[0]):
@@ -109,7 +107,7 @@ if njit is not None:
             g[x] = mx - chroma * _tri(k3)
             b[x] = mx - chroma * _tri(k1)
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _grey_row(wr, wg, wb):
         for x in range(wr.shape[0]):
             luma = LR * wr[x] + LG * wg[x] + LB * wb[x]
@@ -117,7 +115,7 @@ if njit is not None:
             wg[x] = luma
             wb[x] = luma
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _store_row(fr, fg, fb, o, t, m0, m1, m2, q0, q1, q2):
         """Solarize (values >= t) and normalise one row into interleaved output."""
         for x in range(fr.shape[0]):
@@ -129,12 +127,12 @@ if njit is not None:
             o[3 * x + 1] = (g - m1) * q1
             o[3 * x + 2] = (b - m2) * q2
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _copy(dst, src):
         for x in range(dst.shape[0]):
             dst[x] = src[x]
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _blur_plane(src, dst, rowbuf, acc, kern, radius):
         """Separable blur of one (H, W) plane with reflect padding, src -> dst (src is
         overwritten by the row pass)."""
@@ -161,7 +159,7 @@ if njit is not None:
                 _axpy(acc, src[yy], kern[j])
             _copy(dst[y], acc)
 
-    @njit(cache=False, nogil=True, error_model="numpy")
+    @njit(cache=True, nogil=True, error_model="numpy")
     def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius, solarize,
                      threshold, mean, std, out, work, blurred, rowbuf, acc):
         """src (n, 3, H, W) uint8 or float (times ``scale`` gives 0..1); out (n, H, W, 3) float32.
