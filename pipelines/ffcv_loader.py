@@ -65,6 +65,44 @@ with keep_torch_threads():  # importing ffcv sets torch's thread count to 1
         raise ImportError(f"{FFCV_INSTALL_HINT} ({exc})") from exc
 
 
+def _read_only_state_types() -> None:
+    """Give FFCV's memory managers read-only state types that leave numba's shared types alone.
+
+    FFCV builds them as ``t = numba.uint8[::1]; t.mutable = False``, but numba interns its
+    array types, so that assignment turns *every* ``uint8[::1]`` (and, for the process cache,
+    ``uint8[:, ::1]``, ``uint64[::1]``, ``uint32[::1]``) read-only in the whole process. The
+    type's hash changes under every numba dispatcher that already compiled for it, and the
+    next compilation there fails with a ``KeyError`` from numba's overload table (our fused
+    colour kernels, for one). ``copy(readonly=True)`` makes the same types as new objects
+    (and the OS-cache reader, which names its return type, returns the read-only one).
+    """
+    import numba as nb
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    from ffcv.memory_managers.process_cache.manager import ProcessCacheManager
+
+    read_only_bytes = nb.uint8[::1].copy(readonly=True)
+
+    def os_cache_state(self):  # data read-only; FFCV leaves the two index arrays writable
+        return nb.types.Tuple([read_only_bytes, nb.uint64[::1], nb.uint64[::1]])
+
+    def os_cache_reader(self):  # the sample's bytes: a read-only slice of the mapped file
+        def read(address, mem_state):
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+        return Compiler.compile(read, read_only_bytes(nb.uint64, self.state_type))
+
+    def process_cache_state(self):
+        return nb.types.Tuple([t.copy(readonly=True) for t in
+                               (nb.uint8[:, ::1], nb.uint64[::1], nb.uint64[::1], nb.uint32[::1])])
+
+    OSCacheManager.state_type = property(os_cache_state)
+    OSCacheManager.compile_reader = os_cache_reader
+    ProcessCacheManager.state_type = property(process_cache_state)
+
+
+_read_only_state_types()
+
+
 # Per view, the decoder's info row: window in the decoded image, flip, decoded image size, ok.
 INFO_TOP, INFO_LEFT, INFO_HEIGHT, INFO_WIDTH, INFO_FLIP, INFO_IMAGE_H, INFO_IMAGE_W, INFO_OK = range(8)
 

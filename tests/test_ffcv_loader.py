@@ -140,6 +140,32 @@ def test_torch_keeps_its_thread_count(plane_beton):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("os_cache", [True, False])
+def test_loading_leaves_numbas_shared_array_types_writable(plane_beton, os_cache):
+    """numba interns its array types: marking one read-only in place (as FFCV's memory
+    managers would) changes its hash under every dispatcher already compiled for it, and the
+    next compilation there fails. A kernel compiled before the loader keeps working after."""
+    import numba as nb
+
+    @nb.njit
+    def total(a):
+        return a.sum()
+
+    @nb.njit
+    def call_total(a):  # typing this call lists total's compiled signatures
+        return total(a)
+
+    row = np.arange(5, dtype=np.uint8)
+    assert call_total(row) == 10
+    shared = [nb.typeof(row), nb.typeof(row.reshape(1, 5)), nb.typeof(row.astype(np.uint64)),
+              nb.typeof(row.astype(np.uint32))]
+    loader = FL.FFCVLoader(plane_beton, batch_size=4, image_size=SIZE, recipe=GEOMETRY, num_workers=1, seed=5,
+                           os_cache=os_cache)
+    assert len(_collect(loader)) == len(loader)
+    assert all(t.mutable for t in shared), shared
+    assert call_total(row.astype(np.float32)) == 10  # a second specialisation
+
+
 def test_leaving_a_pass_early_then_starting_another(geometry_loader):
     geometry_loader.set_epoch(6)
     for _ in zip(range(1), geometry_loader):
