@@ -22,14 +22,17 @@ few batches, so that an epoch reads the file nearly sequentially (useful with
 ``os_cache=False`` on slow disks). ``set_epoch(e, start_batch=k)`` yields exactly batches
 k.. of the uninterrupted epoch e, whatever ``num_workers``.
 
-Unreadable images are left out by the writer. An image that still fails to decode here is
-reported through :mod:`pipelines.corrupt` (named ``sample <index> of <file>``; 'error'
-raises :class:`~pipelines.corrupt.CorruptImageError`); in 'skip' mode its views are
-mid-grey, counted in ``Batch.skipped``: the compiled decoder does not yet fetch the next
-readable sample as the other backends do.
+Unreadable images are left out by the writer. An image that still fails to decode here (a
+damaged file) follows :mod:`pipelines.corrupt` like every backend (named ``sample <index> of
+<file>``): 'error' raises :class:`~pipelines.corrupt.CorruptImageError`; 'skip' replaces it
+by the next readable sample of the epoch order, counted in ``Batch.skipped``. The
+replacement is rare, so it is cut outside the compiled decoder, from the sample's stored
+bytes, by the torch backend's :func:`~pipelines.torch_loader.render_views` with the
+replacement's own draws; the colour pass then treats it like the rest of the batch.
 """
 from __future__ import annotations
 
+import io
 import os
 import queue
 from dataclasses import replace
@@ -42,12 +45,13 @@ import torch
 from . import sampler
 from .batch import Batch, check_loader_options, keep_torch_threads
 from .colour import ColourAugment
-from .corrupt import CorruptFiles
+from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .geometry import windows_to_coords
 from .prefetch import Prefetcher
 from .recipe import BYOL, Recipe
+from .torch_loader import render_views
 
 with keep_torch_threads():  # importing ffcv sets torch's thread count to 1
     try:
@@ -117,8 +121,9 @@ class ViewPlanDecoder(Operation):
     interleaved scratch buffer and one loop transposes and flips); ``info`` (B, V, 8) int32,
     per view ``top, left, height, width`` of the window in the decoded image, ``flip``, the
     decoded image's ``height, width`` and ``ok`` (0 when libjpeg reported an error; the view
-    is then mid-grey); ``params`` (B, V, len(PARAM_NAMES)) float64, the draws of
-    :mod:`pipelines.sampler` for key (seed, epoch, dataset index of the sample, view).
+    is then mid-grey until the loader replaces the sample); ``params`` (B, V,
+    len(PARAM_NAMES)) float64, the draws of :mod:`pipelines.sampler` for key (seed, epoch,
+    dataset index of the sample, view).
 
     (seed, epoch) are read from ``self.state`` at every batch and the dataset index of each
     sample from ``self.keys``: numba freezes arrays captured by a compiled function at
@@ -308,6 +313,7 @@ class FFCVLoader:
                  os_cache: bool = True, batches_ahead: int = 3, on_corrupt: str = "skip",
                  image_field: str = "image", dtype: torch.dtype = torch.float32, scale_decode: bool = True,
                  colour_chunk: int | None = None, colour_threads: int = 1, prefetch: int = 2,
+                 max_replacements: int = MAX_REPLACEMENTS,
                  pin_memory=None, prefetch_factor=None, persistent_workers=None):
         if data_dir is None:
             raise ValueError("the ffcv backend reads a .beton file: pass its path as data_dir")
@@ -333,7 +339,9 @@ class FFCVLoader:
         self.sizes = recipe.output_sizes(image_size)
         self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk) for v in recipe.views]
         self.corrupt = CorruptFiles(on_corrupt)
+        self.max_replacements = max_replacements
         self.last_params: np.ndarray | None = None
+        self._orders: tuple[int, np.ndarray] | None = None
 
         with keep_torch_threads():
             self._ffcv = _FFCVLoader(str(path), batch_size=batch_size, num_workers=self.num_workers,
@@ -369,15 +377,20 @@ class FFCVLoader:
 
     # ------------------------------------------------------------------ epoch plan
 
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Sample ids of the whole epoch (every rank's), in order."""
+        if self._orders is None or self._orders[0] != epoch:
+            if self.order == "quasi_random":
+                window = 4 * self.batch_size * self.world_size
+                full = quasi_random_order(self._pages, self.seed, epoch, window)
+            else:
+                full = epoch_order(self.num_samples, self.seed, epoch)
+            self._orders = (epoch, full)
+        return self._orders[1]
+
     def _rank_order(self, epoch: int) -> np.ndarray:
         """Sample ids this rank reads in ``epoch``, in reading order."""
-        n = self.num_samples
-        if self.order == "quasi_random":
-            window = 4 * self.batch_size * self.world_size
-            full = quasi_random_order(self._pages, self.seed, epoch, window)
-        else:
-            full = epoch_order(n, self.seed, epoch)
-        return full[self.positions % n].astype(np.uint64)
+        return self._epoch_order(epoch)[self.positions % self.num_samples].astype(np.uint64)
 
     def __len__(self) -> int:
         return -(-len(self.positions) // self.batch_size)
@@ -406,15 +419,44 @@ class FFCVLoader:
             t.record_stream(current)
         return dev
 
-    def _to_batch(self, raw, sample_ids: np.ndarray) -> Batch:
+    def _sample_name(self, sample_id: int) -> str:
+        return f"sample {int(self._index_of[sample_id])} of {self.path}"
+
+    def _stored_bytes(self, sample_id: int) -> np.ndarray:
+        """The image field's stored bytes of one sample (its JPEG), read from the file."""
+        reader = self._ffcv.reader
+        field = reader.metadata[f"f{list(reader.handlers).index('image')}"][sample_id]
+        table = reader.alloc_table
+        size = int(table["size"][np.flatnonzero(table["ptr"] == field["data_ptr"])[0]])
+        return np.fromfile(self.path, dtype=np.uint8, count=size, offset=int(field["data_ptr"]))
+
+    def _replace(self, epoch: int, position: int):
+        """Views, coords and draws of the next readable sample after epoch ``position``."""
+        order = self._epoch_order(epoch)
+        tried = replacement_positions(position, self.num_samples, self.max_replacements)[1:]
+        for pos in tried:
+            sample_id = int(order[pos])
+            if self._sample_name(sample_id) in self.corrupt.bad:
+                continue
+            try:
+                data = io.BytesIO(self._stored_bytes(sample_id).tobytes())
+                arrays, coords, rows = render_views(data, self.recipe, self.image_size, self.seed, epoch,
+                                                    int(self._index_of[sample_id]), colour=False,
+                                                    spec=self.decoder.spec)
+            except Exception as exc:  # PIL raises many types for damaged data
+                self.corrupt.report(self._sample_name(sample_id), str(exc) or type(exc).__name__)
+                continue
+            return sample_id, arrays, coords, rows
+        raise too_many_unreadable(len(tried) + 1, self._sample_name(int(order[tried[-1]])))
+
+    def _to_batch(self, raw, sample_ids: np.ndarray, epoch: int, first_slot: int) -> Batch:
         (packed, info, params), = raw
         info = np.array(info)  # small: copy out of the ring buffer
         params = np.array(params)
-        index = self._index_of[sample_ids.astype(np.int64)]
-        ok = info[:, :, INFO_OK].all(axis=1)
-        skipped = int((~ok).sum())
-        for i in index[~ok]:
-            self.corrupt.report(f"sample {int(i)} of {self.path}", "failed to decode; its views are mid-grey")
+        sample_ids = sample_ids.astype(np.int64)
+        failed = np.flatnonzero(~info[:, :, INFO_OK].all(axis=1))
+        for j in failed:
+            self.corrupt.report(self._sample_name(sample_ids[j]), "libjpeg-turbo failed to decode it")
         t = torch.from_numpy(info.astype(np.int64))
         nv = len(self.sizes)
         coords = [windows_to_coords(t[:, v, INFO_TOP], t[:, v, INFO_LEFT], t[:, v, INFO_HEIGHT], t[:, v, INFO_WIDTH],
@@ -422,6 +464,15 @@ class FFCVLoader:
                   for v in range(nv)]
         (host,) = self._to_device([packed])
         offsets = self.decoder.offsets
+        for j in failed:
+            position = int(self.positions[first_slot + j]) % self.num_samples
+            sample_ids[j], arrays, boxes, params[j] = self._replace(epoch, position)
+            for v, (arr, box) in enumerate(zip(arrays, boxes)):
+                planar = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).reshape(-1)
+                host[j, int(offsets[v]):int(offsets[v + 1])] = planar.to(host.device)
+                coords[v][j] = torch.tensor(box, dtype=coords[v].dtype)
+        index = self._index_of[sample_ids]
+        skipped = len(failed)
         views = []
         for v, (aug, size) in enumerate(zip(self.colour, self.sizes)):
             u = host[:, int(offsets[v]):int(offsets[v + 1])].view(-1, 3, size, size)
@@ -442,7 +493,8 @@ class FFCVLoader:
         with keep_torch_threads():
             it = iter(self._ffcv)
         self._active = it
-        batches = (self._to_batch(raw, planned[k * self.batch_size:(k + 1) * self.batch_size])
+        bs = self.batch_size
+        batches = (self._to_batch(raw, planned[k * bs:(k + 1) * bs], epoch, (start + k) * bs)
                    for k, raw in enumerate(it))
         try:
             if self.device.type == "cpu":

@@ -115,3 +115,82 @@ def test_draws_do_not_depend_on_batch_or_rank():
     assert not np.array_equal(a, c)
     # views of one sample are drawn independently
     assert len({tuple(r[:4]) for r in a[0]}) == recipe.num_views
+
+
+# --------------------------------------------------------------------------- unreadable images
+
+BAD = 5  # dataset index of the damaged image
+
+
+def _damage(data: bytearray, at: int) -> None:
+    junk = b"not a JPEG, only bytes in its place. " * 2
+    data[at:at + 64] = junk[:64]  # the same length: nothing after it moves
+
+
+@pytest.fixture(scope="module")
+def damaged(planes, tmp_path_factory):
+    """The planes with image BAD's bytes damaged: in a copy of the folder, and in a copy of the
+    .beton (the writer leaves unreadable files out, so only a damaged file can hold one)."""
+    import shutil
+    folder, beton = planes
+    root = tmp_path_factory.mktemp("damaged")
+    copy = root / "img"
+    shutil.copytree(folder, copy)
+    path = sorted(copy.iterdir())[BAD]
+    data = bytearray(path.read_bytes())
+    _damage(data, 0)
+    path.write_bytes(bytes(data))
+    broken = None
+    if beton is not None:
+        from ffcv.reader import Reader
+        from pipelines.ffcv_loader import FFCVLoader
+        reader = Reader(str(beton))
+        sample = int(np.flatnonzero(FFCVLoader._index_column(reader) == BAD)[0])
+        ptr = int(reader.metadata[f"f{list(reader.handlers).index('image')}"][sample]["data_ptr"])
+        data = bytearray(beton.read_bytes())
+        _damage(data, ptr)
+        broken = root / "damaged.beton"
+        broken.write_bytes(bytes(data))
+    return copy, broken, path.name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreadable_image_is_replaced_by_the_next_readable_one_of_the_epoch_order(backend, damaged, caplog):
+    """One rule on every backend: the sample at epoch position p is replaced by the one at
+    p + 1, with that one's own draws; counted in Batch.skipped, logged once per loader."""
+    import logging
+
+    from pipelines.epoch import epoch_order
+    folder, beton, _ = damaged
+    recipe = get_recipe("byol")
+    loader = _loader(backend, (folder, beton), recipe, drop_last=False)
+    n = len(PLANE_SIZES)
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            index = torch.cat([b.index for b in batches]).numpy()
+            order = epoch_order(n, 11, epoch)
+            p = int(np.flatnonzero(order == BAD)[0])
+            want = order.copy()
+            want[p] = order[(p + 1) % n]
+            assert index.tolist() == want.tolist(), (backend, epoch)
+            assert sum(b.skipped for b in batches) == 1
+            coords = [torch.cat([b.coords[v] for b in batches]) for v in range(recipe.num_views)]
+            drawn = sampler.draw(recipe, IMAGE_SIZE, 11, epoch, want, np.array([PLANE_SIZES[i][0] for i in want]),
+                                 np.array([PLANE_SIZES[i][1] for i in want]))
+            for v in range(recipe.num_views):
+                torch.testing.assert_close(coords[v], sampler.coords_of(drawn[:, v]), atol=1e-6, rtol=0)
+            replaced = torch.cat([b.views[0] for b in batches])[p]
+            assert replaced.std() > 0.1  # a real image, not a placeholder
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 1, warned
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreadable_image_in_error_mode_names_it(backend, damaged):
+    from pipelines.corrupt import CorruptImageError
+    folder, beton, name = damaged
+    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, on_corrupt="error")
+    with pytest.raises(CorruptImageError, match=f"sample {BAD} of" if backend == "ffcv" else name):
+        list(loader)
