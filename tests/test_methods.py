@@ -315,3 +315,39 @@ def test_n_view_and_one_view_methods_train_on_the_scenes(method, extra, tmp_path
     import json
     records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in records)
+
+
+def _backends() -> list[str]:
+    import importlib.util
+
+    from pipelines.batch import keep_torch_threads
+    with keep_torch_threads():
+        return ["torch"] + [name for name, module in (("dali", "nvidia.dali"), ("ffcv", "ffcv"))
+                            if importlib.util.find_spec(module) is not None]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_swav_multicrop_trains_on_every_backend(backend, tmp_path):
+    """Eight views of two sizes from each loader, through the engine, for two steps."""
+    from pipelines.scenes import ensure_scenes
+
+    from pixpro_fast.engine import Trainer
+    data = ensure_scenes(n_images=16, seed=0)
+    if backend == "ffcv":
+        from pipelines.ffcv_writer import write_beton
+        write_beton(data, tmp_path / "scenes.beton", num_workers=1, progress=False)
+        data = tmp_path / "scenes.beton"
+    cfg = TrainConfig.from_file("swav").replace(arch="resnet18", recipe="swav_multicrop", num_prototypes=16,
+                                               image_size=64, batch_size=4, max_steps=2, proj_hidden_dim=32,
+                                               proj_dim=16, num_workers=1, data=str(data), loader=backend,
+                                               tensorboard=False, precision="fp32", out=str(tmp_path / "run"))
+    from pipelines import get_recipe
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer.loader))
+    small = get_recipe("swav_multicrop").output_sizes(64)[-1]
+    assert [tuple(v.shape[1:]) for v in batch.views] == [(3, 64, 64)] * 2 + [(3, small, small)] * 6
+    res = trainer.fit()
+    assert res.steps == 2 and res.status == "max_steps"
+    import json
+    records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
+    assert records and all(math.isfinite(r["loss"]) for r in records)
