@@ -35,14 +35,21 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                          f"({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))}); "
                                          "flags given here override it; the defaults below are TrainConfig's, "
                                          "a preset may set others")
+    groups: dict[tuple, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(TrainConfig):
+        owners = f.metadata.get("methods")
+        target = parser
+        if owners is not None:  # a method's own settings: listed under it
+            if owners not in groups:
+                groups[owners] = parser.add_argument_group(f"settings of --method {', '.join(owners)}")
+            target = groups[owners]
         flag = flag_name(f.name)
         base = field_type(f)
         if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            target.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=flag_help(f))
         else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
+            target.add_argument(flag, dest=f.name, type=base, default=None, metavar=f.name.upper(),
                                 help=flag_help(f))
 
 

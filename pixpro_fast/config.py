@@ -6,6 +6,10 @@ Each field carries its own description in ``dataclasses.field(metadata=...)``: `
 :meth:`TrainConfig.validate`), and ``resume``: ``"refuse"`` when a checkpoint written under
 another value cannot be continued (shapes, data order or schedule differ), ``"apply"`` when
 the new value simply takes effect on resume (workers, logging, output, ...).
+
+A method's own settings are grouped under it and say so in ``methods``: the methods that
+read the field. Setting one away from its default for a method that does not read it is an
+error (it would do nothing), and ``--help`` lists them under their method.
 """
 from __future__ import annotations
 
@@ -32,9 +36,14 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 RESUME_RULES = ("refuse", "apply")
 
 
-def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max=None):
+PIXEL_METHODS = ("pixpro", "pixpro_ins", "pixcontrast")
+
+
+def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max=None, methods=None):
     """A TrainConfig field with its description (see the module docstring)."""
     meta = {"help": help, "resume": resume}
+    if methods is not None:
+        meta["methods"] = tuple(methods)
     if choices is not None:
         meta["choices"] = tuple(choices)
     if min is not None:
@@ -70,29 +79,46 @@ class TrainConfig:
     encoder_weights: str | None = _opt(None, "torchvision state_dict to start the encoder from; none: random init")
     proj_hidden_dim: int = _opt(4096, "hidden width of the projector (and predictor) MLP", min=1)
     proj_dim: int = _opt(256, "output width of the projector", min=1)
-    ppm_layers: int = _opt(1, "PixPro: layers of the pixel propagation module's transform", min=0)
-    ppm_gamma: float = _opt(2.0, "PixPro: sharpness exponent of the propagation similarities", min=0)
-    ppm_clamp: float = _opt(0.0, "PixPro: similarities below this are set to zero before the exponent")
-    pos_ratio: float = _opt(0.7, "pixel pairs closer than this fraction of a feature cell are positives", min=0)
-    ins_loss_weight: float = _opt(0.0, "weight of the BYOL-style instance branch (pixpro_ins)", min=0)
-    pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0)
-    pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0)
-    neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0)
+    concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)",
+                              methods=PIXEL_METHODS)
     temperature: float = _opt(0.3, "softmax temperature (PixContrast, SimCLR, MoCo v2, SwAV; LOCA's student); "
-                                   "must be positive")
-    queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1)
-    moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views")
-    num_prototypes: int = _opt(3000, "SwAV, LOCA: number of prototypes", min=1)
-    sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0)
-    sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1)
-    swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0)
-    freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0)
-    teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0)
-    query_keep: int = _opt(70, "LOCA: patch tokens of query 0 the student keeps (of 196 at 224 px)", min=1)
+                                   "must be positive", methods=PIXEL_METHODS + ("simclr", "mocov2", "swav", "loca"))
+    # PixPro, PixPro + instance branch, PixContrast
+    ppm_layers: int = _opt(1, "PixPro: layers of the pixel propagation module's transform", min=0,
+                           methods=PIXEL_METHODS)
+    ppm_gamma: float = _opt(2.0, "PixPro: sharpness exponent of the propagation similarities", min=0,
+                            methods=PIXEL_METHODS)
+    ppm_clamp: float = _opt(0.0, "PixPro: similarities below this are set to zero before the exponent",
+                            methods=PIXEL_METHODS)
+    pos_ratio: float = _opt(0.7, "pixel pairs closer than this fraction of a feature cell are positives", min=0,
+                            methods=PIXEL_METHODS)
+    ins_loss_weight: float = _opt(0.0, "weight of the BYOL-style instance branch (pixpro_ins)", min=0,
+                                  methods=PIXEL_METHODS)
+    pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0, methods=PIXEL_METHODS)
+    pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0,
+                                     methods=PIXEL_METHODS)
+    neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0,
+                            methods=PIXEL_METHODS)
+    # MoCo v2
+    queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1, methods=("mocov2",))
+    moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views", methods=("mocov2",))
+    # SwAV (and LOCA's cluster targets)
+    num_prototypes: int = _opt(3000, "SwAV, LOCA: number of prototypes", min=1, methods=("swav", "loca"))
+    sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0,
+                               methods=("swav",))
+    sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1, methods=("swav", "loca"))
+    swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0, methods=("swav",))
+    freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0,
+                                        methods=("swav",))
+    # LOCA
+    teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0,
+                                      methods=("loca",))
+    query_keep: int = _opt(70, "LOCA: patch tokens of query 0 the student keeps (of 196 at 224 px)", min=1,
+                           methods=("loca",))
     reference_keep: float = _opt(0.2, "LOCA: fraction of the reference's tokens kept, as one contiguous run",
-                                 min=0, max=1)
-    stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1)
-    concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)")
+                                 min=0, max=1, methods=("loca",))
+    stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1,
+                                   methods=VIT_METHODS)
     # optimisation
     optimizer: str = _opt("lars", "lars, sgd (SGD with momentum and weight decay on every parameter), or adamw "
                           "(no decay on 1-D parameters)", choices=("lars", "sgd", "adamw"))
@@ -159,6 +185,11 @@ class TrainConfig:
              f"{self.recipe!r} has {views} view(s); method {self.method!r} needs "
              + (f"{wants.num_views}" if wants.num_views is not None else f"at least {wants.min_views}")
              + f" (its own plan is {wants.recipe!r})")
+        for f in fields(self):
+            owners = f.metadata.get("methods")
+            need(owners is None or self.method in owners or getattr(self, f.name) == f.default, f.name,
+                 f"{getattr(self, f.name)!r} is a setting of {', '.join(owners or ())} only; method "
+                 f"{self.method!r} does not read it (leave it at its default, {f.default!r})")
         vit_method = self.method in VIT_METHODS
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "
@@ -235,6 +266,12 @@ def check_field(f: dataclasses.Field, value) -> None:
         raise ConfigError(f.name, f"must be at least {lo}, got {value!r}")
     if hi is not None and value > hi:
         raise ConfigError(f.name, f"must be at most {hi}, got {value!r}")
+
+
+def method_fields(method: str) -> tuple[str, ...]:
+    """The fields that only some methods read and ``method`` is one of them."""
+    return tuple(f.name for f in fields(TrainConfig) if method in f.metadata.get("methods", (method,))
+                 and "methods" in f.metadata)
 
 
 def _fields_by_rule(rule: str) -> tuple[str, ...]:

@@ -130,9 +130,10 @@ def test_swapped_prediction_matches_plain_loop():
 
 
 def small_config(method):
+    from pixpro_fast.config import method_fields
+    own = {k: v for k, v in dict(queue_size=16, num_prototypes=10, swav_queue=8).items() if k in method_fields(method)}
     return TrainConfig.from_file(method).replace(arch="resnet18", image_size=64, proj_hidden_dim=64,
-                                                 proj_dim=64 if method == "simsiam" else 32, queue_size=16,
-                                                 num_prototypes=10, swav_queue=8 if method == "swav" else 0)
+                                                 proj_dim=64 if method == "simsiam" else 32, **own)
 
 
 @pytest.mark.parametrize("method", sorted(m for m, (cls, _) in METHODS.items() if cls.num_views in (2, None)))
@@ -351,3 +352,13 @@ def test_swav_multicrop_trains_on_every_backend(backend, tmp_path):
     import json
     records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
     assert records and all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_a_setting_of_another_method_is_refused_naming_it():
+    from pixpro_fast.config import ConfigError, method_fields
+    assert "queue_size" in method_fields("mocov2") and "queue_size" not in method_fields("byol")
+    assert {"ppm_gamma", "pos_ratio", "temperature"} <= set(method_fields("pixcontrast"))
+    with pytest.raises(ConfigError, match="queue_size 16 is a setting of mocov2 only; method 'byol'"):
+        TrainConfig.from_file("byol").replace(queue_size=16)
+    TrainConfig.from_file("byol").replace(queue_size=TrainConfig().queue_size)  # the default is no setting
+    TrainConfig.from_file("mocov2").replace(queue_size=16)

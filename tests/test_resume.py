@@ -172,7 +172,7 @@ def test_changed_settings_on_resume_are_applied_or_refused(tmp_path):
     for group in tr.optimizer.param_groups:
         assert (group["weight_decay"], group["trust_coefficient"], group["momentum"]) == (0.5, 0.5, 0.8)
     assert any(c.startswith("weight_decay: checkpoint has 1e-05") for c in tr.resume_changes)
-    for key, value in (("optimizer", "sgd"), ("queue_size", 16), ("pixcontrast_weight", 0.5), ("recipe", "simclr")):
+    for key, value in (("optimizer", "sgd"), ("ppm_layers", 2), ("pixcontrast_weight", 0.5), ("recipe", "simclr")):
         other = TrainConfig(**dict(base, **{key: value}))
         with pytest.raises(ResumeMismatchError, match=f"{key}: checkpoint has"):
             Trainer(other, loader=_synthetic(other)).maybe_resume()
