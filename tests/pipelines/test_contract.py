@@ -194,3 +194,26 @@ def test_an_unreadable_image_in_error_mode_names_it(backend, damaged):
     loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, on_corrupt="error")
     with pytest.raises(CorruptImageError, match=f"sample {BAD} of" if backend == "ffcv" else name):
         list(loader)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_repeats_exactly_and_resumes_mid_epoch(backend, planes):
+    """The same epoch twice gives the same batches; set_epoch(e, k) gives batches k.. of it."""
+    recipe = get_recipe("swav_multicrop")
+    loader = _loader(backend, planes, recipe)
+
+    def epoch(e, start=0):
+        loader.set_epoch(e, start)
+        return [(b.index.clone(), [c.clone() for c in b.coords], [v.clone() for v in b.views]) for b in loader]
+
+    def same(a, b):
+        return (torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+                and all(torch.equal(x, y) for x, y in zip(a[2], b[2])))
+
+    full = epoch(1)
+    assert len(full) == 2
+    again = epoch(1)
+    assert all(same(a, b) for a, b in zip(full, again))
+    rest = epoch(1, 1)
+    assert len(rest) == 1 and same(rest[0], full[1])
+    assert not same(epoch(2)[0], full[0])  # another epoch, other draws
