@@ -28,6 +28,9 @@ from .vit import VIT_ARCHS
 
 ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
 from .methods import METHODS
+from .methods.colorization import MODES as COLORIZATION_MODES
+from .methods.denoising_ae import NOISES as DENOISING_NOISES
+from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -119,6 +122,24 @@ class TrainConfig:
                                  min=0, max=1, methods=("loca",))
     stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1,
                                    methods=VIT_METHODS)
+    # the pretext tasks
+    jigsaw_permutations: int = _opt(1000, "jigsaw: size of the permutation set, chosen by maximal Hamming distance "
+                                          "(the paper also tries 100)", min=2, methods=("jigsaw",))
+    tile_grayscale_p: float = _opt(0.66, "jigsaw, relative_location: probability that a view's tiles are made grey "
+                                         "(against chromatic aberration shortcuts)", min=0, max=1,
+                                   methods=("jigsaw", "relative_location"))
+    relative_location_colour: str = _opt("grayscale", "relative_location: grayscale (tiles grey with "
+                                         "probability tile_grayscale_p) or drop (one colour channel kept, noise in the others)",
+                                         choices=RELATIVE_LOCATION_COLOURS, methods=("relative_location",))
+    colorization_mode: str = _opt("classification", "colorization: classification over the in-gamut ab bins with "
+                                  "soft targets and rebalancing, or plain ab regression",
+                                  choices=COLORIZATION_MODES, methods=("colorization",))
+    denoising_noise: str = _opt("masking", "denoising_ae: masking (drop pixels) or gaussian (additive noise)",
+                                choices=DENOISING_NOISES, methods=("denoising_ae",))
+    denoising_mask_p: float = _opt(0.3, "denoising_ae: probability that masking noise drops a pixel", min=0, max=0.99,
+                                   methods=("denoising_ae",))
+    denoising_sigma: float = _opt(0.1, "denoising_ae: standard deviation of the gaussian noise", min=0,
+                                  methods=("denoising_ae",))
     # optimisation
     optimizer: str = _opt("lars", "lars, sgd (SGD with momentum and weight decay on every parameter), or adamw "
                           "(no decay on 1-D parameters)", choices=("lars", "sgd", "adamw"))

@@ -302,3 +302,23 @@ def test_colorization_targets_stay_fp32_under_autocast():
     assert l.dtype == torch.float32 and ab.dtype == torch.float32
     torch.testing.assert_close(ab, ref_ab)
     torch.testing.assert_close(l, ref_l)
+
+
+def test_each_tasks_options_come_from_its_own_config_fields():
+    from pixpro_fast.config import ConfigError, TrainConfig
+    from pixpro_fast.methods import build_method
+
+    def build(method, **fields):
+        return build_method(TrainConfig.from_file(method).replace(arch="resnet18", **fields))
+
+    assert build("jigsaw", jigsaw_permutations=100).permutations.shape == (100, 9)
+    assert build("jigsaw").permutations.shape == (1000, 9) and build("jigsaw").grayscale_p == 0.66
+    rl = build("relative_location", relative_location_colour="drop", tile_grayscale_p=0.5)
+    assert (rl.colour, rl.grayscale_p) == ("drop", 0.5)
+    assert build("colorization", colorization_mode="regression").mode == "regression"
+    dae = build("denoising_ae", denoising_noise="gaussian", denoising_sigma=0.25)
+    assert (dae.noise, dae.sigma) == ("gaussian", 0.25)
+    with pytest.raises(ConfigError, match="jigsaw_permutations 100 is a setting of jigsaw only"):
+        TrainConfig.from_file("rotation").replace(jigsaw_permutations=100)
+    with pytest.raises(ConfigError, match="colorization_mode must be one of classification, regression"):
+        TrainConfig.from_file("colorization").replace(colorization_mode="lab")

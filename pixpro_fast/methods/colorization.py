@@ -111,6 +111,10 @@ class ColorizationDecoder(nn.Module):
 
 
 class Colorization(PretextMethod):
+    @classmethod
+    def options_from(cls, cfg) -> dict:
+        return {"mode": cfg.colorization_mode}
+
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, mode: str = "classification",
                  num_neighbours: int = 5, sigma: float = 5.0, rebalance_lambda: float = 0.5,
                  decoder_dim: int = 256, **view_stats):

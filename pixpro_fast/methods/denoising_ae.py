@@ -56,6 +56,10 @@ class UpsamplingDecoder(nn.Module):
 
 
 class DenoisingAE(PretextMethod):
+    @classmethod
+    def options_from(cls, cfg) -> dict:
+        return {"noise": cfg.denoising_noise, "mask_p": cfg.denoising_mask_p, "sigma": cfg.denoising_sigma}
+
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, noise: str = "masking",
                  mask_p: float = 0.3, sigma: float = 0.1, decoder_dim: int = 256, **view_stats):
         super().__init__(arch, encoder_weights, **view_stats)

@@ -99,6 +99,10 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: TileGrid, generator
 
 
 class Jigsaw(PretextMethod):
+    @classmethod
+    def options_from(cls, cfg) -> dict:
+        return {"num_permutations": cfg.jigsaw_permutations, "grayscale_p": cfg.tile_grayscale_p}
+
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, num_permutations: int = 1000,
                  permutation_seed: int = 0, grayscale_p: float = 0.66, tile_dim: int = 1024,
                  hidden_dim: int = 4096, grid: TileGrid = PAPER_GRID, **view_stats):

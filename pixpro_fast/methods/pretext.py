@@ -40,8 +40,13 @@ class PretextMethod(Method):
 
     @classmethod
     def from_config(cls, cfg) -> "PretextMethod":
-        """The task with its paper's options and the config's encoder."""
-        return cls(arch=cfg.arch, encoder_weights=cfg.encoder_weights)
+        """The task with the config's encoder and its own options (:meth:`options_from`)."""
+        return cls(arch=cfg.arch, encoder_weights=cfg.encoder_weights, **cls.options_from(cfg))
+
+    @classmethod
+    def options_from(cls, cfg) -> dict:
+        """The task's constructor options from a TrainConfig (its paper's defaults there)."""
+        return {}
 
     def single_view(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """The one view of the batch as float (B, 3, H, W); a ValueError for any other count."""

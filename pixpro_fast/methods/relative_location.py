@@ -57,6 +57,10 @@ def drop_colour(tiles: torch.Tensor, noise_scale: float = 0.01, generator=None) 
 
 
 class RelativeLocation(PretextMethod):
+    @classmethod
+    def options_from(cls, cfg) -> dict:
+        return {"colour": cfg.relative_location_colour, "grayscale_p": cfg.tile_grayscale_p}
+
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, colour: str = "grayscale",
                  grayscale_p: float = 0.66, all_neighbours: bool = False, hidden_dim: int = 4096,
                  grid: TileGrid = PAPER_GRID, **view_stats):
