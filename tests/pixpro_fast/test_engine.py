@@ -16,7 +16,7 @@ from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.export import detectron2_key, encoder_state_from_checkpoint, export_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, num_workers=0,
             tensorboard=False, log_every=1, warmup_epochs=0.0, seed=3)
 

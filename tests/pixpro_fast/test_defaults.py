@@ -20,7 +20,7 @@ from pixpro_fast.engine import Trainer
 from pixpro_fast.metrics import WaitMeter, verdict
 from pixpro_fast.training import build_training
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(arch="resnet18", image_size=32, proj_hidden_dim=32, proj_dim=16, batch_size=4, num_workers=0,
             tensorboard=False, log_every=1, warmup_epochs=0.0, loader="synthetic", precision="fp32")
 APPLY = {"num_workers", "on_corrupt", "device", "channels_last", "compile", "out", "log_every", "ckpt_every",

@@ -16,7 +16,7 @@ from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step,
 from pixpro_fast.hardware import native_precisions
 from pixpro_fast.metrics import verdict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def image_folder(root: Path, n: int = 32) -> Path:

@@ -17,7 +17,7 @@ from pixpro_fast.methods.simsiam import simsiam_loss
 from pixpro_fast.methods.swav import sinkhorn, swapped_prediction_loss
 from reference import cell_centre
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cos(a, b):
