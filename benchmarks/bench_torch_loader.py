@@ -114,6 +114,9 @@ def main(argv=None):
         "torch backend, PIL colour": lambda w: build_torch_loader(data_dir, persistent_workers=False, colour="pil",
                                                                   **{**common, "num_workers": w}),
     }
+    if str(args.device).startswith("cuda"):  # the default there; the CPU rows beside it for comparison
+        makers["torch backend, CPU colour in workers"] = lambda w: build_torch_loader(
+            data_dir, persistent_workers=False, colour="fused", **{**common, "num_workers": w})
     rates: dict[str, list[float]] = {k: [] for k in makers}
     cpu: dict[str, list[float]] = {k: [] for k in makers}
     for r in range(args.rounds):

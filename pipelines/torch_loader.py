@@ -16,8 +16,11 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
    ``colour='pil'``: per view on uint8 PIL images (look-up tables, blends, PIL's box-pass
    Gaussian blur; jitter in the drawn random order, as torchvision on PIL images); workers
    then ship uint8 NHWC views (a quarter of the float IPC) and the main process normalises
-   them on the device. Both use the same per-sample draws. On 2 cores at 224 px the fused
-   pass costs about a quarter of the PIL ops' time.
+   them on the device. ``colour='device'`` (the default with a CUDA device): workers ship
+   the uint8 crops and the colour work and normalisation run batched on the training device
+   after a pinned, non-blocking copy, in :mod:`pipelines.colour`'s tensor engine (the same
+   float semantics as the fused pass). All use the same per-sample draws. On 2 cores at
+   224 px the fused pass costs about a quarter of the PIL ops' time.
 
 Determinism: epoch order and sharding are :mod:`pipelines.epoch`'s; a sample's draws come
 from (seed, epoch, dataset index, view) only, so the output depends neither on the number
@@ -39,7 +42,7 @@ from .geometry import window_to_coords
 
 from . import colour_cpu, sampler
 from .batch import Batch, check_loader_options
-from .colour import ColourParams
+from .colour import ColourAugment, ColourParams
 from .colour import apply_colour as apply_batch_colour
 from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
@@ -48,7 +51,7 @@ from .image_folder import scan_image_folder
 from .recipe import BYOL, Recipe, ViewRecipe
 
 _JITTER_OPS = sampler.JITTER_OPS
-COLOUR_MODES = ("auto", "fused", "pil")
+COLOUR_MODES = ("auto", "fused", "pil", "device")
 _DRAFT_FACTORS = (8, 4, 2)
 
 
@@ -169,14 +172,17 @@ def colour_params(params: list[ViewParams]) -> ColourParams:
                         torch.tensor([p.solarize for p in params], dtype=torch.bool))
 
 
-def resolve_colour(colour: str) -> str:
-    """'auto' is 'fused' where numba is installed, else 'pil'."""
+def resolve_colour(colour: str, device: torch.device | None = None) -> str:
+    """'auto' is 'device' for a CUDA training device (the workers only crop), else 'fused'
+    where numba is installed, else 'pil'."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {COLOUR_MODES}, got {colour!r}")
     if colour != "auto":
         if colour == "fused" and not colour_cpu.available():
-            raise ValueError("colour='fused' needs numba (pip install numba); use colour='pil'")
+            raise ValueError("colour='fused' needs numba (pip install numba); use colour='pil' or 'device'")
         return colour
+    if device is not None and device.type == "cuda":
+        return "device"
     return "fused" if colour_cpu.available() else "pil"
 
 
@@ -270,8 +276,8 @@ class ViewPlanDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches, keyed by an :class:`_EpochPlan` descriptor.
 
     Returns ``(views, coords B x V x 4 float32, index B int64, skipped, bad)``: ``views`` one
-    tensor per view (uint8 B x S x S x 3 for colour='pil', else float32 channels-last
-    B x 3 x S x S), ``bad`` the (path, reason) of the unreadable files met.
+    tensor per view (uint8 B x S x S x 3 for colour 'pil' and 'device', else float32
+    channels-last B x 3 x S x S), ``bad`` the (path, reason) of the unreadable files met.
     """
 
     def __init__(self, paths: list[Path], recipe: Recipe, image_size: int, seed: int, on_corrupt: str = "skip",
@@ -319,7 +325,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
         b, nv = len(positions), len(self.sizes)
         views = [torch.empty((b, s, s, 3), dtype=torch.uint8) for s in self.sizes]
         in_worker = torch.utils.data.get_worker_info() is not None
-        if in_worker and self.colour == "pil":
+        if in_worker and self.colour in ("pil", "device"):
             for v in views:
                 v.share_memory_()  # filled in place: no copy into shared memory on the way out
         coords = torch.empty((b, nv, 4), dtype=torch.float32)
@@ -337,7 +343,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
             used[k] = used_idx
             skipped += bool(bad)
             bad_files.extend(bad)
-        if self.colour == "pil":
+        if self.colour in ("pil", "device"):
             return tuple(views), coords, used, skipped, bad_files, drawn
         out = []
         for i, view in enumerate(self.recipe.views):
@@ -385,8 +391,9 @@ class TorchLoader:
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
         self.device = torch.device(device)
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.colour = resolve_colour(colour, self.device)
         self.dataset = ViewPlanDataset(list(self.images.paths), recipe, image_size, seed, on_corrupt, reducing_gap,
-                                       colour=colour, shuffle=shuffle)
+                                       colour=self.colour, shuffle=shuffle)
         self.plan = _EpochPlan(len(self.images), batch_size, seed, rank, world_size, drop_last, shuffle,
                                str(self.images.root))
         if pin_memory is None:
@@ -398,6 +405,7 @@ class TorchLoader:
             prefetch_factor=(prefetch_factor or 2) if workers else None,
             persistent_workers=(workers if persistent_workers is None else persistent_workers and workers))
         self.corrupt = CorruptFiles(on_corrupt)
+        self.device_colour = [ColourAugment(v, recipe.mean, recipe.std, engine="torch") for v in recipe.views]
         self.last_params: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -413,7 +421,10 @@ class TorchLoader:
         dev, nb = self.device, self.device.type == "cuda"
         mean, std = self.recipe.mean, self.recipe.std
         coords = coords.to(dev, non_blocking=nb)
-        if views[0].dtype == torch.uint8:
+        if self.colour == "device":  # uint8 NHWC crops: colour work batched on the training device
+            views = [aug.apply(v.to(dev, non_blocking=nb).permute(0, 3, 1, 2), sampler.colour_params(drawn[:, k]))
+                     for k, (v, aug) in enumerate(zip(views, self.device_colour))]
+        elif views[0].dtype == torch.uint8:
             views = [normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in views]
         else:  # colour work and normalisation done in the worker; channels-last kept (a no-op copy-wise)
             views = [v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in views]

@@ -251,7 +251,7 @@ def test_batch_contract(small_dir):
     assert len(set(seen.tolist())) == 8
 
 
-@pytest.mark.parametrize("colour", ["fused", "pil"])
+@pytest.mark.parametrize("colour", ["fused", "pil", "device"])
 def test_same_seed_same_batches_any_worker_count(small_dir, colour):
     kw = dict(batch_size=3, image_size=32, seed=7, drop_last=False, colour=colour)
     a = _collect(build_loader("torch", small_dir, num_workers=0, **kw), epoch=2)
@@ -299,6 +299,27 @@ def test_fused_colour_applies_each_samples_draws(small_dir):
     assert torch.equal(plain["fused"].coords2, plain["pil"].coords2)
     with pytest.raises(ValueError, match="colour must be one of"):
         build_loader("torch", small_dir, batch_size=5, image_size=32, colour="opencv")
+
+
+def test_device_colour_ships_uint8_crops_and_matches_the_fused_pass(small_dir):
+    """colour='device' (the default for a CUDA training device): workers return uint8 crops,
+    the training device does the colour work from the same draws, and the views equal the
+    fused worker pass's."""
+    assert T.resolve_colour("auto", torch.device("cuda")) == "device"
+    assert T.resolve_colour("auto", torch.device("cpu")) in ("fused", "pil")
+    kw = dict(batch_size=5, image_size=32, seed=3, num_workers=2)
+    on_device = build_loader("torch", small_dir, colour="device", **kw)
+    fused = build_loader("torch", small_dir, colour="fused", **kw)
+    epoch, positions, indices = next(iter(on_device.plan._batches(1, 0)))
+    shipped = on_device.dataset[(epoch, positions, indices)][0]
+    assert [v.dtype for v in shipped] == [torch.uint8] * 2 and shipped[0].shape == (5, 32, 32, 3)
+    a, b = _collect(on_device, epoch=1), _collect(fused, epoch=1)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert torch.equal(x.index, y.index) and torch.equal(x.coords1, y.coords1)
+        for u, w in zip((x.view1, x.view2), (y.view1, y.view2)):
+            assert u.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(u, w, atol=2e-4, rtol=0)
 
 
 def test_resume_continues_the_sequence(small_dir):
