@@ -22,6 +22,12 @@ most CPUs; see :mod:`pixpro_fast.hardware`) is listed as skipped, with why, unle
 ``--emulated``.
 
     python -m benchmarks.bench_step --arch resnet18 --image-size 64 --batch-size 32
+    python -m benchmarks.bench_step --device cuda --arch resnet50 --image-size 224 --batch-size 128 --levers bf16
+
+``--levers`` times the step's levers one by one, each a row beside the compiled step it
+changes: both views through the encoder in one call (``--concat-views``: shared BatchNorm
+statistics, so not the published method), ``torch.compile`` with ``max-autotune`` and, on a
+GPU, ``reduce-overhead`` (CUDA graphs).
 """
 from __future__ import annotations
 
@@ -51,6 +57,8 @@ class StepSetting:
     precision: str = "fp32"
     channels_last: bool = False
     compiled: bool = False
+    compile_mode: str = "default"   # a lever: max-autotune, reduce-overhead (CUDA graphs)
+    concat_views: bool = False      # a lever: both views in one encoder call (changes BN statistics)
 
     @property
     def memory_format(self) -> str:
@@ -62,7 +70,10 @@ class StepSetting:
 
     @property
     def name(self) -> str:
-        return f"{self.precision}/{self.memory_format}/{self.mode}"
+        name = f"{self.precision}/{self.memory_format}/{self.mode}"
+        if self.compiled and self.compile_mode != "default":
+            name += f" {self.compile_mode}"
+        return name + (" +concat-views" if self.concat_views else "")
 
 
 BASELINE = StepSetting("fp32", False, False)
@@ -85,6 +96,18 @@ def settings_grid(precisions=PRECISIONS, compiled: str = "channels-last") -> lis
     return eager + extra
 
 
+def lever_settings(precision: str, device: str) -> list[StepSetting]:
+    """One row per lever on top of the channels-last compiled step of ``precision``: the two
+    views in one encoder call, eager and compiled; compile modes max-autotune and, on a GPU,
+    reduce-overhead (CUDA graphs of the whole step's kernels)."""
+    best = StepSetting(precision, True, True)
+    levers = [best, dataclasses.replace(best, compiled=False, concat_views=True),
+              dataclasses.replace(best, concat_views=True), dataclasses.replace(best, compile_mode="max-autotune")]
+    if str(device).startswith("cuda"):
+        levers.append(dataclasses.replace(best, compile_mode="reduce-overhead"))
+    return levers
+
+
 # -- the two steps ------------------------------------------------------------------------
 
 def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSetting, device: str = "cpu",
@@ -92,7 +115,8 @@ def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSettin
     """A closure running one engine training step on a fixed synthetic batch."""
     cfg = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, proj_hidden_dim=proj_hidden_dim,
                       device=device, precision=setting.precision, channels_last=setting.channels_last,
-                      compile=setting.compiled, tensorboard=False, epochs=1000, warmup_epochs=0.0,
+                      compile=setting.compiled, compile_mode=setting.compile_mode,
+                      concat_views=setting.concat_views, tensorboard=False, epochs=1000, warmup_epochs=0.0,
                       out="bench_out/unused", resume=False)
     loader = SyntheticLoader(batch_size, image_size, device=device, batches_per_epoch=1)
     trainer = Trainer(cfg, loader=loader)
@@ -113,7 +137,7 @@ def supervised_step(arch: str, image_size: int, batch_size: int, setting: StepSe
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes).to(dev, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(dev.type, enabled=setting.precision == "fp16")
-    forward = torch.compile(model) if setting.compiled else model
+    forward = torch.compile(model, mode=setting.compile_mode) if setting.compiled else model
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, image_size, image_size, generator=g).to(dev).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(dev)
@@ -224,6 +248,7 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
         rows.append({
             "device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
             "setting": s.name, "precision": s.precision, "memory_format": s.memory_format, "mode": s.mode,
+            "compile_mode": s.compile_mode if s.compiled else None, "concat_views": s.concat_views,
             "pixpro_step_s": t_pix, "supervised_step_s": t_sup,
             "pixpro_images_per_s": batch_size / t_pix, "supervised_images_per_s": batch_size / t_sup,
             "speedup_vs_fp32_eager": base / t_pix,
@@ -257,10 +282,14 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--emulated", action="store_true",
                     help="also time precisions this device only emulates (slow; skipped by default)")
+    ap.add_argument("--levers", metavar="PRECISION", default=None,
+                    help="instead of the grid: the fp32 eager baseline, the channels-last compiled step of this "
+                         "precision and one row per lever on top of it (concat-views, compile modes)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
-    result = run(args.arch, args.image_size, args.batch_size,
-                 settings_grid(tuple(args.precisions.split(",")), args.compiled), args.device, iters=args.iters,
+    settings = (lever_settings(args.levers, args.device) if args.levers
+                else settings_grid(tuple(args.precisions.split(",")), args.compiled))
+    result = run(args.arch, args.image_size, args.batch_size, settings, args.device, iters=args.iters,
                  emulated=args.emulated)
     print(table(result, absolute=args.device != "cpu"))
     print("wrote", write_json(args.out, "step.json", result))

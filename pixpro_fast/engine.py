@@ -103,7 +103,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **_no_buffer_sync())
         self.ddp = forward if self.world_size > 1 else None
-        self.forward = torch.compile(forward) if cfg.compile else forward
+        self.forward = torch.compile(forward, mode=cfg.compile_mode) if cfg.compile else forward
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps

@@ -172,6 +172,21 @@ def test_settings_grid():
         bench_step.settings_grid(compiled="some")
 
 
+def test_step_levers_are_rows_beside_the_step_they_change():
+    cpu = bench_step.lever_settings("fp32", "cpu")
+    names = [s.name for s in cpu]
+    assert len(set(names)) == len(names) and "fp32/channels-last/compiled max-autotune" in names
+    assert not any("reduce-overhead" in n for n in names)
+    assert any("reduce-overhead" in s.name for s in bench_step.lever_settings("bf16", "cuda"))
+    concat = bench_step.StepSetting("fp32", True, False, concat_views=True)
+    result = bench_step.run("resnet18", 32, 4, [concat], "cpu", warmup=1, iters=1, proj_hidden_dim=32,
+                            matmul_n=64, log=lambda *a: None)
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert set(rows) == {"fp32/contiguous/eager", "fp32/channels-last/eager +concat-views"}
+    assert rows["fp32/channels-last/eager +concat-views"]["concat_views"] is True
+    assert rows["fp32/contiguous/eager"]["speedup_vs_fp32_eager"] == 1.0
+
+
 # -- skipping what is not installed -----------------------------------------------------------
 
 def test_loader_backend_without_its_library_is_skipped(tmp_path, monkeypatch):
