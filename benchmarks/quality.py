@@ -55,7 +55,7 @@ from pixpro_fast.methods import METHODS
 from .common import markdown_table, write_json
 
 REFERENCE = "pixpro"
-BASE_EPOCHS = 16          # at --budget 1 (x scenes / batch steps per epoch)
+BASE_EPOCHS = 8           # at --budget 1 (x scenes / batch steps per epoch)
 BASE_PROBE_STEPS = 1000   # at --budget 1
 TIMING_WARMUP = 5         # first steps left out of the step-cost mean (at most half the run)
 COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "step cost vs pixpro"]
@@ -241,8 +241,8 @@ def main(argv=None) -> dict:
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    ap.add_argument("--image-size", type=int, default=96, help="pretraining image size")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=64, help="pretraining image size")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
     ap.add_argument("--lars-trust", type=float, default=0.02,
                     help="LARS trust coefficient of the methods that use LARS (the paper's 0.001 barely moves "
