@@ -58,7 +58,8 @@ REFERENCE = "pixpro"
 BASE_EPOCHS = 8           # at --budget 1 (x scenes / batch steps per epoch)
 BASE_PROBE_STEPS = 1000   # at --budget 1
 TIMING_WARMUP = 5         # first steps left out of the step-cost mean (at most half the run)
-COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "step cost vs pixpro"]
+COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "step cost vs pixpro",
+           "weights turned (deg)"]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -193,7 +194,8 @@ def probe_layers(encoder, args) -> tuple[str, ...]:
 
 def build_rows(methods: list[dict], baselines: dict[str, dict]) -> list[dict]:
     """One row per method: the gain is its mIoU minus its random-init baseline's (points), the
-    step cost its mean step seconds over PixPro's."""
+    step cost its mean step seconds over PixPro's, the weights turned the mean angle of its
+    encoder's weight tensors from their initialisation (a few degrees: still random)."""
     ref = next(m for m in methods if m["method"] == REFERENCE)["step_seconds"]
     rows = []
     for m in methods:
@@ -201,14 +203,15 @@ def build_rows(methods: list[dict], baselines: dict[str, dict]) -> list[dict]:
         rows.append({"method": m["method"], "arch": m["kind"], "mIoU": round(100 * m["probe"]["miou"], 2),
                      "pixel accuracy": round(100 * m["probe"]["pixel_accuracy"], 2),
                      "gain over random init": round(100 * (m["probe"]["miou"] - base["miou"]), 2),
-                     "step cost vs pixpro": round(m["step_seconds"] / ref, 3)})
+                     "step cost vs pixpro": round(m["step_seconds"] / ref, 3),
+                     "weights turned (deg)": round(m["mean_weight_turn_degrees"], 1)})
     return rows
 
 
 def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
     return [{"method": "random init", "arch": kind, "mIoU": round(100 * b["miou"], 2),
              "pixel accuracy": round(100 * b["pixel_accuracy"], 2), "gain over random init": 0.0,
-             "step cost vs pixpro": "-"} for kind, b in baselines.items()]
+             "step cost vs pixpro": "-", "weights turned (deg)": 0.0} for kind, b in baselines.items()]
 
 
 def header(payload: dict) -> str:
@@ -250,7 +253,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--proj-hidden-dim", type=int, default=1024, help="cap on the projector hidden widths")
     ap.add_argument("--precision", default="auto",
                     help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="loader worker processes")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 on a shared 2-core machine, where a "
+                         "second thread mostly waits for a busy core")
     ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
     ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
     ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
@@ -267,6 +273,10 @@ def main(argv=None) -> dict:
         ap.error(f"--budget must be positive, got {args.budget}")
     if args.scenes < args.batch_size:
         ap.error(f"--scenes ({args.scenes}) must be at least --batch-size ({args.batch_size})")
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     start = time.perf_counter()
     configs = {m: method_config(m, args, out) for m in methods}   # every config checked before any training
@@ -300,7 +310,8 @@ def main(argv=None) -> dict:
             baselines[kind] = cached_probe(out / "random_init" / f"{safe}.json", base_key,
                                            evaluate(base_enc, f"{kind} random init"))
         print(f"  {m}: mIoU {100 * result['miou']:.2f} (random init {100 * baselines[kind]['miou']:.2f}), "
-              f"step {run['step_seconds']:.3f} s", file=sys.stderr, flush=True)
+              f"step {run['step_seconds']:.3f} s, weights turned {sum(turn.values()) / max(len(turn), 1):.1f} deg",
+              file=sys.stderr, flush=True)
         results.append({"method": m, "arch": arch, "kind": kind, "description": METHODS[m][1], **run,
                         "weight_turn_degrees": turn,
                         "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
