@@ -80,7 +80,7 @@ def draw(result: dict, path: str | Path) -> Path:
 def draw_quality(payload: dict, path: str | Path) -> Path:
     """Bar charts of a quality table (as written to quality.json): each method's mIoU gain
     over its random-init encoder, its mIoU, and its training-step cost relative to PixPro."""
-    rows = payload.get("rows", [])
+    rows = [r for r in payload.get("rows", []) if isinstance(r["mIoU"], (int, float))]   # not the diverged
     labels = [f"{r['method']}\n{r['arch']}" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     _bars(axes[0], labels, [r["gain over random init"] for r in rows],

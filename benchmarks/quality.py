@@ -49,7 +49,7 @@ import torch
 from pixpro_fast import probe
 from pixpro_fast.checkpoint import list_checkpoints
 from pixpro_fast.config import VIT_METHODS, TrainConfig
-from pixpro_fast.engine import Trainer
+from pixpro_fast.engine import NonFiniteLossError, Trainer
 from pixpro_fast.methods import METHODS
 
 from .common import markdown_table, write_json
@@ -153,10 +153,14 @@ def mean_step_seconds(times: dict[int, float], total_steps: int) -> float:
 
 
 def pretrain(cfg: TrainConfig) -> dict:
-    """Train (or resume, or find finished) ``cfg``'s run; its checkpoint, steps and step times."""
+    """Train (or resume, or find finished) ``cfg``'s run; its checkpoint, steps and step times,
+    or ``diverged``: why the engine stopped it (a non-finite loss or state)."""
     out = Path(cfg.out)
     t0 = time.perf_counter()
-    fit = TimedTrainer(cfg).fit()
+    try:
+        fit = TimedTrainer(cfg).fit()
+    except NonFiniteLossError as e:
+        return {"diverged": str(e), "seconds_this_run": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
     if fit.status not in ("finished", "max_steps"):
         raise SystemExit(f"pretraining of {cfg.method} stopped early ({fit.status}); run again to resume it")
@@ -196,14 +200,18 @@ def build_rows(methods: list[dict], baselines: dict[str, dict]) -> list[dict]:
     """One row per method: the gain is its mIoU minus its random-init baseline's (points), the
     step cost its mean step seconds over PixPro's, the weights turned the mean angle of its
     encoder's weight tensors from their initialisation (a few degrees: still random)."""
-    ref = next(m for m in methods if m["method"] == REFERENCE)["step_seconds"]
+    ref = next((m for m in methods if m["method"] == REFERENCE), {}).get("step_seconds")
     rows = []
     for m in methods:
+        if "diverged" in m:
+            rows.append({"method": m["method"], "arch": m["kind"], "mIoU": "diverged", "pixel accuracy": "-",
+                         "gain over random init": "-", "step cost vs pixpro": "-", "weights turned (deg)": "-"})
+            continue
         base = baselines[m["kind"]]
         rows.append({"method": m["method"], "arch": m["kind"], "mIoU": round(100 * m["probe"]["miou"], 2),
                      "pixel accuracy": round(100 * m["probe"]["pixel_accuracy"], 2),
                      "gain over random init": round(100 * (m["probe"]["miou"] - base["miou"]), 2),
-                     "step cost vs pixpro": round(m["step_seconds"] / ref, 3),
+                     "step cost vs pixpro": round(m["step_seconds"] / ref, 3) if ref else "-",
                      "weights turned (deg)": round(m["mean_weight_turn_degrees"], 1)})
     return rows
 
@@ -289,6 +297,11 @@ def main(argv=None) -> dict:
         cfg = configs[m]
         print(f"== {m}: {cfg.arch}, {cfg.epochs} epochs", file=sys.stderr, flush=True)
         run = pretrain(cfg)
+        if "diverged" in run:
+            print(f"  {m}: diverged ({run['diverged']})", file=sys.stderr, flush=True)
+            results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, m),
+                            "description": METHODS[m][1], **run, "config": cfg.to_dict()})
+            continue
         pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
         shape = probe.trunk_shape(pretrained.state_dict(), arch)
         initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
@@ -317,11 +330,12 @@ def main(argv=None) -> dict:
                         "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
                         "config": cfg.to_dict(), "probe": result})
     ref_cfg = configs[REFERENCE]
+    total_steps = ref_cfg.epochs * (args.scenes // args.batch_size)
     payload = {"budget": args.budget, "methods": methods, "wall_seconds": time.perf_counter() - start,
-               "pretrain": {"steps": results[0]["steps"], "epochs": ref_cfg.epochs, "scenes": args.scenes,
+               "pretrain": {"steps": total_steps, "epochs": ref_cfg.epochs, "scenes": args.scenes,
                             "batch_size": args.batch_size, "image_size": args.image_size, "arch": args.arch,
                             "vit_arch": args.vit_arch, "precision": args.precision,
-                            "timed_steps": results[0]["timed_steps"]},
+                            "timed_steps": [timed_steps(total_steps)[0], total_steps]},
                "probe_config": asdict(probe_cfg),
                "probe_layers": {"resnet": args.probe_layers.split(","), "vit": args.vit_probe_layers.split(",")},
                "rows": build_rows(results, baselines), "baseline_rows": baseline_rows(baselines),
