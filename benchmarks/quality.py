@@ -21,14 +21,21 @@ Step cost: the mean seconds of the training step (forward, backward, optimiser, 
 update; waiting for data excluded) over the same steps of every method, after the first few,
 divided by PixPro's; PixPro is always trained, first, as the reference.
 
-``--budget`` scales the pretraining steps (256 at 1.0: 16 epochs of 1024 scenes at batch 64)
-and the probe steps (1000 at 1.0):
+``--budget`` scales the pretraining steps (256 at 1.0: 8 epochs of 1024 scenes at batch 32,
+64 px) and the probe steps (1000 at 1.0). On a 2-core AMD EPYC with ``--threads 1
+--workers 1`` (on two cores shared with other work, two intra-op threads made PixPro's
+step 10-20x slower than one), ``--budget 0.5`` takes about 35 minutes for the 14 methods and
+``--budget 1`` about an hour (see benchmarks/RESULTS.md); ``--budget 0.01`` on small
+scenes and images is the smoke test (seconds per method):
 
-    python -m benchmarks.quality --methods all                    # --budget 1: about an hour on 2 CPU cores
-    python -m benchmarks.quality --methods all --budget 0.5       # about 35 minutes
-    python -m benchmarks.quality --methods pixpro,byol,rotation   # a subset
-    python -m benchmarks.quality --methods pixpro,loca --budget 0.02 --scenes 64 --batch-size 16 \\
-        --image-size 64 --probe-image-size 64 --probe-train-images 8 --probe-val-images 4   # smoke test
+    python -m benchmarks.quality --methods all --threads 1 --workers 1               # --budget 1: about an hour
+    python -m benchmarks.quality --methods all --threads 1 --workers 1 --budget 0.5  # about 35 minutes
+    python -m benchmarks.quality --methods pixpro,byol,rotation                      # a subset
+    python -m benchmarks.quality --methods loca,colorization --budget 0.01 --scenes 32 --batch-size 16 \
+        --probe-image-size 64 --probe-train-images 6 --probe-val-images 4 --proj-hidden-dim 64   # smoke test
+
+A method whose training diverges (the engine stops at a non-finite loss or state) is a row
+that says so.
 
 Writes quality.json, quality.md and quality.png into --out; method M's pretraining
 (checkpoints, metrics.jsonl, step_times.jsonl) goes to --out/pretrain/M and is resumed if it
