@@ -81,7 +81,7 @@ def draw_quality(payload: dict, path: str | Path) -> Path:
     """Bar charts of a quality table (as written to quality.json): each method's mIoU gain
     over its random-init encoder, its mIoU, and its training-step cost relative to PixPro."""
     rows = [r for r in payload.get("rows", []) if isinstance(r["mIoU"], (int, float))]   # not the diverged
-    labels = [f"{r['method']}\n{r['arch']}" for r in rows]
+    labels = [r["method"] for r in rows]                     # the arch is in the table
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     _bars(axes[0], labels, [r["gain over random init"] for r in rows],
           "Dense probe: mIoU gain over random init (points)", "mIoU points", 0.0, "random init")
