@@ -1,4 +1,4 @@
-"""One PNG summarising a suite run: loaders, step levers, peers, end-to-end time split."""
+"""PNG charts: a suite run (loaders, step levers, peers, end-to-end time split) and the quality table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -69,6 +69,31 @@ def draw(result: dict, path: str | Path) -> Path:
     fig.suptitle(f"pixpro_fast benchmark suite ({result.get('mode', '?')}): {m.get('cpu_count', '?')} CPU cores, "
                  f"{m.get('cpu_capability', '?')}, torch {m.get('torch', '?')}"
                  + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"), fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_quality(payload: dict, path: str | Path) -> Path:
+    """Bar charts of a quality table (as written to quality.json): each method's mIoU gain
+    over its random-init encoder, its mIoU, and its training-step cost relative to PixPro."""
+    rows = [r for r in payload.get("rows", []) if isinstance(r["mIoU"], (int, float))]   # not the diverged
+    labels = [r["method"] for r in rows]                     # the arch is in the table
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    _bars(axes[0], labels, [r["gain over random init"] for r in rows],
+          "Dense probe: mIoU gain over random init (points)", "mIoU points", 0.0, "random init")
+    base = {b["arch"]: b["mIoU"] for b in payload.get("baseline_rows", [])}
+    ref = base.get(payload.get("pretrain", {}).get("arch"))
+    _bars(axes[1], labels, [r["mIoU"] for r in rows], "Dense probe: mIoU", "mIoU (%)", ref,
+          f"random init {payload.get('pretrain', {}).get('arch', '')}" if ref is not None else "")
+    _bars(axes[2], labels, [r["step cost vs pixpro"] for r in rows], "Training step cost relative to PixPro",
+          "x PixPro step seconds", 1.0, "pixpro")
+    c = payload.get("pretrain", {})
+    fig.suptitle(f"Quality of every method, budget {payload.get('budget', '?')}: {c.get('steps', '?')} steps at "
+                 f"{c.get('image_size', '?')} px, batch {c.get('batch_size', '?')}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

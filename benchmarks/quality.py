@@ -1,20 +1,52 @@
-"""Does pretraining help? Pretrain a small ResNet with PixPro on the built-in scenes, then
-probe it (dense linear probe, :mod:`pixpro_fast.probe`) beside a randomly initialised
-encoder of the same arch and the raw pixel colours.
+"""Does pretraining help, and which objective helps most? Pretrain every registered method on
+the built-in scenes with the same budget, probe each frozen encoder (dense linear probe,
+:mod:`pixpro_fast.probe`) beside a random initialisation of the same encoder, and write one
+table: method, encoder, mIoU, pixel accuracy, gain over random init, step cost vs PixPro.
 
-A scene object's class sets its outline and fill pattern, never its colours, so the colour
-row is the floor: what a probe gets from colour alone. The pretrained encoder should beat
-the random one by a clear margin (the aim is 5 mIoU points).
+Same budget: every method sees the same images (``--scenes``, ``--batch-size``, the same
+number of steps) at the same ``--image-size``; a method whose view plan has views of other
+sizes (LOCA's focal queries, SwAV's multi-crop) keeps its plan, scaled by ``--image-size``
+(:meth:`pipelines.recipe.ViewSpec.output_size`). Each method starts from its bundled preset
+(optimiser, lr, temperatures, ...) with the run length, warmup fraction and encoder set here,
+and four changes a few hundred steps on a thousand images need: LARS trust ``--lars-trust``
+(the paper's 0.001 leaves the weights at their initialisation), projector hidden widths at
+most ``--proj-hidden-dim``, MoCo's queue at most a quarter of the scenes (a 65536-key queue
+would hold every image many times over), SwAV's prototypes frozen for the first epoch (its
+preset's 313 steps are one ImageNet epoch). ResNet methods use ``--arch``; the ViT ones
+(LOCA) ``--vit-arch``, probed on their final patch tokens (a stride-16 map). Colorization's
+encoder takes the L channel: it is probed on the L channel of the probe images, scaled as in
+training, beside a random 1-channel encoder.
 
-    python -m benchmarks.quality                   # about ten minutes on 2 CPU cores
-    python -m benchmarks.quality --epochs 2 --probe-steps 100   # a quick look
+Step cost: the mean seconds of the training step (forward, backward, optimiser, target
+update; waiting for data excluded) over the same steps of every method, after the first few,
+divided by PixPro's; PixPro is always trained, first, as the reference.
 
-Writes quality.json and quality.md into --out; the pretraining run (checkpoints and
-metrics.jsonl) goes to --out/pretrain and is resumed if it is already there.
+``--budget`` scales the pretraining steps (256 at 1.0: 8 epochs of 1024 scenes at batch 32,
+64 px) and the probe steps (1000 at 1.0). On a 2-core AMD EPYC with ``--threads 1
+--workers 1`` (on two cores shared with other work, two intra-op threads made PixPro's
+step 10-20x slower than one), ``--budget 0.5`` takes about 35 minutes for the 14 methods and
+``--budget 1`` about an hour (see benchmarks/RESULTS.md); ``--budget 0.01`` on small
+scenes and images is the smoke test (seconds per method):
+
+    python -m benchmarks.quality --methods all --threads 1 --workers 1               # --budget 1: about an hour
+    python -m benchmarks.quality --methods all --threads 1 --workers 1 --budget 0.5  # about 35 minutes
+    python -m benchmarks.quality --methods pixpro,byol,rotation                      # a subset
+    python -m benchmarks.quality --methods loca,colorization --budget 0.01 --scenes 32 --batch-size 16 \
+        --probe-image-size 64 --probe-train-images 6 --probe-val-images 4 --proj-hidden-dim 64   # smoke test
+
+A method whose training diverges (the engine stops at a non-finite loss or state) is a row
+that says so.
+
+Writes quality.json, quality.md and quality.png into --out; method M's pretraining
+(checkpoints, metrics.jsonl, step_times.jsonl) goes to --out/pretrain/M and is resumed if it
+is there, and its probe result (probe.json) is reused when the checkpoint and probe settings
+match, so a run that was cut off continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,96 +54,302 @@ from pathlib import Path
 import torch
 
 from pixpro_fast import probe
-from pixpro_fast.config import TrainConfig
-from pixpro_fast.engine import Trainer
+from pixpro_fast.checkpoint import list_checkpoints
+from pixpro_fast.config import VIT_METHODS, TrainConfig
+from pixpro_fast.engine import NonFiniteLossError, Trainer
+from pixpro_fast.methods import METHODS
 
 from .common import markdown_table, write_json
 
-
-def pretrain_config(args, out: Path) -> TrainConfig:
-    """PixPro with the paper's recipe scaled to a CPU budget: small images and projector, and a LARS
-    trust coefficient raised so that a few hundred steps can turn the weights (see --lars-trust)."""
-    return TrainConfig(method=args.method, arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-                       epochs=args.epochs, warmup_epochs=args.warmup_epochs, base_lr=args.base_lr,
-                       optimizer=args.optimizer, lars_trust=args.lars_trust, weight_decay=args.weight_decay,
-                       scenes_images=args.scenes, proj_hidden_dim=args.proj_hidden_dim, precision=args.precision,
-                       num_workers=args.workers, log_every=10, ckpt_every=0, keep_ckpts=1, tensorboard=False,
-                       out=str(out / "pretrain"), seed=args.seed).validate()
+REFERENCE = "pixpro"
+BASE_EPOCHS = 8           # at --budget 1 (x scenes / batch steps per epoch)
+BASE_PROBE_STEPS = 1000   # at --budget 1
+TIMING_WARMUP = 5         # first steps left out of the step-cost mean (at most half the run)
+COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "step cost vs pixpro",
+           "weights turned (deg)"]
 
 
-def results_table(results: list[probe.ProbeResult], baseline: str) -> str:
-    base = next(r for r in results if r.name == baseline)
-    rows = [{"encoder": r.name, "mIoU": round(100 * r.miou, 2), "pixel accuracy": round(100 * r.pixel_accuracy, 2),
-             "mIoU vs random init": round(100 * (r.miou - base.miou), 2)} for r in results]
-    return markdown_table(rows, ["encoder", "mIoU", "pixel accuracy", "mIoU vs random init"])
+# --------------------------------------------------------------------------- arguments
+
+def parse_methods(spec: str) -> list[str]:
+    """``all`` or a comma list of registry names -> method names, PixPro first (the step-cost
+    reference). An unknown name is a ValueError naming it and the choices."""
+    names = list(METHODS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad)) or '(none given)'} in --methods; "
+                         f"choose 'all' or from {', '.join(METHODS)}")
+    names = list(dict.fromkeys(names))
+    return [REFERENCE] + [n for n in names if n != REFERENCE]
+
+
+def epochs_for(budget: float) -> int:
+    return max(1, round(BASE_EPOCHS * budget))
+
+
+def probe_steps_for(budget: float) -> int:
+    return max(1, round(BASE_PROBE_STEPS * budget))
+
+
+def method_config(method: str, args, out: Path) -> TrainConfig:
+    """``method``'s bundled preset with the shared budget and the short-run changes of the
+    module docstring."""
+    try:
+        preset = TrainConfig.from_file(method)
+    except FileNotFoundError:
+        preset = TrainConfig(method=method)
+    epochs = epochs_for(args.budget)
+    steps_per_epoch = args.scenes // args.batch_size
+    changes = dict(
+        method=method, arch=args.vit_arch if method in VIT_METHODS else args.arch, image_size=args.image_size,
+        batch_size=args.batch_size, epochs=epochs, warmup_epochs=preset.warmup_epochs / preset.epochs * epochs,
+        max_steps=None, scenes_images=args.scenes, data=None, loader="torch", lars_trust=args.lars_trust,
+        proj_hidden_dim=min(preset.proj_hidden_dim, args.proj_hidden_dim), precision=args.precision,
+        num_workers=args.workers, device="cpu", compile=False, log_every=10, ckpt_every=0, keep_ckpts=1,
+        tensorboard=False, probe_every=0, resume=True, out=str(out / "pretrain" / method), seed=args.seed)
+    if method == "mocov2":
+        quarter = max(args.batch_size, args.scenes // 4 // args.batch_size * args.batch_size)
+        changes["queue_size"] = min(preset.queue_size, quarter)
+    if preset.freeze_prototypes_steps:
+        changes["freeze_prototypes_steps"] = min(preset.freeze_prototypes_steps, steps_per_epoch)
+    return preset.replace(**changes)
+
+
+# --------------------------------------------------------------------------- pretraining
+
+class TimedTrainer(Trainer):
+    """The engine's trainer, timing each training step into ``step_times.jsonl`` (one line
+    per step, appended as it ends, so a resumed run keeps the times of the steps it keeps)."""
+
+    def _train_step(self, micro_batches):
+        t0 = time.perf_counter()
+        result = super()._train_step(micro_batches)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        with open(self.out_dir / "step_times.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "seconds": seconds}) + "\n")
+        return result
+
+
+def read_step_times(path: Path, last_step: int) -> dict[int, float]:
+    """step -> seconds of the steps up to ``last_step`` (a step redone after a resume: its last time)."""
+    times: dict[int, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:   # a line cut off by a killed run
+                continue
+            if rec["step"] <= last_step:
+                times[rec["step"]] = rec["seconds"]
+    return times
+
+
+def timed_steps(total_steps: int) -> range:
+    """The steps whose mean is the step cost: all but the first few (the same for every method)."""
+    return range(min(TIMING_WARMUP, total_steps // 2) + 1, total_steps + 1)
+
+
+def mean_step_seconds(times: dict[int, float], total_steps: int) -> float:
+    steps = timed_steps(total_steps)
+    missing = [s for s in steps if s not in times]
+    if missing:
+        raise ValueError(f"no step time recorded for step(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return sum(times[s] for s in steps) / len(steps)
+
+
+def pretrain(cfg: TrainConfig) -> dict:
+    """Train (or resume, or find finished) ``cfg``'s run; its checkpoint, steps and step times,
+    or ``diverged``: why the engine stopped it (a non-finite loss or state)."""
+    out = Path(cfg.out)
+    t0 = time.perf_counter()
+    try:
+        fit = TimedTrainer(cfg).fit()
+    except NonFiniteLossError as e:
+        return {"diverged": str(e), "seconds_this_run": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    if fit.status not in ("finished", "max_steps"):
+        raise SystemExit(f"pretraining of {cfg.method} stopped early ({fit.status}); run again to resume it")
+    checkpoint = fit.checkpoint or list_checkpoints(out)[-1]
+    times = read_step_times(out / "step_times.jsonl", fit.steps)
+    return {"checkpoint": str(checkpoint), "steps": fit.steps, "last_loss": fit.last_loss,
+            "seconds_this_run": seconds, "step_seconds": mean_step_seconds(times, fit.steps),
+            "timed_steps": [timed_steps(fit.steps)[0], fit.steps]}
+
+
+# --------------------------------------------------------------------------- probing
+
+def encoder_kind(arch: str, method: str) -> str:
+    """What a random-init baseline must match: the arch, and the input when it is not RGB."""
+    return f"{arch} (L channel)" if METHODS[method][0].encoder_input is not None else arch
+
+
+def cached_probe(path: Path, key: dict, run) -> dict:
+    """``run()``'s result, stored in ``path`` with ``key``; reused while the key is the same."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = run().to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "result": result}, indent=2))
+    return result
+
+
+def probe_layers(encoder, args) -> tuple[str, ...]:
+    return probe.default_layers(encoder, tuple(args.probe_layers.split(",")), tuple(args.vit_probe_layers.split(",")))
+
+
+# --------------------------------------------------------------------------- the table
+
+def build_rows(methods: list[dict], baselines: dict[str, dict]) -> list[dict]:
+    """One row per method: the gain is its mIoU minus its random-init baseline's (points), the
+    step cost its mean step seconds over PixPro's, the weights turned the mean angle of its
+    encoder's weight tensors from their initialisation (a few degrees: still random)."""
+    ref = next((m for m in methods if m["method"] == REFERENCE), {}).get("step_seconds")
+    rows = []
+    for m in methods:
+        if "diverged" in m:
+            rows.append({"method": m["method"], "arch": m["kind"], "mIoU": "diverged", "pixel accuracy": "-",
+                         "gain over random init": "-", "step cost vs pixpro": "-", "weights turned (deg)": "-"})
+            continue
+        base = baselines[m["kind"]]
+        rows.append({"method": m["method"], "arch": m["kind"], "mIoU": round(100 * m["probe"]["miou"], 2),
+                     "pixel accuracy": round(100 * m["probe"]["pixel_accuracy"], 2),
+                     "gain over random init": round(100 * (m["probe"]["miou"] - base["miou"]), 2),
+                     "step cost vs pixpro": round(m["step_seconds"] / ref, 3) if ref else "-",
+                     "weights turned (deg)": round(m["mean_weight_turn_degrees"], 1)})
+    return rows
+
+
+def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
+    return [{"method": "random init", "arch": kind, "mIoU": round(100 * b["miou"], 2),
+             "pixel accuracy": round(100 * b["pixel_accuracy"], 2), "gain over random init": 0.0,
+             "step cost vs pixpro": "-", "weights turned (deg)": 0.0} for kind, b in baselines.items()]
+
+
+def header(payload: dict) -> str:
+    p, c = payload["probe_config"], payload["pretrain"]
+    return (f"Budget {payload['budget']:g}: every method {c['steps']} steps ({c['epochs']} epochs of {c['scenes']} scenes, "
+            f"batch {c['batch_size']}) at {c['image_size']} px on {c['arch']} / {c['vit_arch']}, {c['precision']}. "
+            f"Probe: {p['train_images']} train / {p['val_images']} val scenes at {p['image_size']} px, "
+            f"{p['steps']} steps, ResNets on {','.join(payload['probe_layers']['resnet'])}, ViTs on "
+            f"{','.join(payload['probe_layers']['vit'])}. Step cost: mean training-step seconds over steps "
+            f"{c['timed_steps'][0]}-{c['timed_steps'][1]}, relative to pixpro. Wall time "
+            f"{payload['wall_seconds'] / 60:.1f} min ({torch.get_num_threads()} threads).")
+
+
+def write_outputs(out: Path, payload: dict) -> dict[str, Path]:
+    from .chart import draw_quality
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(payload["rows"] + payload["baseline_rows"], COLUMNS)
+    md = out / "quality.md"
+    md.write_text(header(payload) + "\n\n" + table + "\n")
+    return {"json": write_json(out, "quality.json", payload), "md": md,
+            "png": draw_quality(payload, out / "quality.png")}
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="pixpro")
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=96, help="pretraining image size")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=36)
-    ap.add_argument("--warmup-epochs", type=float, default=2.0)
-    ap.add_argument("--base-lr", type=float, default=1.0)
-    ap.add_argument("--optimizer", default="lars")
-    ap.add_argument("--lars-trust", type=float, default=0.02,
-                    help="LARS trust coefficient; the paper's 0.001 barely moves the weights in a few hundred steps")
-    ap.add_argument("--weight-decay", type=float, default=1e-5)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--methods", "--method", default="all",
+                    help=f"'all' (the registry: {', '.join(METHODS)}) or a comma list; pixpro always runs first")
+    ap.add_argument("--budget", type=float, default=1.0,
+                    help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
+    ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
+    ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
+    ap.add_argument("--image-size", type=int, default=64, help="pretraining image size")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
-    ap.add_argument("--proj-hidden-dim", type=int, default=1024)
+    ap.add_argument("--lars-trust", type=float, default=0.02,
+                    help="LARS trust coefficient of the methods that use LARS (the paper's 0.001 barely moves "
+                         "the weights in a few hundred steps)")
+    ap.add_argument("--proj-hidden-dim", type=int, default=1024, help="cap on the projector hidden widths")
     ap.add_argument("--precision", default="auto",
                     help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="loader worker processes")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 on a shared 2-core machine, where a "
+                         "second thread mostly waits for a busy core")
     ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
-    ap.add_argument("--probe-layers", default="layer3,layer4", help="comma-separated stages")
-    ap.add_argument("--probe-steps", type=int, default=probe.ProbeConfig.steps)
+    ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
+    ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
     ap.add_argument("--probe-train-images", type=int, default=probe.ProbeConfig.train_images)
     ap.add_argument("--probe-val-images", type=int, default=probe.ProbeConfig.val_images)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_out/quality")
     args = ap.parse_args(argv)
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.budget <= 0:
+        ap.error(f"--budget must be positive, got {args.budget}")
+    if args.scenes < args.batch_size:
+        ap.error(f"--scenes ({args.scenes}) must be at least --batch-size ({args.batch_size})")
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
-    layers = tuple(s for s in args.probe_layers.split(",") if s)
-    probe_cfg = probe.ProbeConfig(image_size=args.probe_image_size, layers=layers, steps=args.probe_steps,
-                                  train_images=args.probe_train_images, val_images=args.probe_val_images,
-                                  seed=args.seed)
+    start = time.perf_counter()
+    configs = {m: method_config(m, args, out) for m in methods}   # every config checked before any training
+    probe_cfg = probe.ProbeConfig(image_size=args.probe_image_size, layers=tuple(args.probe_layers.split(",")),
+                                  steps=probe_steps_for(args.budget), train_images=args.probe_train_images,
+                                  val_images=args.probe_val_images, seed=args.seed)
+    train = val = None
+    results, baselines = [], {}
+    for m in methods:
+        cfg = configs[m]
+        print(f"== {m}: {cfg.arch}, {cfg.epochs} epochs", file=sys.stderr, flush=True)
+        run = pretrain(cfg)
+        if "diverged" in run:
+            print(f"  {m}: diverged ({run['diverged']})", file=sys.stderr, flush=True)
+            results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, m),
+                            "description": METHODS[m][1], **run, "config": cfg.to_dict()})
+            continue
+        pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
+        shape = probe.trunk_shape(pretrained.state_dict(), arch)
+        initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
+        turn = probe.weight_turn(pretrained, initial)
+        kind = encoder_kind(arch, m)
+        enc, base_enc = probe.probe_ready(pretrained, m), probe.probe_ready(initial, m)
+        layers = probe_layers(enc, args)
+        key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"]}
 
-    cfg = pretrain_config(args, out)
-    t0 = time.perf_counter()
-    fit = Trainer(cfg).fit()
-    pretrain_s = time.perf_counter() - t0
-    if fit.status not in ("finished", "max_steps"):
-        raise SystemExit(f"pretraining stopped early ({fit.status}); run again to resume it")
-    print(f"pretrained {fit.steps} steps in {pretrain_s / 60:.1f} min, last loss {fit.last_loss:.4f}")
-
-    pretrained, arch, _ = probe.encoder_from_checkpoint(fit.checkpoint)
-    initial = probe.random_encoder(arch, args.seed)  # the weights pretraining started from
-    turn = probe.weight_turn(pretrained, initial)
-    print("weights turned from their initialisation (degrees): "
-          + ", ".join(f"{stage} {deg:.1f}" for stage, deg in turn.items()))
-    train, val = probe.load_probe_data(probe_cfg)
-    encoders = [(f"{arch} {args.method} {args.epochs} ep", pretrained, layers),
-                (f"{arch} random init", initial, layers),
-                ("pixel colour", probe.PixelColour(), ("pixels",))]
-    results = []
-    for name, enc, enc_layers in encoders:
-        results.append(probe.evaluate_encoder(enc, train, val, probe_cfg, name, layers=enc_layers))
-        print(f"  probed {name}: mIoU {100 * results[-1].miou:.2f}")
-    table = results_table(results, f"{arch} random init")
-    header = (f"{args.method} pretraining: {arch}, {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs over "
-              f"{args.scenes} scenes ({fit.steps} steps, {pretrain_s / 60:.1f} min on {torch.get_num_threads()} "
-              f"threads). Probe: {probe_cfg.train_images} train / {probe_cfg.val_images} val scenes at "
-              f"{probe_cfg.image_size} px, layers {','.join(layers)}, {probe_cfg.steps} steps. Pretrained weights turned from "
-              f"their initialisation by " + ", ".join(f"{s} {d:.0f}" for s, d in turn.items()) + " degrees.")
-    print(header + "\n\n" + table)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.md").write_text(header + "\n\n" + table + "\n")
-    payload = {"pretrain_config": cfg.to_dict(), "pretrain_steps": fit.steps, "pretrain_seconds": pretrain_s,
-               "last_loss": fit.last_loss, "weight_turn_degrees": turn, "probe_config": asdict(probe_cfg),
-               "results": [r.to_dict() for r in results]}
-    print("wrote", write_json(out, "quality.json", payload))
+        def evaluate(encoder, name):
+            nonlocal train, val
+            if train is None:
+                train, val = probe.load_probe_data(probe_cfg)
+            return lambda: probe.evaluate_encoder(encoder, train, val, probe_cfg, name, layers=layers)
+        result = cached_probe(Path(cfg.out) / "probe.json", key, evaluate(enc, f"{kind} {m}"))
+        if kind not in baselines:
+            base_key = {**key, "checkpoint": None, "kind": kind, "shape": shape}
+            safe = kind.replace(" ", "_").replace("(", "").replace(")", "")
+            baselines[kind] = cached_probe(out / "random_init" / f"{safe}.json", base_key,
+                                           evaluate(base_enc, f"{kind} random init"))
+        print(f"  {m}: mIoU {100 * result['miou']:.2f} (random init {100 * baselines[kind]['miou']:.2f}), "
+              f"step {run['step_seconds']:.3f} s, weights turned {sum(turn.values()) / max(len(turn), 1):.1f} deg",
+              file=sys.stderr, flush=True)
+        results.append({"method": m, "arch": arch, "kind": kind, "description": METHODS[m][1], **run,
+                        "weight_turn_degrees": turn,
+                        "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
+                        "config": cfg.to_dict(), "probe": result})
+    ref_cfg = configs[REFERENCE]
+    total_steps = ref_cfg.epochs * (args.scenes // args.batch_size)
+    payload = {"budget": args.budget, "methods": methods, "wall_seconds": time.perf_counter() - start,
+               "pretrain": {"steps": total_steps, "epochs": ref_cfg.epochs, "scenes": args.scenes,
+                            "batch_size": args.batch_size, "image_size": args.image_size, "arch": args.arch,
+                            "vit_arch": args.vit_arch, "precision": args.precision,
+                            "timed_steps": [timed_steps(total_steps)[0], total_steps]},
+               "probe_config": asdict(probe_cfg),
+               "probe_layers": {"resnet": args.probe_layers.split(","), "vit": args.vit_probe_layers.split(",")},
+               "rows": build_rows(results, baselines), "baseline_rows": baseline_rows(baselines),
+               "baselines": baselines, "results": results}
+    paths = write_outputs(out, payload)
+    print(header(payload) + "\n\n" + markdown_table(payload["rows"] + payload["baseline_rows"], COLUMNS))
+    print("wrote", ", ".join(str(p) for p in paths.values()))
     return payload
 
 

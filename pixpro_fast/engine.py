@@ -410,7 +410,7 @@ class Trainer:
         """probe_miou of the current online encoder (a frozen copy; see :mod:`.probe`)."""
         if self._probe is None:
             from .probe import OnlineProbe
-            self._probe = OnlineProbe(self.cfg.probe_images, device=self.device)
+            self._probe = OnlineProbe(self.cfg.probe_images, device=self.device, method=self.cfg.method)
         return self._probe(self.model.online["encoder"])
 
     # -- profiling ----------------------------------------------------------------------

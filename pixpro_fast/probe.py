@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -366,12 +367,42 @@ def evaluate_encoder(encoder: nn.Module, train: ProbeSplit, val: ProbeSplit, cfg
 
 # --------------------------------------------------------------------------- encoders
 
+def build_trunk(arch: str, in_channels: int = 3, img_size: int = 224) -> nn.Module:
+    """A randomly initialised encoder offering ``forward_stages``: a ResNet trunk taking
+    ``in_channels`` channels, or a ViT whose native position grid is ``img_size / 16``."""
+    from .encoder import ARCHS, build_encoder
+    from .vit import VIT_ARCHS, ViTEncoder
+    if arch in VIT_ARCHS:
+        if in_channels != 3:
+            raise ValueError(f"ViT encoders take 3 input channels, got in_channels={in_channels}")
+        return ViTEncoder(arch, img_size)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown encoder arch {arch!r}; choose one of {tuple(ARCHS) + tuple(VIT_ARCHS)}")
+    return build_encoder(arch, in_channels=in_channels)
+
+
+def trunk_shape(state: dict[str, torch.Tensor], arch: str) -> dict:
+    """The ``build_trunk`` arguments an encoder state_dict was saved from: ``in_channels`` of a
+    ResNet (``conv1``), ``img_size`` of a ViT (its position embedding's grid)."""
+    from .vit import PATCH, VIT_ARCHS
+    if arch in VIT_ARCHS:
+        pos = state.get("vit.pos_embed")
+        if pos is None:
+            return {}
+        grid = math.isqrt(pos.shape[1])
+        return {"img_size": grid * PATCH} if grid * grid == pos.shape[1] else {}
+    conv1 = state.get("conv1.weight")
+    return {"in_channels": int(conv1.shape[1])} if conv1 is not None and conv1.dim() == 4 else {}
+
+
 def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[nn.Module, str, dict]:
     """The online encoder of a training checkpoint: (encoder, arch, the checkpoint's config).
 
-    ``arch``, when given, must match the checkpoint's; a mismatch is an error, not a guess."""
+    ResNets (3 channels, or 1 for colorization's L channel) and ViTs (any native grid) are
+    rebuilt from the shapes in the checkpoint. ``arch``, when given, must match the
+    checkpoint's; a mismatch is an error, not a guess. The encoder takes what it took in
+    training: wrap it with :func:`probe_ready` to feed it the probe's RGB images."""
     from .checkpoint import load_checkpoint
-    from .encoder import build_encoder
     from .export import encoder_state_from_checkpoint
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -383,8 +414,8 @@ def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[
     if arch is not None and saved_arch is not None and arch != saved_arch:
         raise ValueError(f"arch mismatch: {path} holds a {saved_arch} encoder, but {arch} was requested")
     arch = arch or saved_arch
-    encoder = build_encoder(arch)
     state = encoder_state_from_checkpoint(ckpt)
+    encoder = build_trunk(arch, **trunk_shape(state, arch))
     try:
         encoder.load_state_dict(state)
     except RuntimeError as e:
@@ -392,12 +423,62 @@ def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[
     return encoder, arch, config
 
 
-def random_encoder(arch: str, seed: int = 0) -> nn.Module:
-    """A randomly initialised trunk, as pretraining starts it (zero-initialised residual BN)."""
-    from .encoder import build_encoder
+def random_encoder(arch: str, seed: int = 0, in_channels: int = 3, img_size: int = 224) -> nn.Module:
+    """A randomly initialised encoder, as pretraining with ``seed`` starts it (ResNets with
+    zero-initialised residual BN)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_encoder(arch)
+        return build_trunk(arch, in_channels, img_size)
+
+
+def unnormalise(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`normalise`'s affine map: float NCHW on the 0..1 scale."""
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp_(0.0, 1.0)
+
+
+class MethodInput(nn.Module):
+    """An encoder fed what its method fed it in training: ``encoder_input`` (RGB on 0..1 ->
+    encoder input, e.g. colorization's scaled L channel) applied to the probe's normalised
+    RGB before ``forward_stages``."""
+
+    def __init__(self, encoder: nn.Module, encoder_input):
+        super().__init__()
+        self.encoder, self.encoder_input = encoder, encoder_input
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encoder.forward_stages(self.encoder_input(unnormalise(x)))
+
+
+def probe_ready(encoder: nn.Module, method: str | None) -> nn.Module:
+    """``encoder`` as the probe must run it: wrapped in :class:`MethodInput` when ``method``
+    (a registry name) feeds its encoder something other than the normalised RGB views."""
+    from .methods import METHODS
+    if method is None:
+        return encoder
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    encoder_input = METHODS[method][0].encoder_input
+    return encoder if encoder_input is None else MethodInput(encoder, encoder_input)
+
+
+def default_layers(encoder: nn.Module, resnet_layers: tuple[str, ...] = ("layer3", "layer4"),
+                   vit_layers: tuple[str, ...] = ("tokens",)) -> tuple[str, ...]:
+    """The maps probed by default: ``resnet_layers`` of a ResNet, ``vit_layers`` of a ViT."""
+    from .vit import ViTEncoder
+    inner = encoder.encoder if isinstance(encoder, MethodInput) else encoder
+    return tuple(vit_layers) if isinstance(inner, ViTEncoder) else tuple(resnet_layers)
+
+
+def weight_stage(name: str) -> str:
+    """The stage a parameter belongs to: ``layer3`` of a ResNet, ``blocks.5`` or
+    ``patch_embed`` of a ViT."""
+    parts = name.split(".")
+    if parts[0] != "vit":
+        return parts[0]
+    return ".".join(parts[1:3]) if parts[1] == "blocks" else parts[1]
 
 
 @torch.no_grad()
@@ -407,16 +488,17 @@ def weight_turn(encoder: nn.Module, reference: nn.Module) -> dict[str, float]:
 
     Convolutions followed by BatchNorm are scale-invariant, so their direction, not their
     norm, is what training changes; a few degrees means the stage is still its random
-    initialisation, whatever the loss curve says.
+    initialisation, whatever the loss curve says. A ViT's matrices (every weight of two or
+    more dimensions but the position embedding) are grouped by block.
     """
     ref = dict(reference.named_parameters())
     angles: dict[str, list[float]] = {}
     for name, w in encoder.named_parameters():
-        if w.dim() != 4 or name not in ref:
+        if w.dim() < 2 or name not in ref or name.endswith("pos_embed"):
             continue
         a, b = w.detach().double().flatten(), ref[name].detach().double().flatten()
         cos = (a @ b) / (a.norm() * b.norm()).clamp_min(1e-30)
-        stage = name.split(".")[0]
+        stage = weight_stage(name)
         angles.setdefault(stage, []).append(float(torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))))
     return {stage: sum(v) / len(v) for stage, v in angles.items()}
 
@@ -430,15 +512,18 @@ class OnlineProbe:
     mode, BatchNorm buffers and graph are untouched) and probes the copy without gradients."""
 
     def __init__(self, n_images: int = 64, image_size: int = 128, layers: tuple[str, ...] = ("layer4",),
-                 steps: int = 200, device: str | torch.device = "cpu", root: str | Path | None = None):
+                 steps: int = 200, device: str | torch.device = "cpu", root: str | Path | None = None,
+                 method: str | None = None, vit_layers: tuple[str, ...] = ("tokens",)):
         self.cfg = ProbeConfig(image_size=image_size, layers=layers, train_images=n_images, val_images=n_images,
                                steps=steps)
-        self.device = device
+        self.device, self.method, self.vit_layers = device, method, tuple(vit_layers)
         self.train, self.val = load_probe_data(self.cfg, root)
 
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
-        enc = copy.deepcopy(encoder).float()
-        result = evaluate_encoder(enc, self.train, self.val, self.cfg, device=self.device)
+        enc = probe_ready(copy.deepcopy(encoder).float(), self.method)
+        result = evaluate_encoder(enc, self.train, self.val, self.cfg, layers=default_layers(enc, self.cfg.layers,
+                                                                                             self.vit_layers),
+                                  device=self.device)
         return {"probe_miou": result.miou, "probe_pixel_accuracy": result.pixel_accuracy}
 
 
@@ -466,7 +551,9 @@ def eval_command(argv: list[str]) -> int:
     d = ProbeConfig()
     ap.add_argument("--image-size", type=int, default=d.image_size)
     ap.add_argument("--label-stride", type=int, default=d.label_stride)
-    ap.add_argument("--layers", default=",".join(d.layers), help="comma-separated stages, e.g. layer4,layer3")
+    ap.add_argument("--layers", default=None,
+                    help=f"comma-separated maps: ResNet stages ({','.join(STAGES)}; default {','.join(d.layers)}) or "
+                         f"ViT ones (tokens, block1 .. blockN; default tokens)")
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
@@ -480,12 +567,14 @@ def eval_command(argv: list[str]) -> int:
         ap.error("give --checkpoint PATH, or --random-init with --arch")
     if args.random_init and not args.arch and not args.checkpoint:
         ap.error("--random-init needs --arch (or a --checkpoint to take it from)")
-    layers = tuple(s.strip() for s in args.layers.split(",") if s.strip())
-    bad = [s for s in layers if s not in STAGES]
+    layers = tuple(s.strip() for s in (args.layers or "").split(",") if s.strip()) or None
+    bad = [s for s in layers or () if s not in STAGES and s != "tokens"
+           and not (s.startswith("block") and s[5:].isdigit())]
     if bad:
-        ap.error(f"unknown layer(s) {bad}; choose from {STAGES}")
+        ap.error(f"unknown layer(s) {bad}; choose from {STAGES}, or tokens, block1 .. blockN for a ViT")
     try:
-        cfg = ProbeConfig(image_size=args.image_size, label_stride=args.label_stride, layers=layers, steps=args.steps,
+        cfg = ProbeConfig(image_size=args.image_size, label_stride=args.label_stride, layers=layers or d.layers,
+                          steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, train_images=args.train_images,
                           val_images=args.val_images, seed=args.seed)
     except ValueError as e:
@@ -493,25 +582,26 @@ def eval_command(argv: list[str]) -> int:
     encoders: list[tuple[str, nn.Module, tuple[str, ...]]] = []
     arch = args.arch
     source = None
+    method, shape = None, {}
     try:
         if args.checkpoint:
             enc, arch, saved = encoder_from_checkpoint(args.checkpoint, args.arch)
             source = {"checkpoint": str(args.checkpoint), "pretrain_config": saved}
+            method, shape = saved.get("method"), trunk_shape(enc.state_dict(), arch)
+            enc = probe_ready(enc, method)
             if not args.random_init:
-                encoders.append((f"{arch} pretrained", enc, layers))
-        elif args.arch:
-            from .encoder import ARCHS
-            if args.arch not in ARCHS:
-                raise ValueError(f"unknown encoder arch {args.arch!r}; choose one of {ARCHS}")
+                encoders.append((f"{arch} pretrained", enc, layers or default_layers(enc, d.layers)))
+        random_init = (probe_ready(random_encoder(arch, args.seed, **shape), method)
+                       if args.random_init or args.compare_random else None)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.random_init or args.compare_random:
-        encoders.append((f"{arch} random init", random_encoder(arch, args.seed), layers))
+    if random_init is not None:
+        encoders.append((f"{arch} random init", random_init, layers or default_layers(random_init, d.layers)))
     if args.compare_colour:
         encoders.append(("pixel colour", PixelColour(), ("pixels",)))
     print(f"probe: {cfg.train_images} train / {cfg.val_images} val scenes at {cfg.image_size} px, labels at "
-          f"{cfg.label_size} px, layers {','.join(layers)}, {cfg.steps} steps", file=sys.stderr)
+          f"{cfg.label_size} px, layers {','.join(encoders[0][2])}, {cfg.steps} steps", file=sys.stderr)
     train, val = load_probe_data(cfg)
     results = []
     for name, enc, enc_layers in encoders:

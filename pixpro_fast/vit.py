@@ -31,7 +31,8 @@ def timm_kwargs(img_size: int = 224) -> dict:
 
 
 class ViTEncoder(nn.Module):
-    """Patch-token ViT. ``forward(x) -> (B, N, D)``; ``feature_map(x) -> (B, D, h, w)``."""
+    """Patch-token ViT. ``forward(x) -> (B, N, D)``; ``feature_map(x) -> (B, D, h, w)``;
+    ``forward_stages(x)``: the token maps after every block, for dense probing."""
 
     def __init__(self, arch: str = "vit_small_patch16", img_size: int = 224, stochastic_depth: float = 0.1):
         super().__init__()
@@ -79,6 +80,22 @@ class ViTEncoder(nn.Module):
         h, w = x.shape[-2] // PATCH, x.shape[-1] // PATCH
         t = self.forward(x)
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[-1], h, w)
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Patch tokens as (B, D, H/16, W/16) maps: ``block1`` .. ``blockN`` after each block (before
+        the final norm) and ``tokens``, the normalised output of the last block (what
+        :meth:`forward` returns), the interface of ``ResNetTrunk.forward_stages``."""
+        h, w = x.shape[-2] // PATCH, x.shape[-1] // PATCH
+        t = self.vit.norm_pre(self.embed(x)[0])
+
+        def as_map(tokens):
+            return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], h, w)
+        out = {}
+        for i, block in enumerate(self.vit.blocks, 1):
+            t = block(t)
+            out[f"block{i}"] = as_map(t)
+        out["tokens"] = as_map(self.vit.norm(t))
+        return out
 
     def timm_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights loadable into ``timm.create_model(timm_name(arch), pretrained=False,

@@ -192,31 +192,6 @@ def test_training_logs_probe_miou_and_eval_command_writes_json(tmp_path, cache, 
         assert f"{100 * r['miou']:.2f}" in proc.stdout
 
 
-def test_quality_benchmark_writes_a_consistent_table(tmp_path, cache, monkeypatch):
-    """benchmarks.quality at toy size: pretrains, probes three encoders, and its JSON and
-    markdown agree (the random-init row is the reference of the difference column)."""
-    from benchmarks import quality
-    monkeypatch.setenv("PIXPRO_FAST_CACHE", str(cache))
-    payload = quality.main(["--epochs", "1", "--scenes", "32", "--image-size", "64", "--batch-size", "16",
-                            "--warmup-epochs", "0", "--proj-hidden-dim", "64", "--workers", "0",
-                            "--probe-image-size", "64", "--probe-steps", "20", "--probe-train-images", "6",
-                            "--probe-val-images", "4", "--out", str(tmp_path / "q")])
-    names = [r["name"] for r in payload["results"]]
-    assert names == ["resnet18 pixpro 1 ep", "resnet18 random init", "pixel colour"]
-    assert payload["pretrain_steps"] == 2 and math.isfinite(payload["last_loss"])
-    saved = json.loads((tmp_path / "q" / "quality.json").read_text())
-    assert [r["miou"] for r in saved["results"]] == [r["miou"] for r in payload["results"]]
-    table = (tmp_path / "q" / "quality.md").read_text()
-    random_row = next(line for line in table.splitlines() if line.startswith("| resnet18 random init"))
-    assert random_row.rstrip(" |").endswith("| 0")
-    assert (tmp_path / "q" / "pretrain" / "metrics.jsonl").is_file()
-    # pretraining starts from the random-init row's weights: two steps turn them a little,
-    # where two independent initialisations would sit near 90 degrees apart
-    turn = payload["weight_turn_degrees"]
-    assert set(turn) == {"conv1", "layer1", "layer2", "layer3", "layer4"}
-    assert all(0.0 < deg < 20.0 for deg in turn.values()), turn
-
-
 def test_weight_turn_measures_the_angle_from_a_reference():
     """Zero for a copy, unchanged by rescaling (BatchNorm makes the norm irrelevant), and the
     constructed angle where one stage's weights are rotated towards an orthogonal direction."""

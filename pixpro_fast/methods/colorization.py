@@ -94,6 +94,17 @@ def rebalancing_weights(prior: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
     return w / (prior * w).sum()
 
 
+def scaled_lightness(lab: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) Lab -> the encoder's input (B, 1, H, W): L (0..100) scaled to [-1, 1]."""
+    return (lab[:, :1] - 50.0) / 50.0
+
+
+def lightness_input(rgb01: torch.Tensor) -> torch.Tensor:
+    """RGB on the 0..1 scale -> what the colorization encoder sees (fp32, whatever the autocast)."""
+    with torch.autocast(rgb01.device.type, enabled=False):
+        return scaled_lightness(rgb_to_lab(rgb01.float()))
+
+
 class ColorizationDecoder(nn.Module):
     """Encoder map (stride 32) -> ``out_dim`` channels at a given size: 1x1 reduce, bilinear
     upsampling, one 3x3 conv, 1x1 out."""
@@ -111,6 +122,8 @@ class ColorizationDecoder(nn.Module):
 
 
 class Colorization(PretextMethod):
+    encoder_input = staticmethod(lightness_input)
+
     @classmethod
     def options_from(cls, cfg) -> dict:
         return {"mode": cfg.colorization_mode}
@@ -145,7 +158,7 @@ class Colorization(PretextMethod):
         with torch.autocast(x.device.type, enabled=False):
             lab = rgb_to_lab(self.to_unit(x.float()))
             ab = F.interpolate(lab[:, 1:], size=(h // 4, w // 4), mode="area")
-        return (lab[:, :1] - 50.0) / 50.0, ab
+        return scaled_lightness(lab), ab
 
     def forward(self, views, coords=None) -> MethodOutput:
         x = self.single_view(views)

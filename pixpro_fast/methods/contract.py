@@ -14,6 +14,10 @@ A method is an ``nn.Module`` with
   step, no-ops unless a method needs them (SwAV freezes its prototypes early, normalises them
   after the step).
 
+- ``encoder_input``: ``None`` when the encoder takes the views as they come (normalised
+  RGB), else a function from RGB on the 0..1 scale to what the encoder sees (colorization's
+  scaled L channel): what a probe of the trained encoder must feed it.
+
 ``MethodOutput.stats`` holds detached scalars that mean something for that method (positive
 pairs for the pixel-level ones, accuracy for a classifier pretext task ...): what does not
 apply is absent, never a placeholder.
@@ -42,6 +46,7 @@ class Method(nn.Module):
     recipe: str = "byol"
     num_views: int | None = 2
     min_views: int = 1
+    encoder_input = None
 
     def __init__(self):
         super().__init__()
