@@ -17,7 +17,7 @@ from pixpro_fast.config import TrainConfig
 from pixpro_fast.encoder import build_encoder
 from pixpro_fast.engine import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K = 4           # classes of the synthetic case
 BLOCK = 8       # pixels per side of one class block
 
