@@ -150,7 +150,8 @@ def test_random_init_baselines_are_the_weights_pretraining_starts_from(tmp_path)
                                 ("loca", "vit_tiny_patch16", {"img_size": 64})):
         cfg = TrainConfig.from_file(method).replace(
             arch=arch, image_size=64, batch_size=2, loader="synthetic", num_workers=0, tensorboard=False,
-            proj_hidden_dim=32, num_prototypes=16, seed=3, out=str(tmp_path / method))
+            proj_hidden_dim=32, seed=3, out=str(tmp_path / method),
+            **({"num_prototypes": 16} if method == "loca" else {}))
         started = Trainer(cfg).model.online["encoder"].state_dict()
         assert probe.trunk_shape(started, arch) == shape
         baseline = probe.random_encoder(arch, 3, **shape).state_dict()
