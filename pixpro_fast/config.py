@@ -171,8 +171,8 @@ class TrainConfig:
                           choices=PRECISIONS)
     channels_last: bool = _opt(True, "channels-last memory format for the model and views", "apply")
     compile: bool = _opt(False, "torch.compile the model (slow first steps, faster later)", "apply")
-    compile_mode: str = _opt("default", "torch.compile mode with --compile: default, max-autotune (tuned kernels, "
-                             "much longer compilation) or reduce-overhead (CUDA graphs)", "apply",
+    compile_mode: str = _opt("default", "torch.compile mode when compiling; the other two tune kernels (much longer "
+                             "compilation) or capture CUDA graphs", "apply",
                              choices=("default", "max-autotune", "reduce-overhead"))
     sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across processes (torchrun)")
     seed: int = _opt(0, "seed of the model initialisation and the data order")
