@@ -69,6 +69,10 @@ def draw(result: dict, path: str | Path) -> Path:
     fig.suptitle(f"pixpro_fast benchmark suite ({result.get('mode', '?')}): {m.get('cpu_count', '?')} CPU cores, "
                  f"{m.get('cpu_capability', '?')}, torch {m.get('torch', '?')}"
                  + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"), fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +98,4 @@ def draw_quality(payload: dict, path: str | Path) -> Path:
     c = payload.get("pretrain", {})
     fig.suptitle(f"Quality of every method, budget {payload.get('budget', '?')}: {c.get('steps', '?')} steps at "
                  f"{c.get('image_size', '?')} px, batch {c.get('batch_size', '?')}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

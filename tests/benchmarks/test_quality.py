@@ -14,17 +14,8 @@ from pixpro_fast.vit import PATCH, ViTEncoder
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU work on one intra-op thread (results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("scenes_cache")
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (see conftest's one_thread)."""
 
 
 # --------------------------------------------------------------------------- ViT maps

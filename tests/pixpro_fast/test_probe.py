@@ -23,19 +23,8 @@ BLOCK = 8       # pixels per side of one class block
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU work on one intra-op thread: on a shared 2-core machine a second thread
-    mostly waits for the first (results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private scenes cache, shared by this module's tests."""
-    return tmp_path_factory.mktemp("scenes_cache")
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (see conftest's one_thread)."""
 
 
 def block_split(n: int, seed: int, size: int = 32, stride: int = 4) -> probe.ProbeSplit:
