@@ -15,7 +15,6 @@ Needs numba (it comes with FFCV); :func:`available` says whether it is there.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import torch
@@ -231,14 +230,8 @@ def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur
     rowbuf = np.empty(w + 2 * int(radius.max(initial=0)) + 2, dtype=np.float32)
     acc = np.empty(w, dtype=np.float32)
     f32 = lambda t: t.numpy().astype(np.float32)
-    with _ONE_AT_A_TIME:
-        colour_batch(src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
-                     f32(params.saturation), f32(params.hue), params.grayscale.numpy(), sig, radius,
-                     params.solarize.numpy(), F32(solarize_threshold / 255.0), np.asarray(mean, dtype=np.float32),
-                     np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf, acc)
+    colour_batch(src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
+                 f32(params.saturation), f32(params.hue), params.grayscale.numpy(), sig, radius,
+                 params.solarize.numpy(), F32(solarize_threshold / 255.0), np.asarray(mean, dtype=np.float32),
+                 np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf, acc)
     return out
-
-
-# One call at a time in a process: two threads (a loader's colour thread and the training
-# thread, say) compiling the same kernels at once race inside numba's dispatcher.
-_ONE_AT_A_TIME = threading.Lock()
