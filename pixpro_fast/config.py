@@ -294,8 +294,7 @@ def check_field(f: dataclasses.Field, value) -> None:
 
 def method_fields(method: str) -> tuple[str, ...]:
     """The fields that only some methods read and ``method`` is one of them."""
-    return tuple(f.name for f in fields(TrainConfig) if method in f.metadata.get("methods", (method,))
-                 and "methods" in f.metadata)
+    return tuple(f.name for f in fields(TrainConfig) if method in f.metadata.get("methods", ()))
 
 
 def _fields_by_rule(rule: str) -> tuple[str, ...]:
