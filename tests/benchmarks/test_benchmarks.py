@@ -14,19 +14,14 @@ from PIL import Image
 
 from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, chart
 from pixpro_fast.hardware import native_precisions
+from sample_data import jpeg_folder
 from pixpro_fast.metrics import verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def image_folder(root: Path, n: int = 32) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        h, w = 96 + 5 * i, 128 - 2 * i
-        arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
-        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
-    return root
+    return jpeg_folder(root, n, first=(96, 128), step=(5, -2))
 
 
 def close(a, b, rel=1e-9):

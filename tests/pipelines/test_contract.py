@@ -2,27 +2,21 @@
 view of every preset, and the same draws (windows, flips, colour) from the one sampler."""
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
+from sample_data import installed_backends
 from pipelines import build_loader, get_recipe, sampler
-from pipelines.batch import keep_torch_threads
 
 PLANE_SIZES = [(300, 301), (64, 300), (200, 90), (150, 200), (97, 113), (250, 333), (120, 120), (180, 260)]
 IMAGE_SIZE = 32
 PRESETS = ["byol", "swav_multicrop", "loca", "single"]
 
 
-def _installed(module: str) -> bool:
-    with keep_torch_threads():
-        return importlib.util.find_spec(module) is not None
-
-
-BACKENDS = ["torch"] + (["dali"] if _installed("nvidia.dali") else []) + (["ffcv"] if _installed("ffcv") else [])
+BACKENDS = installed_backends()
 
 
 @pytest.fixture(scope="module")

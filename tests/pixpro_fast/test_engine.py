@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.export import detectron2_key, encoder_state_from_checkpoint, export_checkpoint
+from sample_data import jpeg_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, num_workers=0,
@@ -22,13 +22,7 @@ TINY = dict(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, bat
 
 
 def image_folder(root: Path, n: int = 12) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        h, w = 80 + 7 * i, 120 - 3 * i
-        arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
-        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
-    return root
+    return jpeg_folder(root, n, first=(80, 120), step=(7, -3))
 
 
 def run_cli(*args, timeout=300, **kw):

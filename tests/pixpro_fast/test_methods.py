@@ -16,6 +16,7 @@ from pixpro_fast.methods.simclr import nt_xent_loss
 from pixpro_fast.methods.simsiam import simsiam_loss
 from pixpro_fast.methods.swav import sinkhorn, swapped_prediction_loss
 from reference import cell_centre
+from sample_data import installed_backends
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -318,16 +319,7 @@ def test_n_view_and_one_view_methods_train_on_the_scenes(method, extra, tmp_path
     assert all(math.isfinite(r["loss"]) for r in records)
 
 
-def _backends() -> list[str]:
-    import importlib.util
-
-    from pipelines.batch import keep_torch_threads
-    with keep_torch_threads():
-        return ["torch"] + [name for name, module in (("dali", "nvidia.dali"), ("ffcv", "ffcv"))
-                            if importlib.util.find_spec(module) is not None]
-
-
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", installed_backends())
 def test_swav_multicrop_trains_on_every_backend(backend, tmp_path):
     """Eight views of two sizes from each loader, through the engine, for two steps."""
     from pipelines.scenes import ensure_scenes

@@ -16,6 +16,7 @@ import torch
 from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint, non_finite_entries
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
+from sample_data import BACKEND_MODULES
 from test_engine import ROOT, TINY, cli_flags, image_folder
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -84,7 +85,7 @@ def _data_for(backend: str, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("backend", ["torch", "dali", "ffcv"])
 def test_kill_9_at_any_moment_then_rerun_equals_an_uninterrupted_run(backend, tmp_path):
-    pytest.importorskip({"torch": "torch", "dali": "nvidia.dali", "ffcv": "ffcv"}[backend])
+    pytest.importorskip(BACKEND_MODULES[backend])
     data = _data_for(backend, tmp_path)
     cfg = dict(KILLED, data=data, loader=backend)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
