@@ -267,6 +267,14 @@ def sample_pages(reader) -> np.ndarray:
     return pages
 
 
+def stored_image_span(reader, sample_id: int) -> tuple[int, int]:
+    """(offset in the file, size in bytes) of one sample's stored image field."""
+    field = reader.metadata[f"f{list(reader.handlers).index('image')}"][sample_id]
+    table = reader.alloc_table
+    size = int(table["size"][np.flatnonzero(table["ptr"] == field["data_ptr"])[0]])
+    return int(field["data_ptr"]), size
+
+
 def quasi_random_order(pages: np.ndarray, seed: int, epoch: int, window: int) -> np.ndarray:
     """Pages in random order, samples shuffled within each page, then within consecutive
     windows of ``window`` samples: random enough for SGD, nearly sequential on disk."""
@@ -424,11 +432,8 @@ class FFCVLoader:
 
     def _stored_bytes(self, sample_id: int) -> np.ndarray:
         """The image field's stored bytes of one sample (its JPEG), read from the file."""
-        reader = self._ffcv.reader
-        field = reader.metadata[f"f{list(reader.handlers).index('image')}"][sample_id]
-        table = reader.alloc_table
-        size = int(table["size"][np.flatnonzero(table["ptr"] == field["data_ptr"])[0]])
-        return np.fromfile(self.path, dtype=np.uint8, count=size, offset=int(field["data_ptr"]))
+        offset, size = stored_image_span(self._ffcv.reader, sample_id)
+        return np.fromfile(self.path, dtype=np.uint8, count=size, offset=offset)
 
     def _replace(self, epoch: int, position: int):
         """Views, coords and draws of the next readable sample after epoch ``position``."""

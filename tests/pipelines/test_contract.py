@@ -137,10 +137,10 @@ def damaged(planes, tmp_path_factory):
     broken = None
     if beton is not None:
         from ffcv.reader import Reader
-        from pipelines.ffcv_loader import FFCVLoader
+        from pipelines.ffcv_loader import FFCVLoader, stored_image_span
         reader = Reader(str(beton))
         sample = int(np.flatnonzero(FFCVLoader._index_column(reader) == BAD)[0])
-        ptr = int(reader.metadata[f"f{list(reader.handlers).index('image')}"][sample]["data_ptr"])
+        ptr, _ = stored_image_span(reader, sample)
         data = bytearray(beton.read_bytes())
         _damage(data, ptr)
         broken = root / "damaged.beton"
