@@ -322,3 +322,24 @@ def test_each_tasks_options_come_from_its_own_config_fields():
         TrainConfig.from_file("rotation").replace(jigsaw_permutations=100)
     with pytest.raises(ConfigError, match="colorization_mode must be one of classification, regression"):
         TrainConfig.from_file("colorization").replace(colorization_mode="lab")
+
+
+def test_relative_location_preset_keeps_a_short_run_from_diverging(tmp_path, monkeypatch, one_thread, cache):
+    """At the quality table's setting (resnet18, 64 px, batch 32, peak lr 0.0125) the unclipped
+    wide BN neck drives the loss well above chance within 24 steps; the preset's clipping keeps it near."""
+    import json
+    import math
+
+    from pixpro_fast.config import TrainConfig
+    from pixpro_fast.engine import Trainer
+
+    monkeypatch.setenv("PIXPRO_FAST_CACHE", str(cache))
+    preset = TrainConfig.from_file("relative_location")
+    assert preset.clip_grad_norm > 0
+    cfg = preset.replace(arch="resnet18", image_size=64, batch_size=32, scenes_images=256,
+                         epochs=3, warmup_epochs=0.2, base_lr=0.1, num_workers=0, device="cpu", precision="fp32",
+                         compile=False, log_every=4, ckpt_every=0, tensorboard=False, out=str(tmp_path / "run"))
+    Trainer(cfg, log_stream=open(tmp_path / "log.txt", "w")).fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6
+    assert max(losses) < math.log(8) + 0.5, losses
