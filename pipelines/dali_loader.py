@@ -24,7 +24,13 @@ Split of the work:
   DALI's ``gaussian_blur`` is an order of magnitude slower on CPU), reflect borders as
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
-  which is channels-last memory, with no copy.
+  which is channels-last memory, with no copy. That is ``colour='pipeline'``.
+- ``colour='engine'`` (the default in CPU-only mode where numba is installed): the graph stops
+  at each view's uint8 crop and :mod:`pipelines.colour` finishes it with the same draws (the
+  fused numba pass on the CPU, in a thread that overlaps the consumer; tensor ops on a GPU),
+  with the colour semantics of the torch and FFCV backends (exact HSV hue). On 2 CPU cores it
+  runs the full recipe at about twice the in-graph rate: DALI's CPU colour operators, one
+  pass each over the image, cost more than the one fused pass.
 
 Each view's draws are a (B, len(PARAM_NAMES)) block of :mod:`pipelines.sampler` rows;
 ``coords`` come from them, and ``last_params`` keeps the latest batch's (one per view).
@@ -59,11 +65,13 @@ from PIL import Image
 
 from . import sampler
 from .batch import Batch, check_loader_options
+from . import colour_cpu
+from .colour import ColourAugment
 from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, finish_in_thread
 from .recipe import BYOL, Recipe, ViewRecipe
 from .sampler import PARAM_NAMES
 
@@ -182,9 +190,12 @@ def _luma_mean(img):
     return fn.reductions.sum(fn.reductions.mean(img, axes=[0, 1]) * types.Constant(np.float32(LUMA)))
 
 
-def _view(image, args: dict, view: ViewRecipe, steps: _ViewSteps, size: int, mean, std, gpu_style: bool):
+def _view(image, args: dict, view: ViewRecipe, steps: _ViewSteps, size: int, mean, std, gpu_style: bool,
+          normalise: bool = True):
     img = fn.resize(image, size=[size, size], roi_start=args["roi_start"], roi_end=args["roi_end"],
                     roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+    if not normalise:  # the uint8 crop; the colour engine finishes it after the pipeline
+        return img
     if steps.brightness_contrast:
         luma = _luma_mean(img)
         if gpu_style:  # argument inputs must live on the CPU; the mean lives with the image
@@ -211,12 +222,14 @@ def input_names(recipe: Recipe, gpu_style: bool) -> list[tuple[str, "types.DALID
     return names
 
 
-def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str = "cpu", gpu_style: bool = False):
+def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str = "cpu", gpu_style: bool = False,
+                       normalise: bool = True):
     """The DALI graph (wrap with ``pipeline_def``): encoded bytes + per-sample arguments -> every view.
 
     ``source`` yields one batch per call in the order of :func:`input_names`. ``gpu_style``
     builds the variant whose steps all work with GPU images (required on GPU; it runs on CPU
-    too, which is how the tests cover it).
+    too, which is how the tests cover it). ``normalise=False`` (with a geometry-only recipe)
+    ends each view at its uint8 HWC crop.
     """
     names = input_names(recipe, gpu_style)
     nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, dtype=[t for _, t in names])
@@ -226,7 +239,8 @@ def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str
     views = []
     for k, (view, size) in enumerate(zip(recipe.views, recipe.output_sizes(image_size)), 1):
         args = {n.split(".", 1)[1]: node for n, node in inputs.items() if n.startswith(f"view{k}.")}
-        views.append(_view(image, args, view, _ViewSteps(view), size, recipe.mean, recipe.std, gpu_style))
+        views.append(_view(image, args, view, _ViewSteps(view), size, recipe.mean, recipe.std, gpu_style,
+                           normalise))
     return tuple(views)
 
 
@@ -331,8 +345,8 @@ class _EpochFeeder:
     def __iter__(self):
         ld = self.loader
         b = ld.batch_size
-        names = [n for n, _ in input_names(ld.recipe, ld.gpu_style)]
-        steps = [_ViewSteps(v) for v in ld.recipe.views]
+        names = [n for n, _ in input_names(ld.graph_recipe, ld.gpu_style)]
+        steps = [_ViewSteps(v) for v in ld.graph_recipe.views]
         for k in range(self.start, ld.num_batches):
             samples = [self._sample(int(p)) for p in ld.positions[k * b:(k + 1) * b]]
             heights = np.array([s[1][0] for s in samples], dtype=np.int64)
@@ -361,16 +375,32 @@ def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str,
     return device, mode, device_id
 
 
+COLOUR_MODES = ("pipeline", "engine")
+
+
+def resolve_colour(colour: str | None, dali_device: str) -> str:
+    """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'engine'
+    (:mod:`pipelines.colour` after the pipeline: the fused numba pass on the CPU, tensor ops on
+    a GPU). None: 'engine' in CPU-only mode where numba is installed (measured faster on CPU,
+    see benchmarks/RESULTS.md), else 'pipeline'."""
+    if colour is None:
+        return "engine" if dali_device == "cpu" and colour_cpu.available() else "pipeline"
+    if colour not in COLOUR_MODES:
+        raise ValueError(f"colour must be one of {COLOUR_MODES} or None, got {colour!r}")
+    return colour
+
+
 class DaliLoader:
     """View-plan loader running the recipe in a DALI pipeline (see the module docstring).
 
-    ``last_params``: the latest batch's draws, one (B, len(PARAM_NAMES)) float64 tensor per view."""
+    ``last_params``: the latest batch's draws, one (B, len(PARAM_NAMES)) float64 tensor per view.
+    ``colour``: see :func:`resolve_colour`."""
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
                  prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
-                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False):
+                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False, colour: str | None = None):
         require_dali()
         check_loader_options(on_corrupt, rank, world_size, seed)
         if prefetch < 1:
@@ -390,6 +420,10 @@ class DaliLoader:
         self.positions = rank_positions(len(self.paths), batch_size, rank, world_size, drop_last,
                                         str(self.images.root))
         self.spec = sampler.recipe_spec(recipe, image_size)
+        self.colour = resolve_colour(colour, self.dali_device)
+        # the recipe the graph runs: the geometry alone when the colour engine finishes the views
+        self.graph_recipe = recipe.without_colour() if self.colour == "engine" else recipe
+        self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std) for v in recipe.views]
         self.num_batches = -(-len(self.positions) // batch_size)
         self.cursor = EpochCursor(self.num_batches)
         self.corrupt = CorruptFiles(on_corrupt)
@@ -429,26 +463,38 @@ class DaliLoader:
         seed = int(np.random.SeedSequence([self.seed, epoch, self.rank, start]).generate_state(1)[0] & 0x7FFFFFFF)
         pipe = pipeline_def(view_plan_pipeline)(
             batch_size=self.batch_size, num_threads=self.num_workers, device_id=self.device_id, seed=seed,
-            prefetch_queue_depth=self.prefetch, source=source, recipe=self.recipe, image_size=self.image_size,
-            dali_device=self.dali_device, gpu_style=self.gpu_style)
+            prefetch_queue_depth=self.prefetch, source=source, recipe=self.graph_recipe, image_size=self.image_size,
+            dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "pipeline")
         it = DALIGenericIterator(pipe, output_names(self.recipe), last_batch_policy=LastBatchPolicy.PARTIAL,
                                  auto_reset=False, prepare_first_batch=False)
         return feeder, source, it
 
-    def _to_batch(self, out: dict, fed: dict) -> Batch:
+    def _to_batch(self, out: dict, fed: dict) -> tuple[Batch, tuple[torch.Tensor, ...]]:
         dev = self.device
         nb = dev.type == "cuda"
-        views = []
-        for name in output_names(self.recipe):
-            v = out[name].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW = channels-last, no copy
-            views.append(v if v.device == dev else v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last))
         params = fed["params"]
+        views = []
+        for v, name in enumerate(output_names(self.recipe)):
+            x = out[name].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW = channels-last, no copy
+            if x.device != dev:
+                x = x.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last)
+            if self.colour == "engine":
+                x = self._colour_steps[v].apply(x, sampler.colour_params(params[:, v]))
+            views.append(x)
         coords = [sampler.coords_of(params[:, v]).to(dev, non_blocking=nb) for v in range(params.shape[1])]
-        self.last_params = tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1]))
         index = torch.tensor(fed["index"], dtype=torch.int64).to(dev, non_blocking=nb)
-        return Batch(tuple(views), tuple(coords), index, int(fed["skipped"]))
+        return (Batch(tuple(views), tuple(coords), index, int(fed["skipped"])),
+                tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1])))
 
     def __iter__(self) -> Iterator[Batch]:
+        batches = self._batches()
+        if self.colour == "engine" and self.device.type == "cpu":  # the colour pass overlaps the consumer
+            batches = finish_in_thread(batches, self.prefetch, "dali-colour")
+        for batch, params in batches:
+            self.last_params = params  # set as the batch is handed over, not as it is made
+            yield batch
+
+    def _batches(self) -> Iterator[tuple[Batch, tuple[torch.Tensor, ...]]]:
         epoch, position = self.cursor.begin_pass()
         order = epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
         while position < self.num_batches:

@@ -49,7 +49,7 @@ from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .geometry import windows_to_coords
-from .prefetch import Prefetcher
+from .prefetch import finish_in_thread
 from .recipe import BYOL, Recipe
 from .torch_loader import render_views
 
@@ -454,7 +454,7 @@ class FFCVLoader:
             return sample_id, arrays, coords, rows
         raise too_many_unreadable(len(tried) + 1, self._sample_name(int(order[tried[-1]])))
 
-    def _to_batch(self, raw, sample_ids: np.ndarray, epoch: int, first_slot: int) -> Batch:
+    def _to_batch(self, raw, sample_ids: np.ndarray, epoch: int, first_slot: int) -> tuple[Batch, np.ndarray]:
         (packed, info, params), = raw
         info = np.array(info)  # small: copy out of the ring buffer
         params = np.array(params)
@@ -482,10 +482,9 @@ class FFCVLoader:
         for v, (aug, size) in enumerate(zip(self.colour, self.sizes)):
             u = host[:, int(offsets[v]):int(offsets[v + 1])].view(-1, 3, size, size)
             views.append(aug.apply(u, sampler.colour_params(params[:, v])))
-        self.last_params = params
         dev, nb = self.device, self.device.type == "cuda"
         return Batch(tuple(views), tuple(c.to(dev, non_blocking=nb) for c in coords),
-                     torch.from_numpy(index).to(dev, non_blocking=nb), skipped)
+                     torch.from_numpy(index).to(dev, non_blocking=nb), skipped), params
 
     def __iter__(self) -> Iterator[Batch]:
         self._stop_active()
@@ -503,15 +502,11 @@ class FFCVLoader:
                    for k, raw in enumerate(it))
         try:
             if self.device.type == "cpu":
-                threads = max(1, self.colour_threads)
-                finisher = Prefetcher(batches, self.prefetch, name="ffcv-colour",
-                                      on_start=lambda: torch.set_num_threads(threads))
-                try:
-                    yield from finisher
-                finally:
-                    finisher.close()
-            else:
-                yield from batches  # on a GPU the colour work is kernel launches: cheap in this thread
+                batches = finish_in_thread(batches, self.prefetch, "ffcv-colour", self.colour_threads)
+            # (on a GPU the colour work is kernel launches: cheap in this thread)
+            for batch, params in batches:
+                self.last_params = params  # set as the batch is handed over, not as it is made
+                yield batch
         finally:
             if self._active is it:
                 self._stop_active()

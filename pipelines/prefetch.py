@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+
+import torch
 
 
 class Prefetcher:
@@ -74,3 +76,14 @@ class Prefetcher:
                 except queue.Empty:
                     pass
             self._thread.join()
+
+
+def finish_in_thread(batches: Iterable, depth: int, name: str, threads: int = 1) -> Iterator:
+    """``batches`` produced in a :class:`Prefetcher` thread running ``threads`` torch threads,
+    so that a CPU backend's last pass over each batch (the colour work) overlaps its consumer;
+    the thread is stopped when the consumer stops."""
+    finisher = Prefetcher(batches, depth, name=name, on_start=lambda: torch.set_num_threads(max(1, threads)))
+    try:
+        yield from finisher
+    finally:
+        finisher.close()

@@ -17,7 +17,9 @@ pytest.importorskip("nvidia.dali")
 
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
-from pipelines.dali_loader import PARAM_NAMES, DaliLoader, colour_matrix, image_shape  # noqa: E402
+from pipelines import colour_cpu, sampler  # noqa: E402
+from pipelines.colour import ColourAugment  # noqa: E402
+from pipelines.dali_loader import PARAM_NAMES, DaliLoader, colour_matrix, image_shape, resolve_colour  # noqa: E402
 from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
 from pipelines.colour_cpu import LUMA  # noqa: E402
 from pipelines.corrupt import CorruptImageError  # noqa: E402
@@ -228,14 +230,15 @@ def _flat_folder(folder: Path, colours) -> Path:
 
 @pytest.mark.parametrize("gpu_style", [False, True])
 def test_colour_steps_on_flat_images(tmp_path, gpu_style):
-    """Flat colours make every step predictable: jitter through its numpy model, blur is a no-op
+    """The in-pipeline colour steps (``colour='pipeline'``). Flat colours make every step
+    predictable: jitter through its numpy model, blur is a no-op
     on a flat image, solarize inverts channels >= threshold, grayscale gives the luma."""
     colours = [(200, 100, 30), (20, 140, 250), (128, 127, 60), (90, 90, 200)]
     folder = _flat_folder(tmp_path / "flat", colours)
     jitter_only = replace(OFF, jitter_p=1.0)
     grey_blur_solarize = replace(OFF, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0, solarize_threshold=100)
     recipe = Recipe("flat", (jitter_only, grey_blur_solarize))
-    loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style)
+    loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style, colour="pipeline")
     batches, p1, p2 = _run(loader, range(4))
     luma = np.array(LUMA)
     for b, q1 in zip(batches, p1.split(4)):
@@ -251,6 +254,35 @@ def test_colour_steps_on_flat_images(tmp_path, gpu_style):
             g = src[k] @ luma
             want = 255 - g if round(g) >= 100 else g
             assert np.abs(got2[k] - want).max() < 2.0, (src[k], got2[k], want)
+
+
+def test_colour_engine_finishes_the_pipeline_crops(small_dir):
+    """``colour='engine'``: each view is the shared colour engine's pass, with the batch's own
+    draws, over the uint8 crop the pipeline makes (read back from a colour-free run)."""
+    engine = _loader(small_dir, batch_size=16, image_size=32, colour="engine")
+    geometry = _loader(small_dir, batch_size=16, image_size=32, recipe=GEOMETRY, colour="pipeline")
+    steps = [ColourAugment(v, BYOL.mean, BYOL.std) for v in BYOL.views]
+    for epoch in range(2):
+        engine.set_epoch(epoch)
+        geometry.set_epoch(epoch)
+        batches = 0
+        for a, g in zip(engine, geometry):
+            assert torch.equal(a.index, g.index)
+            for v in range(2):
+                assert torch.equal(a.coords[v], g.coords[v])
+                crop = (denormalise(g.views[v], BYOL.mean, BYOL.std) * 255).round().clamp(0, 255).to(torch.uint8)
+                want = steps[v].apply(crop.to(DEVICE), sampler.colour_params(engine.last_params[v].numpy()))
+                torch.testing.assert_close(a.views[v], want, atol=1e-5, rtol=0)
+            batches += 1
+        assert batches == len(engine) > 0
+
+
+def test_colour_mode_default_and_bad_value():
+    assert resolve_colour(None, "cpu") == ("engine" if colour_cpu.available() else "pipeline")
+    assert resolve_colour(None, "gpu") == "pipeline"
+    assert resolve_colour("pipeline", "cpu") == "pipeline"
+    with pytest.raises(ValueError, match="colour must be one of"):
+        resolve_colour("fused", "cpu")
 
 
 # --------------------------------------------------------------------------- crop distribution
