@@ -8,7 +8,9 @@ References (always run):
 Then one function per backend produces that backend's rows: its two-view loader with the
 full recipe (two views + boxes, yielding :class:`pipelines.batch.Batch`) and, where the
 library has one, its stock single-view random-resized-crop pipeline, plus the 8-view
-``swav_multicrop`` plan (2 x full size + 6 x 96/224 of it). A backend whose
+``swav_multicrop`` plan (2 x full size + 6 x 96/224 of it), and the full recipe with the
+colour work in the backend's other place (torch: in the workers ``'fused'`` or after them
+``'device'``; DALI: in the graph ``'pipeline'`` or after it ``'engine'``). A backend whose
 library (or whose loader / benchmark module) is not installed is skipped with the reason,
 never an error. Rows are images (samples) per second; each round runs every row in turn
 and the median over rounds is kept, so a busy machine slows every contender alike. Ratios
@@ -115,11 +117,11 @@ class _StockSingleView(torch.utils.data.Dataset):
 
 
 def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
-    from pipelines.torch_loader import build_torch_loader
+    from pipelines.torch_loader import build_torch_loader, resolve_colour
 
-    def two_view(recipe=b.recipe):
+    def two_view(recipe=b.recipe, colour="auto"):
         loader = build_torch_loader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device,
-                                    num_workers=b.workers, persistent_workers=False)
+                                    num_workers=b.workers, persistent_workers=False, colour=colour)
         return images_per_second(loader, b.batch_size, b.warmup, b.batches)
 
     def stock():
@@ -128,8 +130,13 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
                                              num_workers=b.workers)
         return images_per_second(loader, b.batch_size, b.warmup, b.batches)
 
-    return {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
+    rows = {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
             "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}
+    default = resolve_colour("auto", torch.device(b.device))
+    for other in ("fused", "device"):  # the other place for the colour work, beside the default
+        if other != default and (other != "fused" or default != "pil"):
+            rows[f"torch loader, colour='{other}'"] = lambda other=other: two_view(colour=other)
+    return rows
 
 
 # -- dali -----------------------------------------------------------------------------------
@@ -141,11 +148,13 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     files = list_images(b.data_dir)
     warmup = 3
 
-    def loader(recipe=b.recipe):
-        return DaliLoader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device, num_workers=b.workers)
+    def loader(recipe=b.recipe, colour=None):
+        return DaliLoader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device, num_workers=b.workers,
+                          colour=colour)
 
     probe = loader()
     mode, device_id = probe.dali_device, probe.device_id
+    other = "pipeline" if probe.colour == "engine" else "engine"
     del probe
 
     def two_view():
@@ -159,7 +168,9 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
         return bench.loader_rate(loader(SWAV_MULTICROP), b.batch_size, warmup, b.batches, b.device)
 
     return {"dali loader (2 views + boxes)": two_view, "DALI stock 1-view RRC": stock,
-            "dali loader (8-view multi-crop)": multi_crop}
+            "dali loader (8-view multi-crop)": multi_crop,
+            f"dali loader, colour='{other}'": lambda: bench.loader_rate(loader(colour=other), b.batch_size, warmup,
+                                                                          b.batches, b.device)}
 
 
 # -- ffcv -----------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
+from .prefetch import finish_in_thread
 from .recipe import BYOL, Recipe, ViewRecipe
 
 _JITTER_OPS = sampler.JITTER_OPS
@@ -405,7 +406,7 @@ class TorchLoader:
             prefetch_factor=(prefetch_factor or 2) if workers else None,
             persistent_workers=(workers if persistent_workers is None else persistent_workers and workers))
         self.corrupt = CorruptFiles(on_corrupt)
-        self.device_colour = [ColourAugment(v, recipe.mean, recipe.std, engine="torch") for v in recipe.views]
+        self.device_colour = [ColourAugment(v, recipe.mean, recipe.std) for v in recipe.views]
         self.last_params: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -414,7 +415,7 @@ class TorchLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.plan.cursor.set(epoch, start_batch)
 
-    def _to_batch(self, raw) -> Batch:
+    def _to_batch(self, raw) -> tuple[Batch, np.ndarray]:
         views, coords, index, skipped, bad, drawn = raw
         for path, reason in bad:
             self.corrupt.report(path, reason)
@@ -428,15 +429,18 @@ class TorchLoader:
             views = [normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in views]
         else:  # colour work and normalisation done in the worker; channels-last kept (a no-op copy-wise)
             views = [v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in views]
-        self.last_params = drawn
         return Batch(tuple(views), tuple(coords[:, k] for k in range(coords.shape[1])),
-                     index.to(dev, non_blocking=nb), int(skipped))
+                     index.to(dev, non_blocking=nb), int(skipped)), drawn
 
     def __iter__(self) -> Iterator[Batch]:
         self.plan.cursor.begin_pass()
+        batches = (self._to_batch(raw) for raw in self._loader)
+        if self.colour == "device" and self.device.type == "cpu":  # the colour pass overlaps the consumer
+            batches = finish_in_thread(batches, 2, "torch-colour")
         try:
-            for raw in self._loader:
-                yield self._to_batch(raw)
+            for batch, drawn in batches:
+                self.last_params = drawn  # set as the batch is handed over, not as it is made
+                yield batch
         except BaseException:
             self.close()  # a failed pass leaves no half-read persistent workers behind
             raise
