@@ -19,7 +19,8 @@ training, beside a random 1-channel encoder.
 
 Step cost: the mean seconds of the training step (forward, backward, optimiser, target
 update; waiting for data excluded) over the same steps of every method, after the first few,
-divided by PixPro's; PixPro is always trained, first, as the reference.
+divided by PixPro's; PixPro is trained first, as the reference (``--no-reference`` leaves it
+out, and the column empty).
 
 ``--budget`` scales the pretraining steps (256 at 1.0: 8 epochs of 1024 scenes at batch 32,
 64 px) and the probe steps (1000 at 1.0). On a 2-core AMD EPYC with ``--threads 1
@@ -71,15 +72,18 @@ COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", 
 
 # --------------------------------------------------------------------------- arguments
 
-def parse_methods(spec: str) -> list[str]:
+def parse_methods(spec: str, reference: bool = True) -> list[str]:
     """``all`` or a comma list of registry names -> method names, PixPro first (the step-cost
-    reference). An unknown name is a ValueError naming it and the choices."""
+    reference) unless ``reference`` is off. An unknown name is a ValueError naming it and the
+    choices."""
     names = list(METHODS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, bad)) or '(none given)'} in --methods; "
                          f"choose 'all' or from {', '.join(METHODS)}")
     names = list(dict.fromkeys(names))
+    if not reference:
+        return names
     return [REFERENCE] + [n for n in names if n != REFERENCE]
 
 
@@ -255,6 +259,9 @@ def main(argv=None) -> dict:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--methods", "--method", default="all",
                     help=f"'all' (the registry: {', '.join(METHODS)}) or a comma list; pixpro always runs first")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="do not train pixpro first (the step-cost column is then empty): a quick run of "
+                         "one method, e.g. at another --image-size")
     ap.add_argument("--budget", type=float, default=1.0,
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
@@ -281,7 +288,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench_out/quality")
     args = ap.parse_args(argv)
     try:
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods, reference=not args.no_reference)
     except ValueError as e:
         ap.error(str(e))
     if args.budget <= 0:
@@ -336,7 +343,7 @@ def main(argv=None) -> dict:
                         "weight_turn_degrees": turn,
                         "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
                         "config": cfg.to_dict(), "probe": result})
-    ref_cfg = configs[REFERENCE]
+    ref_cfg = configs[methods[0]]
     total_steps = ref_cfg.epochs * (args.scenes // args.batch_size)
     payload = {"budget": args.budget, "methods": methods, "wall_seconds": time.perf_counter() - start,
                "pretrain": {"steps": total_steps, "epochs": ref_cfg.epochs, "scenes": args.scenes,

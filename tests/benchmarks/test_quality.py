@@ -163,7 +163,8 @@ def test_unknown_method_names_fail_with_the_choices(capsys):
     assert "'bogus_method'" in err and "rotation" in err and "loca" in err
     assert quality.parse_methods("all") == list(METHODS)
     assert quality.parse_methods("rotation,pixpro,rotation") == ["pixpro", "rotation"]
-    assert quality.parse_methods("loca")[0] == "pixpro"         # the step-cost reference always runs
+    assert quality.parse_methods("loca")[0] == "pixpro"         # the step-cost reference runs by default
+    assert quality.parse_methods("loca,rotation", reference=False) == ["loca", "rotation"]
 
 
 TINY = ["--budget", "0.01", "--scenes", "32", "--batch-size", "16", "--image-size", "64", "--proj-hidden-dim", "64",
@@ -213,3 +214,8 @@ def test_quality_table_of_a_resnet_a_vit_and_an_l_channel_method(tmp_path, cache
     again = quality.main(["--methods", "loca,colorization", *TINY, "--out", str(out)])
     assert again["rows"] == rows                                   # same checkpoints, cached probes
     assert {m: (out / "pretrain" / m / "step_times.jsonl").read_text() for m in results} == step_files
+    # without the reference: only the method asked for, its step cost left empty
+    alone = quality.main(["--methods", "colorization", "--no-reference", *TINY, "--out", str(out)])
+    assert [r["method"] for r in alone["rows"]] == ["colorization"]
+    assert alone["rows"][0]["step cost vs pixpro"] == "-"
+    assert alone["rows"][0]["mIoU"] == rows[2]["mIoU"]
