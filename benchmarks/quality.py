@@ -26,12 +26,13 @@ out, and the column empty).
 64 px) and the probe steps (1000 at 1.0). On a 2-core AMD EPYC with ``--threads 1
 --workers 1`` (on two cores shared with other work, two intra-op threads made PixPro's
 step 10-20x slower than one), ``--budget 0.5`` takes about 35 minutes for the 14 methods and
-``--budget 1`` about an hour (see benchmarks/RESULTS.md); ``--budget 0.01`` on small
+``--budget 1`` about 42 minutes (see benchmarks/RESULTS.md); ``--budget 0.01`` on small
 scenes and images is the smoke test (seconds per method):
 
-    python -m benchmarks.quality --methods all --threads 1 --workers 1               # --budget 1: about an hour
+    python -m benchmarks.quality --methods all --threads 1 --workers 1               # --budget 1: about 42 minutes
     python -m benchmarks.quality --methods all --threads 1 --workers 1 --budget 0.5  # about 35 minutes
     python -m benchmarks.quality --methods pixpro,byol,rotation                      # a subset
+    python -m benchmarks.quality --methods loca --no-reference --image-size 128      # one method, no PixPro first
     python -m benchmarks.quality --methods loca,colorization --budget 0.01 --scenes 32 --batch-size 16 \
         --probe-image-size 64 --probe-train-images 6 --probe-val-images 4 --proj-hidden-dim 64   # smoke test
 
