@@ -28,9 +28,9 @@ Split of the work:
 - ``colour='engine'`` (the default in CPU-only mode where numba is installed): the graph stops
   at each view's uint8 crop and :mod:`pipelines.colour` finishes it with the same draws (the
   fused numba pass on the CPU, in a thread that overlaps the consumer; tensor ops on a GPU),
-  with the colour semantics of the torch and FFCV backends (exact HSV hue). On 2 CPU cores it
-  runs the full recipe at about twice the in-graph rate: DALI's CPU colour operators, one
-  pass each over the image, cost more than the one fused pass.
+  with the colour semantics of the torch and FFCV backends (exact HSV hue). On 2 CPU cores
+  with photos it runs the full recipe at 1.6x the in-graph rate: DALI's CPU colour
+  operators, one pass each over the image, cost more than the one fused pass.
 
 Each view's draws are a (B, len(PARAM_NAMES)) block of :mod:`pipelines.sampler` rows;
 ``coords`` come from them, and ``last_params`` keeps the latest batch's (one per view).

@@ -8,19 +8,20 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
    decoded in full;
 2. crop + resize each view in one ``Image.resize(size, box=...)`` call with the window
    mapped into the reduced image (coords stay in ORIGINAL image pixels);
-3. colour work, flip folded into the copy into the batch buffer. ``colour='fused'`` (the
-   default where numba is installed): the worker runs the drawn jitter, grayscale, blur,
-   solarize and the normalisation over its whole batch in one fused pass per view
-   (:mod:`pipelines.colour`'s numba engine: float semantics, jitter in the fixed order
-   brightness, contrast, saturation, hue) and ships float32 channels-last views.
+3. colour work, flip folded into the copy into the batch buffer. ``colour='device'`` (the
+   default; on the CPU where numba is installed): workers ship the uint8 NHWC crops, and the
+   drawn jitter, grayscale, blur, solarize and the normalisation run over the whole batch on
+   the training device in :mod:`pipelines.colour` (float semantics, jitter in the fixed
+   order brightness, contrast, saturation, hue): on a GPU as tensor ops after a pinned,
+   non-blocking copy; on the CPU as the fused numba pass, in a thread that overlaps the
+   consumer. ``colour='fused'``: the same fused pass in each worker, which then ships
+   float32 views; shared memory for 4x the bytes costs more than the pass saves (on 2
+   cores with photos, 0.25 of the decode ceiling against 0.30 for 'device').
    ``colour='pil'``: per view on uint8 PIL images (look-up tables, blends, PIL's box-pass
    Gaussian blur; jitter in the drawn random order, as torchvision on PIL images); workers
-   then ship uint8 NHWC views (a quarter of the float IPC) and the main process normalises
-   them on the device. ``colour='device'`` (the default with a CUDA device): workers ship
-   the uint8 crops and the colour work and normalisation run batched on the training device
-   after a pinned, non-blocking copy, in :mod:`pipelines.colour`'s tensor engine (the same
-   float semantics as the fused pass). All use the same per-sample draws. On 2 cores at
-   224 px the fused pass costs about a quarter of the PIL ops' time.
+   then ship uint8 NHWC views and the main process normalises them on the device. All use
+   the same per-sample draws. On 2 cores at 224 px the fused pass costs about a quarter of
+   the PIL ops' time.
 
 Determinism: epoch order and sharding are :mod:`pipelines.epoch`'s; a sample's draws come
 from (seed, epoch, dataset index, view) only, so the output depends neither on the number
@@ -174,8 +175,8 @@ def colour_params(params: list[ViewParams]) -> ColourParams:
 
 
 def resolve_colour(colour: str, device: torch.device | None = None) -> str:
-    """'auto' is 'device' for a CUDA training device (the workers only crop), else 'fused'
-    where numba is installed, else 'pil'."""
+    """'auto' is 'device' (the workers only crop) for a CUDA training device, or on the CPU
+    where numba is installed (the fused pass then runs beside the consumer), else 'pil'."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {COLOUR_MODES}, got {colour!r}")
     if colour != "auto":
@@ -184,7 +185,7 @@ def resolve_colour(colour: str, device: torch.device | None = None) -> str:
         return colour
     if device is not None and device.type == "cuda":
         return "device"
-    return "fused" if colour_cpu.available() else "pil"
+    return "device" if colour_cpu.available() else "pil"
 
 
 # --------------------------------------------------------------------------- decoding
