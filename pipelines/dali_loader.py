@@ -490,9 +490,12 @@ class DaliLoader:
         batches = self._batches()
         if self.colour == "engine" and self.device.type == "cpu":  # the colour pass overlaps the consumer
             batches = finish_in_thread(batches, self.prefetch, "dali-colour")
-        for batch, params in batches:
-            self.last_params = params  # set as the batch is handed over, not as it is made
-            yield batch
+        try:
+            for batch, params in batches:
+                self.last_params = params  # set as the batch is handed over, not as it is made
+                yield batch
+        finally:
+            batches.close()  # stops the colour thread, then the pipeline and its feeder
 
     def _batches(self) -> Iterator[tuple[Batch, tuple[torch.Tensor, ...]]]:
         epoch, position = self.cursor.begin_pass()

@@ -508,6 +508,7 @@ class FFCVLoader:
                 self.last_params = params  # set as the batch is handed over, not as it is made
                 yield batch
         finally:
+            batches.close()  # the colour thread stops before FFCV's iterator does
             if self._active is it:
                 self._stop_active()
 

@@ -81,9 +81,12 @@ class Prefetcher:
 def finish_in_thread(batches: Iterable, depth: int, name: str, threads: int = 1) -> Iterator:
     """``batches`` produced in a :class:`Prefetcher` thread running ``threads`` torch threads,
     so that a CPU backend's last pass over each batch (the colour work) overlaps its consumer;
-    the thread is stopped when the consumer stops."""
+    when the consumer stops, the thread is stopped and then ``batches`` closed."""
     finisher = Prefetcher(batches, depth, name=name, on_start=lambda: torch.set_num_threads(max(1, threads)))
     try:
         yield from finisher
     finally:
         finisher.close()
+        close = getattr(batches, "close", None)
+        if close is not None:  # the thread is done: a generator's own clean-up runs now, here
+            close()

@@ -443,7 +443,8 @@ class TorchLoader:
                 self.last_params = drawn  # set as the batch is handed over, not as it is made
                 yield batch
         except BaseException:
-            self.close()  # a failed pass leaves no half-read persistent workers behind
+            batches.close()  # the colour thread stops before its workers do
+            self.close()  # a failed or abandoned pass leaves no half-read persistent workers behind
             raise
 
     def close(self) -> None:
