@@ -12,7 +12,9 @@ and four changes a few hundred steps on a thousand images need: LARS trust ``--l
 (the paper's 0.001 leaves the weights at their initialisation), projector hidden widths at
 most ``--proj-hidden-dim``, MoCo's queue at most a quarter of the scenes (a 65536-key queue
 would hold every image many times over), SwAV's prototypes frozen for the first epoch (its
-preset's 313 steps are one ImageNet epoch). ResNet methods use ``--arch``; the ViT ones
+preset's 313 steps are one ImageNet epoch). ``--set METHOD.FIELD=VALUE`` changes any other
+field of one method on top (e.g. ``loca.base_lr=0.016``: LOCA's preset scales lr 1e-3 per
+1024 images, 3e-5 at batch 32). ResNet methods use ``--arch``; the ViT ones
 (LOCA) ``--vit-arch``, probed on their final patch tokens (a stride-16 map). Colorization's
 encoder takes the L channel: it is probed on the L channel of the probe images, scaled as in
 training, beside a random 1-channel encoder.
@@ -47,6 +49,8 @@ match, so a run that was cut off continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import sys
 import time
@@ -57,7 +61,7 @@ import torch
 
 from pixpro_fast import probe
 from pixpro_fast.checkpoint import list_checkpoints
-from pixpro_fast.config import VIT_METHODS, TrainConfig
+from pixpro_fast.config import VIT_METHODS, TrainConfig, field_optional, field_type
 from pixpro_fast.engine import NonFiniteLossError, Trainer
 from pixpro_fast.methods import METHODS
 
@@ -86,6 +90,37 @@ def parse_methods(spec: str, reference: bool = True) -> list[str]:
     if not reference:
         return names
     return [REFERENCE] + [n for n in names if n != REFERENCE]
+
+
+def parse_settings(specs: list[str], methods: list[str]) -> dict[str, dict]:
+    """``--set METHOD.FIELD=VALUE`` items -> {method: {field: value}}; the value is read as
+    the field's type. A malformed item, a method not in the run or an unknown field is a
+    ValueError naming it."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, dict] = {}
+    for spec in specs:
+        target, sep, text = spec.partition("=")
+        method, dot, name = target.partition(".")
+        if not sep or not dot or not method or not name:
+            raise ValueError(f"--set {spec!r}: expected METHOD.FIELD=VALUE, e.g. loca.base_lr=0.01")
+        if method not in methods:
+            raise ValueError(f"--set {spec!r}: {method!r} is not one of the methods of this run ({', '.join(methods)})")
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            raise ValueError(f"--set {spec!r}: unknown config field {name!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+        kind = field_type(fields[name])
+        if kind is bool:
+            value = text.strip().lower() in ("1", "true", "yes", "on")
+        elif text.strip().lower() == "none" and field_optional(fields[name]):
+            value = None
+        else:
+            try:
+                value = kind(text)
+            except ValueError:
+                raise ValueError(f"--set {spec!r}: {text!r} is not a valid {kind.__name__}") from None
+        out.setdefault(method, {})[name] = value
+    return out
 
 
 def epochs_for(budget: float) -> int:
@@ -263,6 +298,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-reference", action="store_true",
                     help="do not train pixpro first (the step-cost column is then empty): a quick run of "
                          "one method, e.g. at another --image-size")
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                    help="change one config field of one method after the shared budget is applied, e.g. "
+                         "loca.base_lr=0.016 (repeatable)")
     ap.add_argument("--budget", type=float, default=1.0,
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
@@ -302,7 +340,12 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     start = time.perf_counter()
-    configs = {m: method_config(m, args, out) for m in methods}   # every config checked before any training
+    try:
+        settings = parse_settings(args.set, methods)
+        # every config checked before any training
+        configs = {m: method_config(m, args, out).replace(**settings.get(m, {})) for m in methods}
+    except ValueError as e:
+        ap.error(str(e))
     probe_cfg = probe.ProbeConfig(image_size=args.probe_image_size, layers=tuple(args.probe_layers.split(",")),
                                   steps=probe_steps_for(args.budget), train_images=args.probe_train_images,
                                   val_images=args.probe_val_images, seed=args.seed)

@@ -219,3 +219,14 @@ def test_quality_table_of_a_resnet_a_vit_and_an_l_channel_method(tmp_path, cache
     assert [r["method"] for r in alone["rows"]] == ["colorization"]
     assert alone["rows"][0]["step cost vs pixpro"] == "-"
     assert alone["rows"][0]["mIoU"] == rows[2]["mIoU"]
+
+
+def test_set_changes_one_field_of_one_method_and_names_bad_items():
+    from benchmarks import quality
+    got = quality.parse_settings(["loca.base_lr=0.016", "loca.clip_grad_norm=0", "rotation.compile=true"],
+                                 ["pixpro", "loca", "rotation"])
+    assert got == {"loca": {"base_lr": 0.016, "clip_grad_norm": 0.0}, "rotation": {"compile": True}}
+    for bad, words in (("loca.base_lr", "METHOD.FIELD=VALUE"), ("byol.base_lr=1", "'byol' is not one of"),
+                       ("loca.base_lrr=1", "did you mean 'base_lr'"), ("loca.epochs=two", "not a valid int")):
+        with pytest.raises(ValueError, match=words):
+            quality.parse_settings([bad], ["pixpro", "loca"])
