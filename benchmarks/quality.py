@@ -13,8 +13,8 @@ and four changes a few hundred steps on a thousand images need: LARS trust ``--l
 most ``--proj-hidden-dim``, MoCo's queue at most a quarter of the scenes (a 65536-key queue
 would hold every image many times over), SwAV's prototypes frozen for the first epoch (its
 preset's 313 steps are one ImageNet epoch). ``--set METHOD.FIELD=VALUE`` changes any other
-field of one method on top (e.g. ``loca.base_lr=0.016``: LOCA's preset scales lr 1e-3 per
-1024 images, 3e-5 at batch 32). ResNet methods use ``--arch``; the ViT ones
+field of one method on top (e.g. ``loca.base_lr=0.004``: LOCA's preset, 1e-3 per 1024 images,
+is 3e-5 at batch 32; base_lr counts per 256, so 0.004 gives 5e-4). ResNet methods use ``--arch``; the ViT ones
 (LOCA) ``--vit-arch``, probed on their final patch tokens (a stride-16 map). Colorization's
 encoder takes the L channel: it is probed on the L channel of the probe images, scaled as in
 training, beside a random 1-channel encoder.
@@ -300,7 +300,7 @@ def main(argv=None) -> dict:
                          "one method, e.g. at another --image-size")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                     help="change one config field of one method after the shared budget is applied, e.g. "
-                         "loca.base_lr=0.016 (repeatable)")
+                         "loca.base_lr=0.004 (repeatable)")
     ap.add_argument("--budget", type=float, default=1.0,
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
