@@ -307,6 +307,16 @@ def image_shape(data: bytes | np.ndarray) -> tuple[int, int]:
     return h, w
 
 
+def release_pipeline(pipe) -> None:
+    """Stop a DALI pipeline's threads now. Left to the garbage collector, a pipeline (which
+    sits in reference cycles) may be finalised in a process forked later (a DataLoader or
+    writer worker), where its shutdown waits for threads that do not exist there: that child
+    hangs. ``Pipeline.__del__`` calls the same ``_shutdown``, which is then a no-op."""
+    shutdown = getattr(pipe, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+
+
 class _EpochFeeder:
     """External source for one pass: yields this rank's batches from ``start`` on.
 
@@ -452,7 +462,10 @@ class DaliLoader:
                 pipe.run()
             except Exception:  # DALI reports decoder failures as RuntimeError; stay broad
                 found.append(index)
+                release_pipeline(pipe)
                 pipe = None  # a failed pipeline cannot be reused
+        if pipe is not None:
+            release_pipeline(pipe)
         return found
 
     # ---- iteration
@@ -467,7 +480,7 @@ class DaliLoader:
             dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "pipeline")
         it = DALIGenericIterator(pipe, output_names(self.recipe), last_batch_policy=LastBatchPolicy.PARTIAL,
                                  auto_reset=False, prepare_first_batch=False)
-        return feeder, source, it
+        return feeder, source, pipe, it
 
     def _to_batch(self, out: dict, fed: dict) -> tuple[Batch, tuple[torch.Tensor, ...]]:
         dev = self.device
@@ -501,7 +514,7 @@ class DaliLoader:
         epoch, position = self.cursor.begin_pass()
         order = epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
         while position < self.num_batches:
-            feeder, source, it = self._start(epoch, position, order)
+            feeder, source, pipe, it = self._start(epoch, position, order)
             try:
                 while True:
                     try:
@@ -527,6 +540,7 @@ class DaliLoader:
                     position += 1
             finally:
                 source.close()
+                release_pipeline(pipe)
 
 
 def build_dali_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

@@ -18,6 +18,7 @@ never leaves a truncated ``.beton`` behind, and an existing file is only replace
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import multiprocessing as mp
 import os
@@ -176,6 +177,7 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
     listing = scan_image_folder(data_dir)
     num_workers = max(1, num_workers if num_workers is not None else (os.cpu_count() or 1))
     paths = [str(p) for p in listing.paths]
+    gc.collect()  # finalise garbage here, not in the forked workers (a finaliser may hang in a child)
     reasons = _check_all(paths, num_workers, progress)
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     keep = [i for i, r in enumerate(reasons) if r is None]

@@ -30,6 +30,7 @@ of workers nor on which rank or worker handles it. Unreadable images follow
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -435,6 +436,8 @@ class TorchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self.plan.cursor.begin_pass()
+        if self.num_workers > 0 and getattr(self._loader, "_iterator", None) is None:
+            gc.collect()  # finalise garbage here, not in the workers about to be forked (a finaliser may hang there)
         batches = (self._to_batch(raw) for raw in self._loader)
         if self.colour == "device" and self.device.type == "cpu":  # the colour pass overlaps the consumer
             batches = finish_in_thread(batches, 2, "torch-colour")

@@ -399,3 +399,27 @@ def test_corrupt_files_raise_naming_the_file(tmp_path, kind):
     loader = _loader(folder, batch_size=8, image_size=16, recipe=GEOMETRY, drop_last=False, on_corrupt="error")
     with pytest.raises(CorruptImageError, match=bad[kind].name):
         list(loader)
+
+
+def test_a_pass_leaves_no_running_pipeline_behind(small_dir):
+    """Finished or abandoned, a pass shuts its DALI pipeline down itself, even while something
+    still holds the pipeline object (as a reference cycle would until the garbage collector
+    runs, possibly in a later forked worker, where the shutdown hangs)."""
+    from nvidia.dali.pipeline import Pipeline
+
+    def running():
+        return [p() for p in Pipeline._pipes if p() is not None and p()._pipe is not None]
+
+    loader = _loader(small_dir, batch_size=16, image_size=32)
+    before = {id(p) for p in running()}
+    for abandon in (False, True):
+        it = iter(loader)
+        next(it)
+        held = [p for p in running() if id(p) not in before]  # kept alive past the pass
+        assert held
+        if abandon:
+            it.close()
+        else:
+            assert len(list(it)) == len(loader) - 1
+        assert all(p._pipe is None for p in held)
+        del held
