@@ -153,12 +153,29 @@ class _ViewSteps:
         return names
 
 
-def view_arguments(params: np.ndarray, steps: _ViewSteps, gpu_style: bool) -> dict[str, object]:
-    """The pipeline's per-sample arguments for one view from its drawn params."""
+def decode_region(params: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, V, len(PARAM_NAMES)) draws -> the whole-pixel region each sample is decoded in: the
+    union of its views' windows, as (B, 2) anchors and (B, 2) shapes in (y, x)."""
+    col = sampler.P
+    top, left = params[:, :, col["top"]], params[:, :, col["left"]]
+    bottom, right = top + params[:, :, col["height"]], left + params[:, :, col["width"]]
+    y0, x0 = np.floor(top.min(axis=1)), np.floor(left.min(axis=1))
+    y1 = np.minimum(np.ceil(bottom.max(axis=1)), heights)
+    x1 = np.minimum(np.ceil(right.max(axis=1)), widths)
+    anchor = np.stack([y0, x0], axis=1).astype(np.float32)
+    return anchor, (np.stack([y1, x1], axis=1) - anchor).astype(np.float32)
+
+
+def view_arguments(params: np.ndarray, steps: _ViewSteps, gpu_style: bool,
+                   origin: np.ndarray | None = None) -> dict[str, object]:
+    """The pipeline's per-sample arguments for one view from its drawn params; ``origin``
+    (B, 2), the (y, x) corner of the decoded region, when that is not the whole image."""
     col = sampler.P
     p = params
     top, left, h, w, flip = (p[:, col[k]] for k in ("top", "left", "height", "width", "flip"))
-    # absolute ROI in (y, x); a flip is the same window with its x ends swapped
+    if origin is not None:
+        top, left = top - origin[:, 0], left - origin[:, 1]
+    # ROI in (y, x) in the decoded region; a flip is the same window with its x ends swapped
     args: dict[str, object] = {
         "roi_start": np.stack([top, left + flip * w], axis=1).astype(np.float32),
         "roi_end": np.stack([top + h, left + w - flip * w], axis=1).astype(np.float32)}
@@ -215,8 +232,8 @@ def _view(image, args: dict, view: ViewRecipe, steps: _ViewSteps, size: int, mea
 
 
 def input_names(recipe: Recipe, gpu_style: bool) -> list[tuple[str, "types.DALIDataType"]]:
-    """The feeder's outputs, in order: encoded bytes, then each view's arguments."""
-    names = [("data", types.UINT8)]
+    """The feeder's outputs, in order: encoded bytes, the decoded region, then each view's arguments."""
+    names = [("data", types.UINT8), ("region_anchor", types.FLOAT), ("region_shape", types.FLOAT)]
     for k, view in enumerate(recipe.views, 1):
         names += [(f"view{k}.{n}", t) for n, t in _ViewSteps(view).inputs(gpu_style)]
     return names
@@ -234,8 +251,11 @@ def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str
     names = input_names(recipe, gpu_style)
     nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, dtype=[t for _, t in names])
     inputs = dict(zip((n for n, _ in names), nodes))
-    image = fn.decoders.image(inputs["data"], device="mixed" if dali_device == "gpu" else "cpu",
-                              output_type=types.RGB, adjust_orientation=False)
+    # only the union of the views' windows is decoded (libjpeg-turbo / nvJPEG skip the rest)
+    image = fn.decoders.image_slice(inputs["data"], inputs["region_anchor"], inputs["region_shape"], axes=[0, 1],
+                                    normalized_anchor=False, normalized_shape=False,
+                                    device="mixed" if dali_device == "gpu" else "cpu",
+                                    output_type=types.RGB, adjust_orientation=False)
     views = []
     for k, (view, size) in enumerate(zip(recipe.views, recipe.output_sizes(image_size)), 1):
         args = {n.split(".", 1)[1]: node for n, node in inputs.items() if n.startswith(f"view{k}.")}
@@ -363,9 +383,11 @@ class _EpochFeeder:
             widths = np.array([s[1][1] for s in samples], dtype=np.int64)
             index = np.array([s[2] for s in samples], dtype=np.int64)
             params = sampler.draw(ld.spec, ld.image_size, ld.seed, self.epoch, index, heights, widths)
-            out = {"data": [s[0] for s in samples]}
+            anchor, shape = decode_region(params, heights, widths)
+            out = {"data": [s[0] for s in samples], "region_anchor": anchor, "region_shape": shape}
             for v, st in enumerate(steps):
-                out.update({f"view{v + 1}.{n}": a for n, a in view_arguments(params[:, v], st, ld.gpu_style).items()})
+                out.update({f"view{v + 1}.{n}": a
+                            for n, a in view_arguments(params[:, v], st, ld.gpu_style, anchor).items()})
             self.fed[k] = {"index": index.tolist(), "skipped": sum(s[3] for s in samples), "params": params}
             yield tuple(out[n] for n in names)
 
