@@ -19,7 +19,8 @@ from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
 from pipelines import build_loader  # noqa: E402
 from pipelines import colour_cpu, sampler  # noqa: E402
 from pipelines.colour import ColourAugment  # noqa: E402
-from pipelines.dali_loader import PARAM_NAMES, DaliLoader, colour_matrix, image_shape, resolve_colour  # noqa: E402
+from pipelines.dali_loader import (PARAM_NAMES, DaliLoader, colour_matrix, decode_region, image_shape,  # noqa: E402
+                                   resolve_colour)
 from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
 from pipelines.colour_cpu import LUMA  # noqa: E402
 from pipelines.corrupt import CorruptImageError  # noqa: E402
@@ -423,3 +424,18 @@ def test_a_pass_leaves_no_running_pipeline_behind(small_dir):
             assert len(list(it)) == len(loader) - 1
         assert all(p._pipe is None for p in held)
         del held
+
+
+def test_decode_region_is_the_whole_pixel_union_of_the_windows():
+    recipe = BYOL
+    h, w = np.array([300, 97, 480]), np.array([400, 113, 200])
+    params = sampler.draw(sampler.recipe_spec(recipe, 64), 64, 5, 0, np.arange(3), h, w)
+    anchor, shape = decode_region(params, h, w)
+    for i in range(3):
+        tops, lefts = params[i, :, P["top"]], params[i, :, P["left"]]
+        bottoms, rights = tops + params[i, :, P["height"]], lefts + params[i, :, P["width"]]
+        y0, x0 = anchor[i]
+        y1, x1 = anchor[i] + shape[i]
+        assert y0 == math.floor(tops.min()) and x0 == math.floor(lefts.min())
+        assert y1 == min(math.ceil(bottoms.max()), h[i]) and x1 == min(math.ceil(rights.max()), w[i])
+        assert 0 <= y0 and 0 <= x0 and y1 <= h[i] and x1 <= w[i]
