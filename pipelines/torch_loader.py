@@ -15,8 +15,8 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
    order brightness, contrast, saturation, hue): on a GPU as tensor ops after a pinned,
    non-blocking copy; on the CPU as the fused numba pass, in a thread that overlaps the
    consumer. ``colour='fused'``: the same fused pass in each worker, which then ships
-   float32 views; shared memory for 4x the bytes costs more than the pass saves (on 2
-   cores with photos, 0.25 of the decode ceiling against 0.30 for 'device').
+   float32 views; fresh shared memory for 4x the bytes costs about as much as the pass
+   itself (on 2 cores with photos, 'device' ran x1.01-1.2 the rate of 'fused').
    ``colour='pil'``: per view on uint8 PIL images (look-up tables, blends, PIL's box-pass
    Gaussian blur; jitter in the drawn random order, as torchvision on PIL images); workers
    then ship uint8 NHWC views and the main process normalises them on the device. All use
