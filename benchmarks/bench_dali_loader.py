@@ -33,10 +33,15 @@ import torch
 from PIL import Image
 
 from benchmarks.common import markdown_table, write_json
-from pipelines.dali_loader import DaliLoader, require_dali
+from pipelines.dali_loader import COLOUR_MODES, DaliLoader, require_dali
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from benchmarks.photos import benchmark_images
+
+
+def other_colour(colour: str) -> str:
+    """The loader's colour place that is not ``colour`` (see ``pipelines.dali_loader.COLOUR_MODES``)."""
+    return next(m for m in COLOUR_MODES if m != colour)
 
 
 def _pil_decode(path) -> int:
@@ -180,7 +185,7 @@ def main(argv=None):
 
     probe = loader(recipe)
     mode, device_id, default_colour = probe.dali_device, probe.device_id, probe.colour
-    other_colour = "pipeline" if default_colour == "engine" else "engine"
+    other = other_colour(default_colour)
     del probe
     rows = {
         "PIL decode (threads)": lambda: pil_rate(files, B, W, args.batches),
@@ -192,8 +197,8 @@ def main(argv=None):
                                                                args.warmup, args.batches, args.device),
         "dali loader, full recipe (2 views)": lambda: loader_rate(loader(recipe), B, args.warmup, args.batches,
                                                                   args.device),
-        f"dali loader, full recipe, colour '{other_colour}'": lambda: loader_rate(
-            loader(recipe, other_colour), B, args.warmup, args.batches, args.device),
+        f"dali loader, full recipe, colour '{other}'": lambda: loader_rate(
+            loader(recipe, other), B, args.warmup, args.batches, args.device),
     }
     rates: dict[str, list[float]] = {k: [] for k in rows}
     for r in range(args.rounds):

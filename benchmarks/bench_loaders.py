@@ -132,10 +132,9 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
 
     rows = {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
             "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}
-    default = resolve_colour("auto", torch.device(b.device))
-    for other in ("fused", "device"):  # the other place for the colour work, beside the default
-        if other != default and (other != "fused" or default != "pil"):
-            rows[f"torch loader, colour='{other}'"] = lambda other=other: two_view(colour=other)
+    # beside the default, the colour work's other place: in the workers ('fused') or after them ('device')
+    other = "fused" if resolve_colour("auto", torch.device(b.device)) == "device" else "device"
+    rows[f"torch loader, colour='{other}'"] = lambda: two_view(colour=other)
     return rows
 
 
@@ -154,7 +153,7 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
 
     probe = loader()
     mode, device_id = probe.dali_device, probe.device_id
-    other = "pipeline" if probe.colour == "engine" else "engine"
+    other = bench.other_colour(probe.colour)
     del probe
 
     def two_view():

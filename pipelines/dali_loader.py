@@ -63,15 +63,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import sampler
+from . import colour_cpu, sampler
 from .batch import Batch, check_loader_options
-from . import colour_cpu
 from .colour import ColourAugment
 from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
-from .prefetch import Prefetcher, finish_in_thread
+from .prefetch import Prefetcher, hand_over
 from .recipe import BYOL, Recipe, ViewRecipe
 from .sampler import PARAM_NAMES
 
@@ -166,15 +165,13 @@ def decode_region(params: np.ndarray, heights: np.ndarray, widths: np.ndarray) -
     return anchor, (np.stack([y1, x1], axis=1) - anchor).astype(np.float32)
 
 
-def view_arguments(params: np.ndarray, steps: _ViewSteps, gpu_style: bool,
-                   origin: np.ndarray | None = None) -> dict[str, object]:
-    """The pipeline's per-sample arguments for one view from its drawn params; ``origin``
-    (B, 2), the (y, x) corner of the decoded region, when that is not the whole image."""
+def view_arguments(params: np.ndarray, steps: _ViewSteps, gpu_style: bool, origin: np.ndarray) -> dict[str, object]:
+    """The pipeline's per-sample arguments for one view from its drawn params; ``origin``:
+    (B, 2), the (y, x) corner of each sample's decoded region (:func:`decode_region`)."""
     col = sampler.P
     p = params
     top, left, h, w, flip = (p[:, col[k]] for k in ("top", "left", "height", "width", "flip"))
-    if origin is not None:
-        top, left = top - origin[:, 0], left - origin[:, 1]
+    top, left = top - origin[:, 0], left - origin[:, 1]
     # ROI in (y, x) in the decoded region; a flip is the same window with its x ends swapped
     args: dict[str, object] = {
         "roi_start": np.stack([top, left + flip * w], axis=1).astype(np.float32),
@@ -522,15 +519,10 @@ class DaliLoader:
                 tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1])))
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = self._batches()
-        if self.colour == "engine" and self.device.type == "cpu":  # the colour pass overlaps the consumer
-            batches = finish_in_thread(batches, self.prefetch, "dali-colour")
-        try:
-            for batch, params in batches:
-                self.last_params = params  # set as the batch is handed over, not as it is made
-                yield batch
-        finally:
-            batches.close()  # stops the colour thread, then the pipeline and its feeder
+        # on a CPU device the colour engine runs in a thread beside the consumer; stopping the
+        # pass stops that thread, then the pipeline and its feeder
+        thread = "dali-colour" if self.colour == "engine" and self.device.type == "cpu" else None
+        yield from hand_over(self, self._batches(), thread, self.prefetch)
 
     def _batches(self) -> Iterator[tuple[Batch, tuple[torch.Tensor, ...]]]:
         epoch, position = self.cursor.begin_pass()

@@ -49,7 +49,7 @@ from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .geometry import windows_to_coords
-from .prefetch import finish_in_thread
+from .prefetch import hand_over
 from .recipe import BYOL, Recipe
 from .torch_loader import render_views
 
@@ -500,15 +500,12 @@ class FFCVLoader:
         bs = self.batch_size
         batches = (self._to_batch(raw, planned[k * bs:(k + 1) * bs], epoch, (start + k) * bs)
                    for k, raw in enumerate(it))
+        # on the CPU the colour pass runs in a thread beside the consumer; on a GPU it is kernel
+        # launches, cheap in this thread
+        thread = "ffcv-colour" if self.device.type == "cpu" else None
         try:
-            if self.device.type == "cpu":
-                batches = finish_in_thread(batches, self.prefetch, "ffcv-colour", self.colour_threads)
-            # (on a GPU the colour work is kernel launches: cheap in this thread)
-            for batch, params in batches:
-                self.last_params = params  # set as the batch is handed over, not as it is made
-                yield batch
+            yield from hand_over(self, batches, thread, self.prefetch, self.colour_threads)  # stops the thread first
         finally:
-            batches.close()  # the colour thread stops before FFCV's iterator does
             if self._active is it:
                 self._stop_active()
 

@@ -78,6 +78,22 @@ class Prefetcher:
             self._thread.join()
 
 
+def hand_over(owner, made: Iterable, thread: str | None = None, depth: int = 2, threads: int = 1) -> Iterator:
+    """The batches of ``made``'s ``(batch, draws)`` pairs, ``owner.last_params`` set to a
+    batch's draws as that batch is handed over (not when a read-ahead thread makes it). With
+    ``thread``, ``made`` runs in a :func:`finish_in_thread` thread of that name. When the
+    consumer stops, the thread (if any) stops and ``made`` is closed before this returns."""
+    source = finish_in_thread(made, depth, thread, threads) if thread else made
+    try:
+        for batch, draws in source:
+            owner.last_params = draws
+            yield batch
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
 def finish_in_thread(batches: Iterable, depth: int, name: str, threads: int = 1) -> Iterator:
     """``batches`` produced in a :class:`Prefetcher` thread running ``threads`` torch threads,
     so that a CPU backend's last pass over each batch (the colour work) overlaps its consumer;

@@ -50,7 +50,7 @@ from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
-from .prefetch import finish_in_thread
+from .prefetch import hand_over
 from .recipe import BYOL, Recipe, ViewRecipe
 
 _JITTER_OPS = sampler.JITTER_OPS
@@ -438,15 +438,12 @@ class TorchLoader:
         self.plan.cursor.begin_pass()
         if self.num_workers > 0 and getattr(self._loader, "_iterator", None) is None:
             gc.collect()  # finalise garbage here, not in the workers about to be forked (a finaliser may hang there)
-        batches = (self._to_batch(raw) for raw in self._loader)
-        if self.colour == "device" and self.device.type == "cpu":  # the colour pass overlaps the consumer
-            batches = finish_in_thread(batches, 2, "torch-colour")
+        made = (self._to_batch(raw) for raw in self._loader)
+        # on a CPU device the colour pass runs in a thread beside the consumer
+        thread = "torch-colour" if self.colour == "device" and self.device.type == "cpu" else None
         try:
-            for batch, drawn in batches:
-                self.last_params = drawn  # set as the batch is handed over, not as it is made
-                yield batch
+            yield from hand_over(self, made, thread)  # stops the colour thread before the workers below
         except BaseException:
-            batches.close()  # the colour thread stops before its workers do
             self.close()  # a failed or abandoned pass leaves no half-read persistent workers behind
             raise
 

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from pipelines.prefetch import finish_in_thread
+from pipelines.prefetch import finish_in_thread, hand_over
 
 
 def _source(n, log, fail_at=None):
@@ -43,3 +43,18 @@ def test_stopping_early_stops_the_thread_and_closes_the_source():
     made = len(log) - 1
     assert made < 100  # read ahead a few items, not the whole source
     assert not any(t.name == "colour-test" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("thread", [None, "colour-test"])
+def test_hand_over_sets_the_draws_of_the_batch_handed_over(thread):
+    class Owner:
+        last_params = None
+
+    owner, log = Owner(), []
+    pairs = ((i, f"draws {i}") for i in _source(50, log))
+    it = hand_over(owner, pairs, thread)
+    for i in range(5):
+        assert next(it) == i and owner.last_params == f"draws {i}"  # not a batch made ahead
+    it.close()
+    assert log[-1] == ("closed", "MainThread")  # closed by the consumer's side, once the thread is done
+    assert {name for _, name, *_ in log[:-1]} == {thread or "MainThread"}
