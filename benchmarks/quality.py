@@ -111,7 +111,10 @@ def parse_settings(specs: list[str], methods: list[str]) -> dict[str, dict]:
                              + (f" (did you mean {close[0]!r}?)" if close else ""))
         kind = field_type(fields[name])
         if kind is bool:
-            value = text.strip().lower() in ("1", "true", "yes", "on")
+            word = text.strip().lower()
+            if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"--set {spec!r}: {text!r} is not true or false")
+            value = word in ("1", "true", "yes", "on")
         elif text.strip().lower() == "none" and field_optional(fields[name]):
             value = None
         else:

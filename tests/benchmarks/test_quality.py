@@ -227,6 +227,7 @@ def test_set_changes_one_field_of_one_method_and_names_bad_items():
                                  ["pixpro", "loca", "rotation"])
     assert got == {"loca": {"base_lr": 0.016, "clip_grad_norm": 0.0}, "rotation": {"compile": True}}
     for bad, words in (("loca.base_lr", "METHOD.FIELD=VALUE"), ("byol.base_lr=1", "'byol' is not one of"),
-                       ("loca.base_lrr=1", "did you mean 'base_lr'"), ("loca.epochs=two", "not a valid int")):
+                       ("loca.base_lrr=1", "did you mean 'base_lr'"), ("loca.epochs=two", "not a valid int"),
+                       ("loca.compile=maybe", "not true or false")):
         with pytest.raises(ValueError, match=words):
             quality.parse_settings([bad], ["pixpro", "loca"])
