@@ -48,12 +48,18 @@ def _views01(arrays):
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("size", [64, 224])
-def test_corners_match_coords(planes, fmt, size):
+@pytest.mark.parametrize("planar", [False, True])
+def test_corners_match_coords(planes, fmt, size, planar):
+    """PIL's resize and the planar numba one both put each view where its coords say."""
+    if planar and not T.resample.available():
+        pytest.skip("needs numba")
     flips = drafts = 0
     for path, (h, w) in zip(planes[fmt], PLANE_SIZES):
         tol = corner_tolerance(h, w, size, fmt == "JPEG")
         for k in range(12):
-            arrays, coords, rows = T.render_views(path, GEOMETRY, size, 0, 0, k)
+            arrays, coords, rows = T.render_views(path, GEOMETRY, size, 0, 0, k, colour=False, planar=planar)
+            if planar:
+                arrays = [a.transpose(1, 2, 0) for a in arrays]
             params = [T.view_params(r, v) for r, v in zip(rows, GEOMETRY.views)]
             coords = torch.tensor(coords)
             err = corner_errors(_views01(arrays), coords)
@@ -285,17 +291,21 @@ def test_fused_colour_applies_each_samples_draws(small_dir):
     batch = _collect(loader, epoch=1)[0]
     ds = loader.dataset
     epoch, positions, indices = next(iter(loader.plan._batches(1, 0)))
-    renders = [T.render_views(ds.paths[i], BYOL, 32, ds.seed, epoch, i, colour=False) for i in indices]
+    renders = [T.render_views(ds.paths[i], BYOL, 32, ds.seed, epoch, i, colour=False, planar=True)
+               for i in indices]
     params = [[T.view_params(r, v) for r, v in zip(rows, BYOL.views)] for _, _, rows in renders]
     assert any(p[0].jitter for p in params) and all(p[0].blur_sigma for p in params)
     for v, got in enumerate((batch.view1, batch.view2)):
-        u8 = torch.from_numpy(np.stack([r[0][v] for r in renders])).permute(0, 3, 1, 2)
+        u8 = torch.from_numpy(np.stack([r[0][v] for r in renders]))
         want = apply_colour(u8, sampler.colour_params(np.stack([r[2][v] for r in renders])),
                             BYOL.views[v].solarize_threshold, BYOL.mean, BYOL.std, engine="torch")
         torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
     plain = {c: _collect(build_loader("torch", small_dir, batch_size=5, image_size=32, seed=3, num_workers=0,
                                       recipe=GEOMETRY, colour=c), epoch=1)[0] for c in ("fused", "pil")}
-    torch.testing.assert_close(plain["fused"].view1, plain["pil"].view1, atol=1e-5, rtol=0)
+    # the same filter; PIL rounds between its two passes, the numba resize does not: one level at most
+    level = 1 / (255 * min(GEOMETRY.std))
+    diff = (plain["fused"].view1 - plain["pil"].view1).abs()
+    assert diff.max() <= level + 1e-5 and diff.mean() < 0.2 * level
     assert torch.equal(plain["fused"].coords2, plain["pil"].coords2)
     with pytest.raises(ValueError, match="colour must be one of"):
         build_loader("torch", small_dir, batch_size=5, image_size=32, colour="opencv")
@@ -312,7 +322,8 @@ def test_device_colour_ships_uint8_crops_and_matches_the_fused_pass(small_dir):
     fused = build_loader("torch", small_dir, colour="fused", **kw)
     epoch, positions, indices = next(iter(on_device.plan._batches(1, 0)))
     shipped = on_device.dataset[(epoch, positions, indices)][0]
-    assert [v.dtype for v in shipped] == [torch.uint8] * 2 and shipped[0].shape == (5, 32, 32, 3)
+    assert [v.dtype for v in shipped] == [torch.uint8] * 2
+    assert shipped[0].shape == ((5, 3, 32, 32) if on_device.dataset.planar else (5, 32, 32, 3))
     a, b = _collect(on_device, epoch=1), _collect(fused, epoch=1)
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
