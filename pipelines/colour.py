@@ -29,6 +29,7 @@ own sigma rather than the largest one.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -286,7 +287,8 @@ def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str
 
 def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold: int = 128,
                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None, blur_truncate: float = 3.0, engine: str = "auto") -> torch.Tensor:
+                 chunk: int | None = None, blur_truncate: float = 3.0, engine: str = "auto",
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Colour-augment and normalise a batch of RGB views.
 
     ``images``: (B, 3, H, W) uint8 (0..255) or float (0..1), any memory format and device;
@@ -296,14 +298,20 @@ def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold:
     ``chunk`` processes that many samples at a time through one reused buffer: the default,
     4 on the CPU, keeps the working set in cache (a fresh batch-sized buffer per step costs
     more in page faults and memory traffic than the arithmetic); the whole batch at once on
-    a GPU.
+    a GPU. ``out``: a channels-last buffer of the output's shape, dtype and device to write
+    into (see :class:`OutputPool`), else a new one.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) RGB images, got shape {tuple(images.shape)}")
     if len(params) != images.shape[0]:
         raise ValueError(f"{len(params)} parameter rows for a batch of {images.shape[0]}")
     b, c, h, w = images.shape
-    out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=torch.channels_last)
+    if out is None:
+        out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=torch.channels_last)
+    elif (out.shape != images.shape or out.dtype != dtype or out.device != images.device
+          or not out.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"out must be a channels-last {dtype} tensor of shape {tuple(images.shape)} on "
+                         f"{images.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     if resolve_engine(engine, images.device, dtype) == "numba":
         if images.device.type != "cpu" or dtype != torch.float32:
             raise ValueError("the numba engine works on CPU tensors and writes float32")
@@ -323,20 +331,69 @@ def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold:
     return out
 
 
+class OutputPool:
+    """Output buffers handed out again once nothing outside the pool holds them.
+
+    On the CPU a fresh batch-sized output is fresh memory from the OS, and its first write
+    faults in every page: on a 2-core VM that cost a loader's colour thread several times the
+    colour pass itself. A buffer counts as free when no Python reference to it remains but
+    the pool's and no other tensor (a view, a slice) shares its memory; a consumer that
+    keeps its batches simply makes the pool allocate new ones (at most ``size`` are kept).
+    Where the storage use count cannot be read (a torch without that introspection) every
+    call allocates.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.buffers: list[torch.Tensor] = []
+
+    def _matches(self, i: int, shape: tuple, dtype: torch.dtype, device: torch.device) -> bool:
+        t = self.buffers[i]
+        return tuple(t.shape) == shape and t.dtype == dtype and t.device == device
+
+    def _is_free(self, i: int) -> bool:
+        # the pool's list holds the one reference, getrefcount's argument the other
+        if sys.getrefcount(self.buffers[i]) > 2 or _storage_use_count is None:
+            return False
+        # the buffer's own and the temporary storage object's
+        return _storage_use_count(self.buffers[i].untyped_storage()._cdata) <= 2
+
+    def take(self, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        shape = tuple(shape)
+        for i in range(len(self.buffers)):  # by index: a loop variable would be a reference
+            if self._matches(i, shape, dtype, device) and self._is_free(i):
+                return self.buffers[i]
+        t = torch.empty(shape, dtype=dtype, device=device, memory_format=torch.channels_last)
+        if _storage_use_count is not None:
+            if len(self.buffers) >= self.size:
+                self.buffers.pop(0)
+            self.buffers.append(t)
+        return t
+
+
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
 class ColourAugment:
-    """One view's colour recipe bound to its normalisation: ``aug(images, generator)``."""
+    """One view's colour recipe bound to its normalisation: ``aug(images, generator)``.
+
+    ``reuse_outputs``: write CPU outputs into an :class:`OutputPool` (loaders turn it on)."""
 
     def __init__(self, view: ViewRecipe, mean, std, dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None, engine: str = "auto"):
+                 chunk: int | None = None, engine: str = "auto", reuse_outputs: bool = False):
         self.view, self.mean, self.std, self.dtype, self.chunk = view, tuple(mean), tuple(std), dtype, chunk
         self.engine = engine
+        self.pool = OutputPool() if reuse_outputs else None
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> ColourParams:
         return sample_colour_params(self.view, batch_size, generator)
 
     def apply(self, images: torch.Tensor, params: ColourParams) -> torch.Tensor:
+        out = None
+        if self.pool is not None and images.device.type == "cpu":
+            out = self.pool.take(images.shape, self.dtype, images.device)
         return apply_colour(images, params, self.view.solarize_threshold, self.mean, self.std,
-                            self.dtype, self.chunk, engine=self.engine)
+                            self.dtype, self.chunk, engine=self.engine, out=out)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images.shape[0], generator))

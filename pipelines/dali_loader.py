@@ -452,7 +452,7 @@ class DaliLoader:
         self.colour = resolve_colour(colour, self.dali_device)
         # the recipe the graph runs: the geometry alone when the colour engine finishes the views
         self.graph_recipe = recipe.without_colour() if self.colour == "engine" else recipe
-        self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std) for v in recipe.views]
+        self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std, reuse_outputs=True) for v in recipe.views]
         self.num_batches = -(-len(self.positions) // batch_size)
         self.cursor = EpochCursor(self.num_batches)
         self.corrupt = CorruptFiles(on_corrupt)

@@ -334,7 +334,8 @@ class FFCVLoader:
         self._index_of = self._index_column(Reader(str(path)))
         self.decoder = ViewPlanDecoder(recipe, image_size, self._index_of, seed, scale_decode)
         self.sizes = recipe.output_sizes(image_size)
-        self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk) for v in recipe.views]
+        self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk, reuse_outputs=True)
+                       for v in recipe.views]
         self.corrupt = CorruptFiles(on_corrupt)
         self.max_replacements = max_replacements
         self.last_params: np.ndarray | None = None

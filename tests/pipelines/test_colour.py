@@ -269,3 +269,40 @@ def test_normalise_layout():
     out = normalise(x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
     assert out.is_contiguous(memory_format=torch.channels_last)
     close(out, TF.normalize(x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5)))
+
+
+def test_output_pool_hands_a_buffer_out_again_only_once_nothing_holds_it():
+    from pipelines.colour import OutputPool, _storage_use_count
+    if _storage_use_count is None:
+        pytest.skip("this torch cannot count storage uses")
+    pool, shape, cpu = OutputPool(size=3), (2, 3, 4, 4), torch.device("cpu")
+    a = pool.take(shape, torch.float32, cpu)
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    b = pool.take(shape, torch.float32, cpu)
+    assert b is not a  # a is still held
+    b_id = id(b)
+    del b
+    c = pool.take(shape, torch.float32, cpu)
+    assert id(c) == b_id  # freed: recycled
+    view = c[0]
+    del c
+    assert id(pool.take(shape, torch.float32, cpu)) != b_id  # a slice still shares its memory
+    del view
+    assert id(pool.take(shape, torch.float32, cpu)) == b_id
+    assert pool.take((1, 3, 4, 4), torch.float32, cpu).shape == (1, 3, 4, 4)  # another shape: a new one
+    assert len(pool.buffers) <= 3
+
+
+def test_pooled_outputs_are_not_overwritten_while_a_consumer_keeps_them():
+    view = ViewRecipe(jitter_p=1.0, blur_p=0.0)
+    aug = ColourAugment(view, (0.5,) * 3, (0.25,) * 3, reuse_outputs=True)
+    plain = ColourAugment(view, (0.5,) * 3, (0.25,) * 3)
+    gen = torch.Generator().manual_seed(0)
+    kept, want = [], []
+    for _ in range(12):  # more batches than the pool keeps
+        x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8, generator=gen)
+        params = aug.sample(3, gen)
+        kept.append(aug.apply(x, params))
+        want.append(plain.apply(x, params))
+    for got, ref in zip(kept, want):
+        torch.testing.assert_close(got, ref, atol=0, rtol=0)

@@ -489,3 +489,18 @@ def test_upscaled_small_images_and_synthetic_backend():
         assert b.coords1.shape == (3, 4) and 0 <= b.coords1.min() and b.coords1.max() <= 1
     assert torch.equal(a[0].coords1, _collect(build_loader("synthetic", None, batch_size=3, image_size=32,
                                                            batches_per_epoch=4, seed=1), 0)[0].coords1)
+
+
+@pytest.mark.skipif(T.decode_jpeg is None, reason="this torchvision has no decode_jpeg")
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_torchvision_jpeg_decode_gives_pils_pixels(tmp_path, mode):
+    rng = np.random.default_rng(4)
+    path = tmp_path / f"photo_{mode}.jpg"
+    Image.fromarray(rng.integers(0, 255, (75, 101, 3), dtype=np.uint8)).convert(mode).save(path, quality=85)
+    with Image.open(path) as img:
+        want = np.asarray(img.convert("RGB"))
+    got = T.decode_jpeg_rgb(path.read_bytes())
+    assert got.shape == (75, 101, 3) and got.flags["C_CONTIGUOUS"]
+    assert np.abs(got.astype(int) - want).max() <= 1
+    with pytest.raises(OSError, match="cannot decode JPEG data: .*truncated"):
+        T.decode_jpeg_rgb(path.read_bytes()[:400])
