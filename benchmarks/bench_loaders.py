@@ -2,7 +2,9 @@
 
 References (always run):
 
-- ``decode ceiling``: plain full JPEG decode to RGB in DataLoader workers, nothing else;
+- ``decode ceiling``: plain full JPEG decode to RGB (PIL) in DataLoader workers, nothing else;
+- ``decode ceiling, torchvision``: the same through torchvision's ``decode_jpeg`` into an
+  array, the torch backend's JPEG decoder (its ``vs_torchvision_decode`` column);
 - ``baseline``: the plain torchvision two-view pipeline (:mod:`benchmarks.baseline_loader`).
 
 Then one function per backend produces that backend's rows: its two-view loader with the
@@ -43,7 +45,7 @@ from .baseline_loader import build_baseline_loader
 from .bench_torch_loader import decode_loader, images_per_second
 from .common import table_with_skips, write_json
 
-DECODE, BASELINE = "decode ceiling", "baseline (torchvision 2-view)"
+DECODE, TV_DECODE, BASELINE = "decode ceiling", "decode ceiling, torchvision", "baseline (torchvision 2-view)"
 
 
 class Unavailable(Exception):
@@ -85,8 +87,9 @@ def _optional_module(name: str):
 
 # -- references -----------------------------------------------------------------------------
 
-def decode_ceiling(b: LoaderBench) -> float:
-    return images_per_second(decode_loader(b.data_dir, b.batch_size, b.workers), b.batch_size, b.warmup, b.batches)
+def decode_ceiling(b: LoaderBench, decoder: str = "pil") -> float:
+    return images_per_second(decode_loader(b.data_dir, b.batch_size, b.workers, decoder), b.batch_size, b.warmup,
+                             b.batches)
 
 
 def baseline(b: LoaderBench) -> float:
@@ -227,8 +230,10 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
     if n_files < b.images_needed:
         raise ValueError(f"{data_dir} has {n_files} images; one pass of {b.batches} timed + {b.warmup} warm-up "
                          f"batches of {batch_size} needs {b.images_needed}")
-    rows: dict[str, Callable[[], float]] = {DECODE: lambda: decode_ceiling(b), BASELINE: lambda: baseline(b)}
-    backend_of = {DECODE: "reference", BASELINE: "reference"}
+    rows: dict[str, Callable[[], float]] = {DECODE: lambda: decode_ceiling(b),
+                                            TV_DECODE: lambda: decode_ceiling(b, "torchvision"),
+                                            BASELINE: lambda: baseline(b)}
+    backend_of = {DECODE: "reference", TV_DECODE: "reference", BASELINE: "reference"}
     skipped = {}
     for name in backends:
         try:
@@ -254,16 +259,18 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
                 continue
             log(f"  loaders round {r + 1}/{rounds} {name}: done")
     med = {k: statistics.median(v) for k, v in rates.items()}
-    base, ceiling = med[BASELINE], med[DECODE]
+    base, ceiling, tv_ceiling = med[BASELINE], med[DECODE], med[TV_DECODE]
     table_rows = [{"pipeline": k, "backend": backend_of[k], "images_per_s": v, "vs_baseline": v / base,
-                   "vs_decode_ceiling": v / ceiling} for k, v in med.items()]
+                   "vs_decode_ceiling": v / ceiling, "vs_torchvision_decode": v / tv_ceiling}
+                  for k, v in med.items()]
     return {"data_dir": str(data_dir), "images": n_files, "batch_size": batch_size, "image_size": image_size,
             "workers": workers, "recipe": recipe.name, "device": device, "batches": batches, "rounds": rounds,
             "warmup_batches": b.warmup, "rates": rates, "rows": table_rows, "skipped": skipped}
 
 
 def table(result: dict, absolute: bool = False) -> str:
-    cols = ["pipeline", "backend", "vs_baseline", "vs_decode_ceiling"] + (["images_per_s"] if absolute else [])
+    cols = (["pipeline", "backend", "vs_baseline", "vs_decode_ceiling", "vs_torchvision_decode"]
+            + (["images_per_s"] if absolute else []))
     return table_with_skips(result["rows"], cols, result["skipped"])
 
 

@@ -25,25 +25,34 @@ from benchmarks.common import markdown_table, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
-from pipelines.torch_loader import build_torch_loader
+from pipelines.torch_loader import build_torch_loader, decode_jpeg_rgb
 
 
 class _DecodeOnly(torch.utils.data.Dataset):
-    """Full decode to RGB and nothing else: the ceiling any PIL pipeline on these files faces."""
+    """Full decode to RGB and nothing else: the ceiling any pipeline on these files faces.
 
-    def __init__(self, paths):
-        self.paths = paths
+    ``decoder``: 'pil' (PIL's decode, no array made) or 'torchvision' (JPEGs through the
+    torch backend's :func:`~pipelines.torch_loader.decode_jpeg_rgb` into an array, other
+    files through PIL)."""
+
+    def __init__(self, paths, decoder: str = "pil"):
+        if decoder not in ("pil", "torchvision"):
+            raise ValueError(f"decoder must be 'pil' or 'torchvision', got {decoder!r}")
+        self.paths, self.decoder = paths, decoder
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as img:
+        path = self.paths[i]
+        if self.decoder == "torchvision" and path.suffix.lower() in (".jpg", ".jpeg"):
+            return decode_jpeg_rgb(path.read_bytes()).shape[1]
+        with Image.open(path) as img:
             return img.convert("RGB").size[0]
 
 
-def decode_loader(data_dir, batch_size, num_workers):
-    ds = _DecodeOnly(list_images(data_dir))
+def decode_loader(data_dir, batch_size, num_workers, decoder: str = "pil"):
+    ds = _DecodeOnly(list_images(data_dir), decoder)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
                                        num_workers=num_workers)
 

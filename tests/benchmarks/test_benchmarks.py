@@ -192,7 +192,8 @@ def test_loader_backend_without_its_library_is_skipped(tmp_path, monkeypatch):
     res = bench_loaders.run(data, batch_size=2, image_size=32, workers=0, batches=1, rounds=1, backends=("fake",),
                             work_dir=tmp_path, log=lambda *a: None)
     assert res["skipped"] == {"fake": "FakeLib not installed"}
-    assert [r["pipeline"] for r in res["rows"]] == [bench_loaders.DECODE, bench_loaders.BASELINE]
+    references = [bench_loaders.DECODE, bench_loaders.TV_DECODE, bench_loaders.BASELINE]
+    assert [r["pipeline"] for r in res["rows"]] == references
 
 
 def test_peer_is_skipped_when_package_missing(monkeypatch):
