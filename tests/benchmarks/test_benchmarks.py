@@ -255,3 +255,20 @@ def test_methods_benchmark_gives_each_method_its_own_views():
     assert rows["pixpro"]["step_time_vs_pixpro"] == 1.0
     assert rows["loca"]["arch"] == "vit_tiny_patch16" and rows["rotation"]["arch"] == "resnet18"
     assert all(r["gflops_per_image"] > 0 and r["images_per_sec"] > 0 for r in rows.values())
+
+
+def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path):
+    from benchmarks import bench_resample
+    from pipelines import resample
+    if not resample.available():
+        pytest.skip("needs numba")
+    data = image_folder(tmp_path / "data", n=4)
+    res = bench_resample.run(data, n_images=4, image_size=32, iters=1)
+    assert res["images"] == 4 and res["views"] == 8  # byol: two views an image
+    by_step = {}
+    for r in res["rows"]:
+        by_step.setdefault(r["step"], []).append(r)
+        assert r["ms_each"] > 0
+    assert set(by_step) == {"crop + resize", "JPEG decode to array"}
+    for rows in by_step.values():
+        assert rows[0]["vs_first"] == 1 and len(rows) >= 2
