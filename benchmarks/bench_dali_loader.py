@@ -8,7 +8,7 @@ Same files, same cores (DALI threads = PIL threads = --workers), same batch size
 - ``dali loader, geometry``: the loader with the recipe's colour steps off (two views + boxes);
 - ``dali loader, full``: the loader with the full recipe, yielding Batch objects, with its
   default colour mode; beside it the other mode (``colour='pipeline'``: DALI operators in
-  the graph; ``'engine'``: the shared colour engine after the pipeline).
+  the graph; ``'device'``: the shared colour engine after the pipeline).
 
 Rates count images, not views. Each round runs every row in turn and the median over rounds
 is reported; the loader rows time batches after a warm-up inside one epoch (pipeline start

@@ -12,7 +12,7 @@ full recipe (two views + boxes, yielding :class:`pipelines.batch.Batch`) and, wh
 library has one, its stock single-view random-resized-crop pipeline, plus the 8-view
 ``swav_multicrop`` plan (2 x full size + 6 x 96/224 of it), and the full recipe with the
 colour work in the backend's other place (torch: in the workers ``'fused'`` or after them
-``'device'``; DALI: in the graph ``'pipeline'`` or after it ``'engine'``). A backend whose
+``'device'``; DALI: in the graph ``'pipeline'`` or after it ``'device'``). A backend whose
 library (or whose loader / benchmark module) is not installed is skipped with the reason,
 never an error. Rows are images (samples) per second; each round runs every row in turn
 and the median over rounds is kept, so a busy machine slows every contender alike. Ratios

@@ -25,7 +25,7 @@ Split of the work:
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
   which is channels-last memory, with no copy. That is ``colour='pipeline'``.
-- ``colour='engine'`` (the default in CPU-only mode where numba is installed): the graph stops
+- ``colour='device'`` (the default in CPU-only mode where numba is installed): the graph stops
   at each view's uint8 crop and :mod:`pipelines.colour` finishes it with the same draws (the
   fused numba pass on the CPU, in a thread that overlaps the consumer; tensor ops on a GPU),
   with the colour semantics of the torch and FFCV backends (exact HSV hue). On 2 CPU cores
@@ -404,16 +404,16 @@ def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str,
     return device, mode, device_id
 
 
-COLOUR_MODES = ("pipeline", "engine")
+COLOUR_MODES = ("pipeline", "device")  # the torch backend's names for the same places
 
 
 def resolve_colour(colour: str | None, dali_device: str) -> str:
-    """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'engine'
-    (:mod:`pipelines.colour` after the pipeline: the fused numba pass on the CPU, tensor ops on
-    a GPU). None: 'engine' in CPU-only mode where numba is installed (measured faster on CPU,
+    """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'device'
+    (:mod:`pipelines.colour` after the pipeline, on the training device: the fused numba pass on the CPU, tensor ops on
+    a GPU). None: 'device' in CPU-only mode where numba is installed (measured faster on CPU,
     see benchmarks/RESULTS.md), else 'pipeline'."""
     if colour is None:
-        return "engine" if dali_device == "cpu" and colour_cpu.available() else "pipeline"
+        return "device" if dali_device == "cpu" and colour_cpu.available() else "pipeline"
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {COLOUR_MODES} or None, got {colour!r}")
     return colour
@@ -451,7 +451,7 @@ class DaliLoader:
         self.spec = sampler.recipe_spec(recipe, image_size)
         self.colour = resolve_colour(colour, self.dali_device)
         # the recipe the graph runs: the geometry alone when the colour engine finishes the views
-        self.graph_recipe = recipe.without_colour() if self.colour == "engine" else recipe
+        self.graph_recipe = recipe.without_colour() if self.colour == "device" else recipe
         self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std, reuse_outputs=True) for v in recipe.views]
         self.num_batches = -(-len(self.positions) // batch_size)
         self.cursor = EpochCursor(self.num_batches)
@@ -510,7 +510,7 @@ class DaliLoader:
             x = out[name].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW = channels-last, no copy
             if x.device != dev:
                 x = x.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last)
-            if self.colour == "engine":
+            if self.colour == "device":
                 x = self._colour_steps[v].apply(x, sampler.colour_params(params[:, v]))
             views.append(x)
         coords = [sampler.coords_of(params[:, v]).to(dev, non_blocking=nb) for v in range(params.shape[1])]
@@ -521,7 +521,7 @@ class DaliLoader:
     def __iter__(self) -> Iterator[Batch]:
         # on a CPU device the colour engine runs in a thread beside the consumer; stopping the
         # pass stops that thread, then the pipeline and its feeder
-        thread = "dali-colour" if self.colour == "engine" and self.device.type == "cpu" else None
+        thread = "dali-colour" if self.colour == "device" and self.device.type == "cpu" else None
         yield from hand_over(self, self._batches(), thread, self.prefetch)
 
     def _batches(self) -> Iterator[tuple[Batch, tuple[torch.Tensor, ...]]]:

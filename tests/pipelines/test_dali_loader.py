@@ -258,9 +258,9 @@ def test_colour_steps_on_flat_images(tmp_path, gpu_style):
 
 
 def test_colour_engine_finishes_the_pipeline_crops(small_dir):
-    """``colour='engine'``: each view is the shared colour engine's pass, with the batch's own
+    """``colour='device'``: each view is the shared colour engine's pass, with the batch's own
     draws, over the uint8 crop the pipeline makes (read back from a colour-free run)."""
-    engine = _loader(small_dir, batch_size=16, image_size=32, colour="engine")
+    engine = _loader(small_dir, batch_size=16, image_size=32, colour="device")
     geometry = _loader(small_dir, batch_size=16, image_size=32, recipe=GEOMETRY, colour="pipeline")
     steps = [ColourAugment(v, BYOL.mean, BYOL.std) for v in BYOL.views]
     for epoch in range(2):
@@ -279,7 +279,7 @@ def test_colour_engine_finishes_the_pipeline_crops(small_dir):
 
 
 def test_colour_mode_default_and_bad_value():
-    assert resolve_colour(None, "cpu") == ("engine" if colour_cpu.available() else "pipeline")
+    assert resolve_colour(None, "cpu") == ("device" if colour_cpu.available() else "pipeline")
     assert resolve_colour(None, "gpu") == "pipeline"
     assert resolve_colour("pipeline", "cpu") == "pipeline"
     with pytest.raises(ValueError, match="colour must be one of"):
