@@ -3,8 +3,9 @@
 Write the file with ``python -m pipelines.ffcv_writer``. Per batch:
 
 1. FFCV's JIT-compiled worker threads run :class:`ViewPlanDecoder`: each image is decoded
-   ONCE (JPEG through libjpeg-turbo, with DCT down-scaling by 2, 4 or 8 when every crop
-   window stays at least twice its view's output size), then every view is cropped and
+   ONCE (JPEG through libjpeg-turbo, with DCT down-scaling by 2, 4 or 8 where every crop
+   window stays at least its view's output size: :func:`pipelines.resample.decode_reduction`,
+   the torch backend's rule too), then every view is cropped and
    resized to its own size and flipped in one pass of :func:`pipelines.resample.crop_resize`
    (antialiased bilinear, the torch backend's PIL filter; on photos 0.58 of the time of the
    OpenCV area resampling FFCV's own RandomResizedCrop decoder uses, about a third where a
@@ -53,7 +54,7 @@ from .ffcv_writer import FFCV_INSTALL_HINT
 from .geometry import windows_to_coords
 from .prefetch import hand_over
 from .recipe import BYOL, Recipe
-from .resample import crop_resize
+from .resample import crop_resize, decode_reduction
 from .torch_loader import render_views
 
 with keep_torch_threads():  # importing ffcv sets torch's thread count to 1
@@ -168,7 +169,7 @@ class ViewPlanDecoder(Operation):
         spec, sizes, offsets = self.spec, self.sizes, self.offsets
         nv = len(self.sizes)
         scale_decode = self.scale_decode
-        draw_sample = sampler.draw_sample
+        draw_sample, reduction = sampler.draw_sample, decode_reduction
         TOP, LEFT, HEIGHT, WIDTH, FLIP = (sampler.P[k] for k in ("top", "left", "height", "width", "flip"))
 
         def decode(batch_indices, my_storage, metadata, storage_state):
@@ -191,14 +192,7 @@ class ViewPlanDecoder(Operation):
                 denom = 1
                 if field["mode"] == jpg:
                     if scale_decode:
-                        while denom < 8:
-                            fits = True
-                            for v in range(nv):
-                                if min(rows[v, HEIGHT], rows[v, WIDTH]) < 2 * denom * sizes[v]:
-                                    fits = False
-                            if not fits:
-                                break
-                            denom *= 2
+                        denom = reduction(rows, sizes)
                     dh = (height + denom - 1) // denom
                     dw = (width + denom - 1) // denom
                     status = imdecode_c(image_data.ctypes.data, image_data.size, height, width, temp.ctypes.data,

@@ -19,12 +19,15 @@ import math
 
 import numpy as np
 
+from . import sampler
+
 try:
     from numba import njit
 except ImportError:  # pragma: no cover - depends on the environment
     njit = None
 
 F32 = np.float32
+_HEIGHT, _WIDTH = sampler.P["height"], sampler.P["width"]
 
 
 def available() -> bool:
@@ -109,3 +112,16 @@ if njit is not None:
                 xo = size - 1 - x if flip else x
                 for y in range(size):
                     out[c, y, xo] = np.uint8(min(max(col[y] + F32(0.5), F32(0.0)), F32(255.0)))
+
+    @njit(cache=True, nogil=True)
+    def decode_reduction(rows, sizes):
+        """The JPEG DCT reduction (1, 2, 4 or 8) a decoder may use for one sample: the largest
+        that keeps every view's window (``rows``: the sample's draws, one row per view) at
+        least its output size (``sizes``), so no view is enlarged from a reduced decode."""
+        f = 1
+        while f < 8:
+            for v in range(rows.shape[0]):
+                if min(rows[v, _HEIGHT], rows[v, _WIDTH]) < 2 * f * sizes[v]:
+                    return f
+            f *= 2
+        return f

@@ -64,7 +64,6 @@ from .recipe import BYOL, Recipe, ViewRecipe
 
 _JITTER_OPS = sampler.JITTER_OPS
 COLOUR_MODES = ("auto", "fused", "pil", "device")
-_DRAFT_FACTORS = (8, 4, 2)
 
 
 # --------------------------------------------------------------------------- per-view draws
@@ -98,14 +97,6 @@ def view_params(row: np.ndarray, view: ViewRecipe) -> ViewParams:
                       bool(p["solarize"] > 0.5))
 
 
-def draft_factor(params, sizes) -> int:
-    """Largest JPEG DCT reduction (1, 2, 4, 8) keeping every crop window at least its view's
-    output size (``sizes``: one per view, or one for all)."""
-    sizes = [sizes] * len(params) if isinstance(sizes, int) else list(sizes)
-    for f in _DRAFT_FACTORS:
-        if all(min(p.height, p.width) >= f * s for p, s in zip(params, sizes)):
-            return f
-    return 1
 
 
 # --------------------------------------------------------------------------- uint8 colour ops
@@ -254,7 +245,7 @@ def render_views(path: str | Path, recipe: Recipe, image_size: int, seed: int, e
         sampler.draw_sample(rows, spec, seed, epoch, sample, height, width)
         params = [view_params(r, v) for r, v in zip(rows, recipe.views)]
         scale = 1.0
-        f = draft_factor(params, sizes) if img.format == "JPEG" else 1
+        f = int(resample.decode_reduction(rows, spec[:, sampler.S["size"]])) if img.format == "JPEG" else 1
         if planar and f == 1 and img.format == "JPEG" and img.mode in ("RGB", "L") and decode_jpeg is not None:
             pixels = decode_jpeg_rgb(data)
         else:

@@ -68,3 +68,21 @@ def test_taps_are_normalised_and_stay_in_the_image():
     last_used = np.array([first[o] + np.flatnonzero(weights[o]).max() for o in range(50)])
     assert first.min() >= 0 and last_used.max() < 210
     assert np.all(np.diff(first) >= 0)
+
+
+def test_decode_reduction_is_the_largest_that_keeps_every_window_at_least_its_size():
+    from pipelines import sampler
+    rng = np.random.default_rng(2)
+    hi, wi = sampler.P["height"], sampler.P["width"]
+    seen = set()
+    for _ in range(300):
+        rows = np.zeros((3, len(sampler.PARAM_NAMES)))
+        rows[:, hi] = rng.integers(20, 3000, 3)
+        rows[:, wi] = rng.integers(20, 3000, 3)
+        sizes = rng.choice([32, 96, 224], 3)
+        want = max(f for f in (1, 2, 4, 8)
+                   if f == 1 or all(min(r[hi], r[wi]) >= f * s for r, s in zip(rows, sizes)))
+        got = resample.decode_reduction(rows, sizes)
+        assert got == want
+        seen.add(got)
+    assert seen == {1, 2, 4, 8}
