@@ -35,6 +35,8 @@ def available() -> bool:
 
 
 if njit is not None:
+    from .colour_cpu import _axpy  # acc += w * row, vectorised
+
     @njit(cache=True, nogil=True, error_model="numpy")
     def axis_taps(start, length, in_size, out_size, first, weights):
         """Triangle-filter taps mapping [start, start + length) of an axis of ``in_size``
@@ -70,11 +72,6 @@ if njit is not None:
             acc[x] += w * F32(row[x])
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def _add_column(acc, column, w):
-        for y in range(acc.shape[0]):
-            acc[y] += w * column[y]
-
-    @njit(cache=True, nogil=True, error_model="numpy")
     def crop_resize(image, top, left, height, width, size, flip, out):
         """image (H, W, 3) uint8 C-contiguous; window (top, left, height, width) in pixels,
         floats allowed -> out (3, size, size) uint8, mirrored left-right when ``flip``."""
@@ -108,7 +105,7 @@ if njit is not None:
                 for k in range(kx):
                     w = wx[x, k]
                     if w != 0.0:
-                        _add_column(col, columns[c, base + k], w)
+                        _axpy(col, columns[c, base + k], w)
                 xo = size - 1 - x if flip else x
                 for y in range(size):
                     out[c, y, xo] = np.uint8(min(max(col[y] + F32(0.5), F32(0.0)), F32(255.0)))
