@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 def view_windows(images: list[np.ndarray], recipe, image_size: int) -> list[tuple]:
-    """(image, top, left, height, width, size, flip) for every view of every image."""
+    """(image index, top, left, height, width, size, flip) for every view of every image."""
     spec = sampler.recipe_spec(recipe, image_size)
     out = []
     for i, img in enumerate(images):
@@ -47,35 +47,32 @@ def view_windows(images: list[np.ndarray], recipe, image_size: int) -> list[tupl
         sampler.draw_sample(rows, spec, 0, 0, i, img.shape[0], img.shape[1])
         for row, s in zip(rows, spec[:, sampler.S["size"]]):
             p = {k: row[j] for k, j in sampler.P.items()}
-            out.append((img, int(p["top"]), int(p["left"]), int(p["height"]), int(p["width"]), int(s),
+            out.append((i, int(p["top"]), int(p["left"]), int(p["height"]), int(p["width"]), int(s),
                         p["flip"] > 0.5))
     return out
 
 
 def run(data_dir, n_images: int = 64, image_size: int = 224, recipe_name: str = "byol", iters: int = 5) -> dict:
-    if not resample.available():
-        raise SystemExit("needs numba")
     torch.set_num_threads(1)
     paths = list_images(data_dir)[:n_images]
     blobs = [p.read_bytes() for p in paths]
     images = [np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))) for b in blobs]
     pils = [Image.fromarray(a) for a in images]
     windows = view_windows(images, get_recipe(recipe_name), image_size)
-    pil_of = {id(a): p for a, p in zip(images, pils)}
     outs = {s: np.empty((3, s, s), np.uint8) for s in {w[5] for w in windows}}
 
     def numba_views():
-        for img, t, l, h, w, s, flip in windows:
-            resample.crop_resize(img, float(t), float(l), float(h), float(w), s, flip, outs[s])
+        for i, t, l, h, w, s, flip in windows:
+            resample.crop_resize(images[i], float(t), float(l), float(h), float(w), s, flip, outs[s])
 
     def pil_views():
-        for img, t, l, h, w, s, flip in windows:
-            v = np.asarray(pil_of[id(img)].resize((s, s), Image.Resampling.BILINEAR, box=(l, t, l + w, t + h)))
+        for i, t, l, h, w, s, flip in windows:
+            v = np.asarray(pils[i].resize((s, s), Image.Resampling.BILINEAR, box=(l, t, l + w, t + h)))
             outs[s][:] = (v[:, ::-1] if flip else v).transpose(2, 0, 1)
 
     def opencv_views():
-        for img, t, l, h, w, s, flip in windows:
-            v = cv2.resize(img[t:t + h, l:l + w], (s, s), interpolation=cv2.INTER_AREA)
+        for i, t, l, h, w, s, flip in windows:
+            v = cv2.resize(images[i][t:t + h, l:l + w], (s, s), interpolation=cv2.INTER_AREA)
             outs[s][:] = (v[:, ::-1] if flip else v).transpose(2, 0, 1)
 
     steps = {"crop + resize": {"numba crop_resize (planar, flip)": numba_views,

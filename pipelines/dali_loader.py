@@ -409,9 +409,9 @@ COLOUR_MODES = ("pipeline", "device")  # the torch backend's names for the same 
 
 def resolve_colour(colour: str | None, dali_device: str) -> str:
     """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'device'
-    (:mod:`pipelines.colour` after the pipeline, on the training device: the fused numba pass on the CPU, tensor ops on
-    a GPU). None: 'device' in CPU-only mode where numba is installed (measured faster on CPU,
-    see benchmarks/RESULTS.md), else 'pipeline'."""
+    (:mod:`pipelines.colour` after the pipeline, on the training device: the fused numba pass
+    on the CPU, tensor ops on a GPU). None: 'device' in CPU-only mode where numba is
+    installed (measured faster on CPU, see benchmarks/RESULTS.md), else 'pipeline'."""
     if colour is None:
         return "device" if dali_device == "cpu" and colour_cpu.available() else "pipeline"
     if colour not in COLOUR_MODES:

@@ -5,8 +5,8 @@ Write the file with ``python -m pipelines.ffcv_writer``. Per batch:
 1. FFCV's JIT-compiled worker threads run :class:`ViewPlanDecoder`: each image is decoded
    ONCE (JPEG through libjpeg-turbo, with DCT down-scaling by 2, 4 or 8 where every crop
    window stays at least its view's output size: :func:`pipelines.resample.decode_reduction`,
-   the torch backend's rule too), then every view is cropped and
-   resized to its own size and flipped in one pass of :func:`pipelines.resample.crop_resize`
+   the torch backend's rule too), then every view is cropped, resized to its own size and
+   flipped in one pass of :func:`pipelines.resample.crop_resize`
    (antialiased bilinear, the torch backend's PIL filter; on photos 0.58 of the time of the
    OpenCV area resampling FFCV's own RandomResizedCrop decoder uses, about a third where a
    window shrinks). The draws (window, flip, colour) come from :mod:`pipelines.sampler`
@@ -121,7 +121,8 @@ class ViewPlanDecoder(Operation):
     """Decode an ``RGBImageField`` once and cut every view of the recipe from it.
 
     Outputs ``(packed, info, params)``: ``packed`` (B, sum of 3 * S_k * S_k) uint8, view k
-    planar (3, S_k, S_k) at offset ``offsets[k]``, flip applied (:func:`~pipelines.resample.crop_resize` writes it planar); ``info`` (B, V, 8) int32,
+    planar (3, S_k, S_k) at offset ``offsets[k]``, flip applied (both by
+    :func:`~pipelines.resample.crop_resize`); ``info`` (B, V, 8) int32,
     per view ``top, left, height, width`` of the window in the decoded image, ``flip``, the
     decoded image's ``height, width`` and ``ok`` (0 when libjpeg reported an error; the view
     is then mid-grey until the loader replaces the sample); ``params`` (B, V,

@@ -8,9 +8,8 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
    decoded in full;
 2. crop + resize each view with the window mapped into the reduced image (coords stay in
    ORIGINAL image pixels): antialiased bilinear, by :func:`pipelines.resample.crop_resize`
-   straight into the planar uint8 layout the colour pass reads (where numba is installed
-   and the colour work is not PIL's; about half the time of PIL's resize) or by PIL's
-   ``Image.resize(size, box=...)``;
+   straight into the planar uint8 layout the colour pass reads (about half the time of
+   PIL's resize), or by PIL's ``Image.resize(size, box=...)`` for ``colour='pil'``;
 3. colour work, flip folded into the copy into the batch buffer. ``colour='device'`` (the
    default; on the CPU where numba is installed): workers ship the uint8 crops, and the
    drawn jitter, grayscale, blur, solarize and the normalisation run over the whole batch on
@@ -95,8 +94,6 @@ def view_params(row: np.ndarray, view: ViewRecipe) -> ViewParams:
     return ViewParams(int(p["top"]), int(p["left"]), int(p["height"]), int(p["width"]), bool(p["flip"] > 0.5), jitter,
                       bool(p["grayscale"] > 0.5), float(p["sigma"]) if p["blur"] > 0.5 else None,
                       bool(p["solarize"] > 0.5))
-
-
 
 
 # --------------------------------------------------------------------------- uint8 colour ops
@@ -228,11 +225,11 @@ def render_views(path: str | Path, recipe: Recipe, image_size: int, seed: int, e
     ``reducing_gap`` times the output size it is first box-reduced by an integer factor
     (PIL's ``reducing_gap``; Pillow calls the result indistinguishable from the direct
     resize in most cases from 3.0 up, 2.0 trades a little of that for speed; None turns it
-    off; with JPEG draft decoding it rarely triggers). ``planar=True`` (needs numba; no
-    colour work): 3xHxW views from :func:`pipelines.resample.crop_resize`, the same filter
-    in about half of PIL's time, in the layout the colour pass reads; an RGB or grey JPEG
-    that needs no draft reduction is then decoded by :func:`decode_jpeg_rgb`. ``colour=False``
-    leaves the colour work out (the caller applies the drawn parameters itself)."""
+    off; with JPEG draft decoding it rarely triggers). ``planar=True`` (no colour work):
+    3xHxW views from :func:`pipelines.resample.crop_resize`, the same filter in about half
+    of PIL's time, in the layout the colour pass reads; an RGB or grey JPEG that needs no
+    draft reduction is then decoded by :func:`decode_jpeg_rgb`. ``colour=False`` leaves the
+    colour work out (the caller applies the drawn parameters itself)."""
     if planar and colour:
         raise ValueError("planar views leave the colour work to the caller: pass colour=False")
     spec = sampler.recipe_spec(recipe, image_size) if spec is None else spec
@@ -310,8 +307,9 @@ class ViewPlanDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches, keyed by an :class:`_EpochPlan` descriptor.
 
     Returns ``(views, coords B x V x 4 float32, index B int64, skipped, bad)``: ``views`` one
-    tensor per view (uint8 for colour 'pil' and 'device': B x 3 x S x S when ``planar``, else
-    B x S x S x 3; for 'fused' float32 channels-last B x 3 x S x S), ``bad`` the (path, reason) of the unreadable files met.
+    tensor per view (uint8 B x 3 x S x S for colour 'device', uint8 B x S x S x 3 for 'pil',
+    float32 channels-last B x 3 x S x S for 'fused'), ``bad`` the (path, reason) of the
+    unreadable files met.
     """
 
     def __init__(self, paths: list[Path], recipe: Recipe, image_size: int, seed: int, on_corrupt: str = "skip",
@@ -323,8 +321,9 @@ class ViewPlanDataset(torch.utils.data.Dataset):
         self.sizes = recipe.output_sizes(image_size)
         self.on_corrupt, self.reducing_gap, self.max_replacements = on_corrupt, reducing_gap, max_replacements
         self.colour = resolve_colour(colour)
-        # workers crop straight into the planar uint8 layout the colour pass reads
-        self.planar = self.colour != "pil" and resample.available()
+        # workers crop straight into the planar uint8 layout the colour pass reads (PIL's colour
+        # ops work on interleaved images)
+        self.planar = self.colour != "pil"
         self.shuffle = shuffle
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -384,14 +383,10 @@ class ViewPlanDataset(torch.utils.data.Dataset):
             return tuple(views), coords, used, skipped, bad_files, drawn
         out = []
         for i, view in enumerate(self.recipe.views):
-            x = apply_batch_colour(self.as_planar(views[i]), sampler.colour_params(drawn[:, i]),
+            x = apply_batch_colour(views[i], sampler.colour_params(drawn[:, i]),
                                    view.solarize_threshold, self.recipe.mean, self.recipe.std, engine="numba")
             out.append(x.share_memory_() if in_worker else x)
         return tuple(out), coords, used, skipped, bad_files, drawn
-
-    def as_planar(self, views: torch.Tensor) -> torch.Tensor:
-        """A batch of shipped uint8 views as (B, 3, H, W), whichever layout the workers cut."""
-        return views if self.planar else views.permute(0, 3, 1, 2)
 
 
 TwoViewDataset = ViewPlanDataset
@@ -463,7 +458,7 @@ class TorchLoader:
         mean, std = self.recipe.mean, self.recipe.std
         coords = coords.to(dev, non_blocking=nb)
         if self.colour == "device":  # uint8 crops: colour work batched on the training device
-            views = [aug.apply(self.dataset.as_planar(v.to(dev, non_blocking=nb)), sampler.colour_params(drawn[:, k]))
+            views = [aug.apply(v.to(dev, non_blocking=nb), sampler.colour_params(drawn[:, k]))
                      for k, (v, aug) in enumerate(zip(views, self.device_colour))]
         elif views[0].dtype == torch.uint8:
             views = [normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in views]

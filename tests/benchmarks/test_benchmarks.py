@@ -259,9 +259,6 @@ def test_methods_benchmark_gives_each_method_its_own_views():
 
 def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path):
     from benchmarks import bench_resample
-    from pipelines import resample
-    if not resample.available():
-        pytest.skip("needs numba")
     data = image_folder(tmp_path / "data", n=4)
     res = bench_resample.run(data, n_images=4, image_size=32, iters=1)
     assert res["images"] == 4 and res["views"] == 8  # byol: two views an image

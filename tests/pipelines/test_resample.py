@@ -5,8 +5,6 @@ from PIL import Image
 
 from pipelines import resample
 
-pytestmark = pytest.mark.skipif(not resample.available(), reason="needs numba")
-
 
 def _photo_like(h, w, seed=0):
     """Smooth gradients plus fine noise: both the averaging and the sampling show."""
