@@ -136,7 +136,7 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     rows = {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
             "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}
     # beside the default, the colour work's other place: in the workers ('fused') or after them ('device')
-    other = "fused" if resolve_colour("auto", torch.device(b.device)) == "device" else "device"
+    other = "fused" if resolve_colour("auto") == "device" else "device"
     rows[f"torch loader, colour='{other}'"] = lambda: two_view(colour=other)
     return rows
 

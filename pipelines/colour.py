@@ -276,13 +276,12 @@ ENGINES = ("auto", "torch", "numba")
 
 
 def resolve_engine(engine: str, device: torch.device, dtype: torch.dtype) -> str:
-    """'auto' is the fused numba engine for float32 output on the CPU when numba is there,
-    else tensor ops."""
+    """'auto' is the fused numba engine for float32 output on the CPU, else tensor ops."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine != "auto":
         return engine
-    return "numba" if device.type == "cpu" and dtype == torch.float32 and colour_cpu.available() else "torch"
+    return "numba" if device.type == "cpu" and dtype == torch.float32 else "torch"
 
 
 def apply_colour(images: torch.Tensor, params: ColourParams, solarize_threshold: int = 128,

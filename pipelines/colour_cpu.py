@@ -10,7 +10,6 @@ float32 arithmetic as the tensor ops (and torchvision); results agree to float r
 
 Serial by design: it runs in the loader's colour thread beside FFCV's decoding threads,
 and numba's default thread pool must not be entered from two threads at once.
-Needs numba (it comes with FFCV); :func:`available` says whether it is there.
 """
 from __future__ import annotations
 
@@ -19,10 +18,8 @@ import math
 import numpy as np
 import torch
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - depends on the environment
-    njit = None
+from numba import njit
+
 
 # ITU-R 601-2 luma weights exactly as torchvision's rgb_to_grayscale uses them: the one
 # copy every backend reads (pipelines.colour, the torch loader's PIL path, DALI's matrices).
@@ -33,181 +30,187 @@ LR, LG, LB = F32(LUMA[0]), F32(LUMA[1]), F32(LUMA[2])
 ZERO, ONE, SIX, FOUR = F32(0.0), F32(1.0), F32(6.0), F32(4.0)
 
 
-def available() -> bool:
-    return njit is not None
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _clamp01(v):
+    return min(max(v, ZERO), ONE)
 
 
-if njit is not None:
-    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _clamp01(v):
-        return min(max(v, ZERO), ONE)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tri(k):
+    """clamp(min(k, 4 - k), 0, 1) for k = (position) mod 6."""
+    return min(max(min(k, FOUR - k), ZERO), ONE)
 
-    @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    def _tri(k):
-        """clamp(min(k, 4 - k), 0, 1) for k = (position) mod 6."""
-        return min(max(min(k, FOUR - k), ZERO), ONE)
 
-    # Row helpers: the loops get whole rows as separate arrays, which is what lets LLVM
-    # vectorise them (indexing one array at an offset inside a bigger loop does not).
+# Row helpers: the loops get whole rows as separate arrays, which is what lets LLVM
+# vectorise them (indexing one array at an offset inside a bigger loop does not).
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _axpy(acc, row, a):
-        for x in range(acc.shape[0]):
-            acc[x] += a * row[x]
+@njit(cache=True, nogil=True, error_model="numpy")
+def _axpy(acc, row, a):
+    for x in range(acc.shape[0]):
+        acc[x] += a * row[x]
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _load_row(sr, sg, sb, wr, wg, wb, scale, b):
-        for x in range(wr.shape[0]):
-            wr[x] = _clamp01(b * (F32(sr[x]) * scale))
-            wg[x] = _clamp01(b * (F32(sg[x]) * scale))
-            wb[x] = _clamp01(b * (F32(sb[x]) * scale))
 
-    @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
-    def _luma_sum(r, g, b):
-        """Sum of a row's luma; fastmath lets the reduction vectorise (the order of a float sum)."""
-        total = F32(0.0)
-        for x in range(r.shape[0]):
-            total += LR * r[x] + LG * g[x] + LB * b[x]
-        return total
+@njit(cache=True, nogil=True, error_model="numpy")
+def _load_row(sr, sg, sb, wr, wg, wb, scale, b):
+    for x in range(wr.shape[0]):
+        wr[x] = _clamp01(b * (F32(sr[x]) * scale))
+        wg[x] = _clamp01(b * (F32(sg[x]) * scale))
+        wb[x] = _clamp01(b * (F32(sb[x]) * scale))
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _contrast_saturation_row(wr, wg, wb, c, cm, s, s1):
-        for x in range(wr.shape[0]):
-            r = _clamp01(c * wr[x] + cm)
-            g = _clamp01(c * wg[x] + cm)
-            b = _clamp01(c * wb[x] + cm)
-            luma = s1 * (LR * r + LG * g + LB * b)
-            wr[x] = _clamp01(s * r + luma)
-            wg[x] = _clamp01(s * g + luma)
-            wb[x] = _clamp01(s * b + luma)
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _hue_row(r, g, b, shift):
-        """Rotate the hue of one row in place (see pipelines.colour.adjust_hue_), branch-free."""
-        for x in range(r.shape[0]):
-            rr, gg, bb = r[x], g[x], b[x]
-            mx = max(rr, max(gg, bb))
-            mn = min(rr, min(gg, bb))
-            chroma = mx - mn
-            inv = ONE / max(chroma, F32(1e-12))  # chroma 0: every numerator is 0 too
-            h_b = FOUR + (rr - gg) * inv
-            h_g = F32(2.0) + (bb - rr) * inv
-            h_r = (gg - bb) * inv
-            h6 = h_r if mx == rr else (h_g if mx == gg else h_b)
-            t = h6 / SIX + shift + ONE  # turns, >= 0 since |shift| <= 0.5
-            t = (t - math.floor(t)) * SIX
-            k5 = t + F32(5.0)
-            k3 = t + F32(3.0)
-            k1 = t + ONE
-            k5 = k5 - SIX if k5 >= SIX else k5
-            k3 = k3 - SIX if k3 >= SIX else k3
-            k1 = k1 - SIX if k1 >= SIX else k1
-            r[x] = mx - chroma * _tri(k5)
-            g[x] = mx - chroma * _tri(k3)
-            b[x] = mx - chroma * _tri(k1)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
+def _luma_sum(r, g, b):
+    """Sum of a row's luma; fastmath lets the reduction vectorise (the order of a float sum)."""
+    total = F32(0.0)
+    for x in range(r.shape[0]):
+        total += LR * r[x] + LG * g[x] + LB * b[x]
+    return total
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _grey_row(wr, wg, wb):
-        for x in range(wr.shape[0]):
-            luma = LR * wr[x] + LG * wg[x] + LB * wb[x]
-            wr[x] = luma
-            wg[x] = luma
-            wb[x] = luma
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _store_row(fr, fg, fb, o, t, m0, m1, m2, q0, q1, q2):
-        """Solarize (values >= t) and normalise one row into interleaved output."""
-        for x in range(fr.shape[0]):
-            r, g, b = fr[x], fg[x], fb[x]
-            r = ONE - r if r >= t else r
-            g = ONE - g if g >= t else g
-            b = ONE - b if b >= t else b
-            o[3 * x] = (r - m0) * q0
-            o[3 * x + 1] = (g - m1) * q1
-            o[3 * x + 2] = (b - m2) * q2
+@njit(cache=True, nogil=True, error_model="numpy")
+def _contrast_saturation_row(wr, wg, wb, c, cm, s, s1):
+    for x in range(wr.shape[0]):
+        r = _clamp01(c * wr[x] + cm)
+        g = _clamp01(c * wg[x] + cm)
+        b = _clamp01(c * wb[x] + cm)
+        luma = s1 * (LR * r + LG * g + LB * b)
+        wr[x] = _clamp01(s * r + luma)
+        wg[x] = _clamp01(s * g + luma)
+        wb[x] = _clamp01(s * b + luma)
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _copy(dst, src):
-        for x in range(dst.shape[0]):
-            dst[x] = src[x]
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _blur_plane(src, dst, rowbuf, acc, kern, radius):
-        """Separable blur of one (H, W) plane with reflect padding, src -> dst (src is
-        overwritten by the row pass)."""
-        h, w = src.shape
-        k = 2 * radius + 1
-        for y in range(h):  # rows, through a reflect-padded copy
-            row = src[y]
-            _copy(rowbuf[radius:radius + w], row)
-            for j in range(1, radius + 1):
-                rowbuf[radius - j] = row[j]
-                rowbuf[radius + w - 1 + j] = row[w - 1 - j]
-            acc[:] = ZERO
-            for j in range(k):
-                _axpy(acc, rowbuf[j:j + w], kern[j])
-            _copy(row, acc)
-        for y in range(h):  # columns: weighted sum of reflected rows
-            acc[:] = ZERO
-            for j in range(k):
-                yy = y + j - radius
-                if yy < 0:
-                    yy = -yy
-                elif yy >= h:
-                    yy = 2 * (h - 1) - yy
-                _axpy(acc, src[yy], kern[j])
-            _copy(dst[y], acc)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _hue_row(r, g, b, shift):
+    """Rotate the hue of one row in place (see pipelines.colour.adjust_hue_), branch-free."""
+    for x in range(r.shape[0]):
+        rr, gg, bb = r[x], g[x], b[x]
+        mx = max(rr, max(gg, bb))
+        mn = min(rr, min(gg, bb))
+        chroma = mx - mn
+        inv = ONE / max(chroma, F32(1e-12))  # chroma 0: every numerator is 0 too
+        h_b = FOUR + (rr - gg) * inv
+        h_g = F32(2.0) + (bb - rr) * inv
+        h_r = (gg - bb) * inv
+        h6 = h_r if mx == rr else (h_g if mx == gg else h_b)
+        t = h6 / SIX + shift + ONE  # turns, >= 0 since |shift| <= 0.5
+        t = (t - math.floor(t)) * SIX
+        k5 = t + F32(5.0)
+        k3 = t + F32(3.0)
+        k1 = t + ONE
+        k5 = k5 - SIX if k5 >= SIX else k5
+        k3 = k3 - SIX if k3 >= SIX else k3
+        k1 = k1 - SIX if k1 >= SIX else k1
+        r[x] = mx - chroma * _tri(k5)
+        g[x] = mx - chroma * _tri(k3)
+        b[x] = mx - chroma * _tri(k1)
 
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius, solarize,
-                     threshold, mean, std, out, work, blurred, rowbuf, acc):
-        """src (n, 3, H, W) uint8 or float (times ``scale`` gives 0..1); out (n, H, W, 3) float32.
-        work / blurred: (3, H, W) float32 scratch; rowbuf: (W + 2 * max radius,), acc: (W,)."""
-        n, _, h, w = src.shape
-        m0, m1, m2 = mean[0], mean[1], mean[2]
-        q0, q1, q2 = ONE / std[0], ONE / std[1], ONE / std[2]
-        for i in range(n):
-            jit = jitter[i]
-            # (1) load and brightness; luma sum for the contrast mean
-            b = bright[i] if jit else ONE
-            total = 0.0
-            for y in range(h):
-                _load_row(src[i, 0, y], src[i, 1, y], src[i, 2, y], work[0, y], work[1, y], work[2, y], scale, b)
-                if jit:
-                    total += _luma_sum(work[0, y], work[1, y], work[2, y])
-            # (2) contrast, saturation, hue, grayscale
-            c = contrast[i]
-            cm = F32(1.0 - float(c)) * F32(total / (h * w))
-            s = saturation[i]
-            s1 = F32(1.0 - float(s))
-            shift = hue[i]
-            for y in range(h):
-                wr, wg, wb = work[0, y], work[1, y], work[2, y]
-                if jit:
-                    _contrast_saturation_row(wr, wg, wb, c, cm, s, s1)
-                    if shift != ZERO:
-                        _hue_row(wr, wg, wb, shift)
-                if grey[i]:
-                    _grey_row(wr, wg, wb)
-            # (3) blur
-            final = work
-            if sigma[i] > ZERO:
-                rad = radius[i]
-                kern = np.empty(2 * rad + 1, dtype=np.float32)
-                total_k = F32(0.0)
-                for j in range(2 * rad + 1):
-                    z = F32(j - rad) / sigma[i]
-                    kern[j] = F32(math.exp(F32(-0.5) * (z * z)))
-                    total_k += kern[j]
-                for j in range(2 * rad + 1):
-                    kern[j] = kern[j] / total_k
-                for ch in range(3):
-                    _blur_plane(work[ch], blurred[ch], rowbuf, acc, kern, rad)
-                final = blurred
-            # (4) solarize, normalise, channels-last store
-            t = threshold if solarize[i] else F32(2.0)  # nothing reaches 2: no inversion
-            for y in range(h):
-                _store_row(final[0, y], final[1, y], final[2, y], out[i, y].reshape(-1), t, m0, m1, m2, q0, q1, q2)
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _grey_row(wr, wg, wb):
+    for x in range(wr.shape[0]):
+        luma = LR * wr[x] + LG * wg[x] + LB * wb[x]
+        wr[x] = luma
+        wg[x] = luma
+        wb[x] = luma
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _store_row(fr, fg, fb, o, t, m0, m1, m2, q0, q1, q2):
+    """Solarize (values >= t) and normalise one row into interleaved output."""
+    for x in range(fr.shape[0]):
+        r, g, b = fr[x], fg[x], fb[x]
+        r = ONE - r if r >= t else r
+        g = ONE - g if g >= t else g
+        b = ONE - b if b >= t else b
+        o[3 * x] = (r - m0) * q0
+        o[3 * x + 1] = (g - m1) * q1
+        o[3 * x + 2] = (b - m2) * q2
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _copy(dst, src):
+    for x in range(dst.shape[0]):
+        dst[x] = src[x]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _blur_plane(src, dst, rowbuf, acc, kern, radius):
+    """Separable blur of one (H, W) plane with reflect padding, src -> dst (src is
+    overwritten by the row pass)."""
+    h, w = src.shape
+    k = 2 * radius + 1
+    for y in range(h):  # rows, through a reflect-padded copy
+        row = src[y]
+        _copy(rowbuf[radius:radius + w], row)
+        for j in range(1, radius + 1):
+            rowbuf[radius - j] = row[j]
+            rowbuf[radius + w - 1 + j] = row[w - 1 - j]
+        acc[:] = ZERO
+        for j in range(k):
+            _axpy(acc, rowbuf[j:j + w], kern[j])
+        _copy(row, acc)
+    for y in range(h):  # columns: weighted sum of reflected rows
+        acc[:] = ZERO
+        for j in range(k):
+            yy = y + j - radius
+            if yy < 0:
+                yy = -yy
+            elif yy >= h:
+                yy = 2 * (h - 1) - yy
+            _axpy(acc, src[yy], kern[j])
+        _copy(dst[y], acc)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius, solarize,
+                 threshold, mean, std, out, work, blurred, rowbuf, acc):
+    """src (n, 3, H, W) uint8 or float (times ``scale`` gives 0..1); out (n, H, W, 3) float32.
+    work / blurred: (3, H, W) float32 scratch; rowbuf: (W + 2 * max radius,), acc: (W,)."""
+    n, _, h, w = src.shape
+    m0, m1, m2 = mean[0], mean[1], mean[2]
+    q0, q1, q2 = ONE / std[0], ONE / std[1], ONE / std[2]
+    for i in range(n):
+        jit = jitter[i]
+        # (1) load and brightness; luma sum for the contrast mean
+        b = bright[i] if jit else ONE
+        total = 0.0
+        for y in range(h):
+            _load_row(src[i, 0, y], src[i, 1, y], src[i, 2, y], work[0, y], work[1, y], work[2, y], scale, b)
+            if jit:
+                total += _luma_sum(work[0, y], work[1, y], work[2, y])
+        # (2) contrast, saturation, hue, grayscale
+        c = contrast[i]
+        cm = F32(1.0 - float(c)) * F32(total / (h * w))
+        s = saturation[i]
+        s1 = F32(1.0 - float(s))
+        shift = hue[i]
+        for y in range(h):
+            wr, wg, wb = work[0, y], work[1, y], work[2, y]
+            if jit:
+                _contrast_saturation_row(wr, wg, wb, c, cm, s, s1)
+                if shift != ZERO:
+                    _hue_row(wr, wg, wb, shift)
+            if grey[i]:
+                _grey_row(wr, wg, wb)
+        # (3) blur
+        final = work
+        if sigma[i] > ZERO:
+            rad = radius[i]
+            kern = np.empty(2 * rad + 1, dtype=np.float32)
+            total_k = F32(0.0)
+            for j in range(2 * rad + 1):
+                z = F32(j - rad) / sigma[i]
+                kern[j] = F32(math.exp(F32(-0.5) * (z * z)))
+                total_k += kern[j]
+            for j in range(2 * rad + 1):
+                kern[j] = kern[j] / total_k
+            for ch in range(3):
+                _blur_plane(work[ch], blurred[ch], rowbuf, acc, kern, rad)
+            final = blurred
+        # (4) solarize, normalise, channels-last store
+        t = threshold if solarize[i] else F32(2.0)  # nothing reaches 2: no inversion
+        for y in range(h):
+            _store_row(final[0, y], final[1, y], final[2, y], out[i, y].reshape(-1), t, m0, m1, m2, q0, q1, q2)
 
 
 def blur_radius(sigma: float, truncate: float = 3.0) -> int:

@@ -25,7 +25,7 @@ Split of the work:
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
   which is channels-last memory, with no copy. That is ``colour='pipeline'``.
-- ``colour='device'`` (the default in CPU-only mode where numba is installed): the graph stops
+- ``colour='device'`` (the default in CPU-only mode): the graph stops
   at each view's uint8 crop and :mod:`pipelines.colour` finishes it with the same draws (the
   fused numba pass on the CPU, in a thread that overlaps the consumer; tensor ops on a GPU),
   with the colour semantics of the torch and FFCV backends (exact HSV hue). On 2 CPU cores
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import colour_cpu, sampler
+from . import sampler
 from .batch import Batch, check_loader_options
 from .colour import ColourAugment
 from .colour_cpu import LUMA
@@ -410,10 +410,10 @@ COLOUR_MODES = ("pipeline", "device")  # the torch backend's names for the same 
 def resolve_colour(colour: str | None, dali_device: str) -> str:
     """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'device'
     (:mod:`pipelines.colour` after the pipeline, on the training device: the fused numba pass
-    on the CPU, tensor ops on a GPU). None: 'device' in CPU-only mode where numba is
-    installed (measured faster on CPU, see benchmarks/RESULTS.md), else 'pipeline'."""
+    on the CPU, tensor ops on a GPU). None: 'device' in CPU-only mode (measured faster on
+    CPU, see benchmarks/RESULTS.md), else 'pipeline'."""
     if colour is None:
-        return "device" if dali_device == "cpu" and colour_cpu.available() else "pipeline"
+        return "device" if dali_device == "cpu" else "pipeline"
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {COLOUR_MODES} or None, got {colour!r}")
     return colour

@@ -11,7 +11,7 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
    straight into the planar uint8 layout the colour pass reads (about half the time of
    PIL's resize), or by PIL's ``Image.resize(size, box=...)`` for ``colour='pil'``;
 3. colour work, flip folded into the copy into the batch buffer. ``colour='device'`` (the
-   default; on the CPU where numba is installed): workers ship the uint8 crops, and the
+   default): workers ship the uint8 crops, and the
    drawn jitter, grayscale, blur, solarize and the normalisation run over the whole batch on
    the training device in :mod:`pipelines.colour` (float semantics, jitter in the fixed
    order brightness, contrast, saturation, hue): on a GPU as tensor ops after a pinned,
@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - depends on the torchvision version
 
 from .geometry import window_to_coords
 
-from . import colour_cpu, resample, sampler
+from . import resample, sampler
 from .batch import Batch, check_loader_options
 from .colour import ColourAugment, ColourParams
 from .colour import apply_colour as apply_batch_colour
@@ -172,18 +172,12 @@ def colour_params(params: list[ViewParams]) -> ColourParams:
                         torch.tensor([p.solarize for p in params], dtype=torch.bool))
 
 
-def resolve_colour(colour: str, device: torch.device | None = None) -> str:
-    """'auto' is 'device' (the workers only crop) for a CUDA training device, or on the CPU
-    where numba is installed (the fused pass then runs beside the consumer), else 'pil'."""
+def resolve_colour(colour: str) -> str:
+    """'auto' is 'device': the workers only crop, and the colour work runs batched on the
+    training device (on the CPU as the fused pass, beside the consumer)."""
     if colour not in COLOUR_MODES:
         raise ValueError(f"colour must be one of {COLOUR_MODES}, got {colour!r}")
-    if colour != "auto":
-        if colour == "fused" and not colour_cpu.available():
-            raise ValueError("colour='fused' needs numba (pip install numba); use colour='pil' or 'device'")
-        return colour
-    if device is not None and device.type == "cuda":
-        return "device"
-    return "device" if colour_cpu.available() else "pil"
+    return "device" if colour == "auto" else colour
 
 
 # --------------------------------------------------------------------------- decoding
@@ -427,7 +421,7 @@ class TorchLoader:
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
         self.device = torch.device(device)
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.colour = resolve_colour(colour, self.device)
+        self.colour = resolve_colour(colour)
         self.dataset = ViewPlanDataset(list(self.images.paths), recipe, image_size, seed, on_corrupt, reducing_gap,
                                        colour=self.colour, shuffle=shuffle)
         self.plan = _EpochPlan(len(self.images), batch_size, seed, rank, world_size, drop_last, shuffle,

@@ -24,7 +24,7 @@ from pipelines.recipe import BYOL, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = 1e-5
 # (device, engine) pairs that can run here: tensor ops everywhere, the fused loops on the CPU
-ENGINES = [(d, "torch") for d in DEVICES] + ([("cpu", "numba")] if colour_cpu.available() else [])
+ENGINES = [(d, "torch") for d in DEVICES] + [("cpu", "numba")]
 
 
 def images(b=6, h=37, w=45, seed=0):
@@ -152,13 +152,11 @@ def test_chunking_and_input_layout_do_not_change_the_result():
     nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # interleaved memory
     for chunk in (1, 3, 8):
         close(apply_colour(nhwc, q, chunk=chunk, engine="torch"), ref, 0.0)
-    if colour_cpu.available():
-        fused = apply_colour(x, q, engine="numba")
-        close(apply_colour(nhwc, q, engine="numba"), fused, 0.0)
-        close(fused, ref, 4 * TOL / min(IMAGENET_STD))
+    fused = apply_colour(x, q, engine="numba")
+    close(apply_colour(nhwc, q, engine="numba"), fused, 0.0)
+    close(fused, ref, 4 * TOL / min(IMAGENET_STD))
 
 
-@pytest.mark.skipif(not colour_cpu.available(), reason="numba is not installed")
 def test_fused_engine_is_the_cpu_default_and_refuses_what_it_cannot_do():
     from pipelines.colour import resolve_engine
     assert resolve_engine("auto", torch.device("cpu"), torch.float32) == "numba"

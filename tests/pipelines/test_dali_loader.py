@@ -17,7 +17,7 @@ pytest.importorskip("nvidia.dali")
 
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
-from pipelines import colour_cpu, sampler  # noqa: E402
+from pipelines import sampler  # noqa: E402
 from pipelines.colour import ColourAugment  # noqa: E402
 from pipelines.dali_loader import (PARAM_NAMES, DaliLoader, colour_matrix, decode_region, image_shape,  # noqa: E402
                                    resolve_colour)
@@ -279,7 +279,7 @@ def test_colour_engine_finishes_the_pipeline_crops(small_dir):
 
 
 def test_colour_mode_default_and_bad_value():
-    assert resolve_colour(None, "cpu") == ("device" if colour_cpu.available() else "pipeline")
+    assert resolve_colour(None, "cpu") == "device"
     assert resolve_colour(None, "gpu") == "pipeline"
     assert resolve_colour("pipeline", "cpu") == "pipeline"
     with pytest.raises(ValueError, match="colour must be one of"):
