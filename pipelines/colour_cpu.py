@@ -4,8 +4,9 @@ On the CPU the tensor-op engine is bound by memory traffic: every elementwise op
 pass over the batch, and hue rotation alone takes about forty. Here numba compiles, per
 sample, four loops that keep a pixel's values in registers: (1) load and brightness while
 summing luma for the contrast mean, (2) contrast, saturation, hue and grayscale, (3) the
-two blur passes (row pass through a reflect-padded row buffer, then column pass), and (4)
-solarize and normalisation written straight into channels-last output. Same semantics and
+two blur passes (row pass through a reflect-padded row buffer, then column pass; the
+symmetric kernel's taps summed four at a time), and (4) solarize and normalisation
+written straight into channels-last output. Same semantics and
 float32 arithmetic as the tensor ops (and torchvision); results agree to float rounding.
 
 Serial by design: it runs in the loader's colour thread beside FFCV's decoding threads,
@@ -134,38 +135,72 @@ def _copy(dst, src):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _blur_plane(src, dst, rowbuf, acc, kern, radius):
+def _scaled(dst, row, a):
+    for x in range(dst.shape[0]):
+        dst[x] = a * row[x]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _axpy_pair(acc, r1, r2, a):
+    """acc += a * (r1 + r2): two taps of a symmetric kernel in one pass."""
+    for x in range(acc.shape[0]):
+        acc[x] += a * (r1[x] + r2[x])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _axpy_quad(acc, r1, r2, a, r3, r4, b):
+    """acc += a * (r1 + r2) + b * (r3 + r4): four taps in one pass."""
+    for x in range(acc.shape[0]):
+        acc[x] += a * (r1[x] + r2[x]) + b * (r3[x] + r4[x])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _reflect(i, n):
+    if i < 0:
+        return -i
+    if i >= n:
+        return 2 * (n - 1) - i
+    return i
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _blur_plane(src, dst, rowbuf, kern, radius):
     """Separable blur of one (H, W) plane with reflect padding, src -> dst (src is
-    overwritten by the row pass)."""
+    overwritten by the row pass). The kernel is symmetric, so the taps at +-j share one
+    weight: each pass over a row adds four taps (two pairs), which halves the passes."""
     h, w = src.shape
-    k = 2 * radius + 1
-    for y in range(h):  # rows, through a reflect-padded copy
+    r = radius
+    for y in range(h):  # rows, from a reflect-padded copy back into the row
         row = src[y]
-        _copy(rowbuf[radius:radius + w], row)
-        for j in range(1, radius + 1):
-            rowbuf[radius - j] = row[j]
-            rowbuf[radius + w - 1 + j] = row[w - 1 - j]
-        acc[:] = ZERO
-        for j in range(k):
-            _axpy(acc, rowbuf[j:j + w], kern[j])
-        _copy(row, acc)
-    for y in range(h):  # columns: weighted sum of reflected rows
-        acc[:] = ZERO
-        for j in range(k):
-            yy = y + j - radius
-            if yy < 0:
-                yy = -yy
-            elif yy >= h:
-                yy = 2 * (h - 1) - yy
-            _axpy(acc, src[yy], kern[j])
-        _copy(dst[y], acc)
+        _copy(rowbuf[r:r + w], row)
+        for j in range(1, r + 1):
+            rowbuf[r - j] = row[j]
+            rowbuf[r + w - 1 + j] = row[w - 1 - j]
+        _scaled(row, rowbuf[r:r + w], kern[r])
+        j = 1
+        while j < r:
+            _axpy_quad(row, rowbuf[r + j:r + j + w], rowbuf[r - j:r - j + w], kern[r + j],
+                       rowbuf[r + j + 1:r + j + 1 + w], rowbuf[r - j - 1:r - j - 1 + w], kern[r + j + 1])
+            j += 2
+        if j == r:
+            _axpy_pair(row, rowbuf[r + j:r + j + w], rowbuf[r - j:r - j + w], kern[r + j])
+    for y in range(h):  # columns: weighted sums of reflected rows
+        d = dst[y]
+        _scaled(d, src[y], kern[r])
+        j = 1
+        while j < r:
+            _axpy_quad(d, src[_reflect(y + j, h)], src[_reflect(y - j, h)], kern[r + j],
+                       src[_reflect(y + j + 1, h)], src[_reflect(y - j - 1, h)], kern[r + j + 1])
+            j += 2
+        if j == r:
+            _axpy_pair(d, src[_reflect(y + j, h)], src[_reflect(y - j, h)], kern[r + j])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius, solarize,
-                 threshold, mean, std, out, work, blurred, rowbuf, acc):
+                 threshold, mean, std, out, work, blurred, rowbuf):
     """src (n, 3, H, W) uint8 or float (times ``scale`` gives 0..1); out (n, H, W, 3) float32.
-    work / blurred: (3, H, W) float32 scratch; rowbuf: (W + 2 * max radius,), acc: (W,)."""
+    work / blurred: (3, H, W) float32 scratch; rowbuf: (W + 2 * max radius,)."""
     n, _, h, w = src.shape
     m0, m1, m2 = mean[0], mean[1], mean[2]
     q0, q1, q2 = ONE / std[0], ONE / std[1], ONE / std[2]
@@ -205,7 +240,7 @@ def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, si
             for j in range(2 * rad + 1):
                 kern[j] = kern[j] / total_k
             for ch in range(3):
-                _blur_plane(work[ch], blurred[ch], rowbuf, acc, kern, rad)
+                _blur_plane(work[ch], blurred[ch], rowbuf, kern, rad)
             final = blurred
         # (4) solarize, normalise, channels-last store
         t = threshold if solarize[i] else F32(2.0)  # nothing reaches 2: no inversion
@@ -231,10 +266,9 @@ def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur
     work = np.empty((3, h, w), dtype=np.float32)
     blurred = np.empty((3, h, w), dtype=np.float32)
     rowbuf = np.empty(w + 2 * int(radius.max(initial=0)) + 2, dtype=np.float32)
-    acc = np.empty(w, dtype=np.float32)
     f32 = lambda t: t.numpy().astype(np.float32)
     colour_batch(src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
                  f32(params.saturation), f32(params.hue), params.grayscale.numpy(), sig, radius,
                  params.solarize.numpy(), F32(solarize_threshold / 255.0), np.asarray(mean, dtype=np.float32),
-                 np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf, acc)
+                 np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf)
     return out
