@@ -269,3 +269,19 @@ def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path):
     assert set(by_step) == {"crop + resize", "JPEG decode to array"}
     for rows in by_step.values():
         assert rows[0]["vs_first"] == 1 and len(rows) >= 2
+
+
+def test_colour_benchmark_times_the_fused_pass_beside_tensor_ops_and_its_parts(tmp_path):
+    from benchmarks import bench_colour
+    data = image_folder(tmp_path / "data", n=6)
+    res = bench_colour.run(data, n_images=6, image_size=32, iters=1)
+    views = {}
+    for r in res["rows"]:
+        views.setdefault(r["view"], []).append(r)
+        assert r["ms_per_view"] > 0
+    assert set(views) == {0, 1}  # byol: two views
+    for rows in views.values():
+        names = [r["implementation"] for r in rows]
+        assert names[0] == "fused numba pass" and rows[0]["vs_fused"] == 1
+        assert {"tensor ops (torch engine)", "fused, no blur", "fused, no blur, no jitter"} <= set(names)
+        assert rows[0]["drawn"].endswith("of 6")

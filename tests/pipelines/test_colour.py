@@ -66,6 +66,18 @@ def test_hue_matches_torchvision(device):
     close(got, per_image(x, lambda im, i: TF.adjust_hue(im, HUES[i].item())), 2e-5)
 
 
+def test_fused_hue_matches_torchvision_at_every_shift():
+    """The fused engine's hue row (kept in sixths of a turn) at the extreme shifts +-0.5,
+    zero, small and large ones, on grey, saturated and tied pixels."""
+    x = images()
+    b = x.shape[0]
+    ones, off = torch.ones(b), torch.zeros(b, dtype=torch.bool)
+    q = ColourParams(jitter=torch.ones(b, dtype=torch.bool), brightness=ones, contrast=ones, saturation=ones,
+                     hue=HUES, grayscale=off, blur_sigma=torch.zeros(b), solarize=off)
+    got = apply_colour(x, q, engine="numba")
+    close(got, per_image(x, lambda im, i: TF.adjust_hue(im, HUES[i].item())), 2e-5)
+
+
 def test_hue_is_not_the_identity():
     x = images()
     assert (adjust_hue_(x.clone(), torch.full((6,), 0.2)) - x).abs().max() > 0.3
