@@ -19,7 +19,6 @@ writes JSON; asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 
@@ -27,9 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.bench_resample import view_windows
+from benchmarks.bench_resample import benchmark_folder, per_view_arguments, view_windows
 from benchmarks.common import markdown_table, time_interleaved, write_json
-from benchmarks.photos import benchmark_images
 from pipelines import resample
 from pipelines.colour import apply_colour, sample_colour_params
 from pipelines.image_folder import list_images
@@ -86,16 +84,10 @@ def run(data_dir, n_images: int = 64, image_size: int = 224, recipe_name: str = 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", default="photos", choices=("scenes", "photos"))
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--recipe", default="byol")
-    ap.add_argument("--iters", type=int, default=5)
+    ap = per_view_arguments(__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
-    data_dir = benchmark_images(args.source, max(args.images, 512 if args.source == "photos" else args.images))
+    data_dir = benchmark_folder(args)
     result = run(data_dir, args.images, args.image_size, args.recipe, args.iters, args.seed)
     print(f"{args.images} images from {data_dir}, {args.image_size}px, recipe {args.recipe}, one thread")
     print(markdown_table(result["rows"], ["view", "implementation", "ms_per_view", "vs_fused", "drawn"]))

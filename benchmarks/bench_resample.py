@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,16 +95,26 @@ def run(data_dir, n_images: int = 64, image_size: int = 224, recipe_name: str = 
             "image_size": image_size, "recipe": recipe_name, "threads": 1, "rows": rows}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def per_view_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of the per-view benchmarks (this one and bench_colour)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--source", default="photos", choices=("scenes", "photos"))
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", default="bench_out")
-    args = ap.parse_args(argv)
-    data_dir = benchmark_images(args.source, max(args.images, 512 if args.source == "photos" else args.images))
+    return ap
+
+
+def benchmark_folder(args) -> Path:
+    """The images a per-view benchmark reads (photos: the loader benchmarks' 512)."""
+    return benchmark_images(args.source, max(args.images, 512 if args.source == "photos" else args.images))
+
+
+def main(argv=None):
+    args = per_view_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    data_dir = benchmark_folder(args)
     result = run(data_dir, args.images, args.image_size, args.recipe, args.iters)
     print(f"{result['images']} images, {result['views']} views from {data_dir}, {args.image_size}px, "
           f"recipe {args.recipe}, one thread")
