@@ -32,6 +32,7 @@ from pipelines import resample
 from pipelines.colour import apply_colour, sample_colour_params
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
+from pixpro_fast.probe import single_thread
 
 
 def view_batches(data_dir, n_images: int, image_size: int, recipe) -> list[torch.Tensor]:
@@ -48,9 +49,9 @@ def view_batches(data_dir, n_images: int, image_size: int, recipe) -> list[torch
     return [torch.from_numpy(np.stack(v)) for v in per_view]
 
 
+@single_thread()  # the thread count is restored on return
 def run(data_dir, n_images: int = 64, image_size: int = 224, recipe_name: str = "byol", iters: int = 5,
         seed: int = 0) -> dict:
-    torch.set_num_threads(1)
     recipe = get_recipe(recipe_name)
     batches = view_batches(data_dir, n_images, image_size, recipe)
     gen = torch.Generator().manual_seed(seed)

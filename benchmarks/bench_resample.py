@@ -32,6 +32,7 @@ from pipelines import resample, sampler
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.torch_loader import decode_jpeg_rgb
+from pixpro_fast.probe import single_thread
 
 try:
     import cv2
@@ -53,8 +54,8 @@ def view_windows(images: list[np.ndarray], recipe, image_size: int) -> list[tupl
     return out
 
 
+@single_thread()  # the thread count is restored on return
 def run(data_dir, n_images: int = 64, image_size: int = 224, recipe_name: str = "byol", iters: int = 5) -> dict:
-    torch.set_num_threads(1)
     paths = list_images(data_dir)[:n_images]
     blobs = [p.read_bytes() for p in paths]
     images = [np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))) for b in blobs]

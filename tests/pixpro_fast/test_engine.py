@@ -26,7 +26,8 @@ def image_folder(root: Path, n: int = 12) -> Path:
 
 
 def run_cli(*args, timeout=300, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the CLI runs on this process's intra-op thread count: fp32 results depend on it
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
