@@ -17,6 +17,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test, the count before restored after it: a test of
+    code that must give the thread count back starts from a count that it changes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A private scenes cache, shared by a module's tests."""

@@ -257,16 +257,11 @@ def test_methods_benchmark_gives_each_method_its_own_views():
     assert all(r["gflops_per_image"] > 0 and r["images_per_sec"] > 0 for r in rows.values())
 
 
-def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path):
+def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path, two_threads):
     from benchmarks import bench_resample
     data = image_folder(tmp_path / "data", n=4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        res = bench_resample.run(data, n_images=4, image_size=32, iters=1)
-        assert torch.get_num_threads() == 2  # it times on one thread and gives the count back
-    finally:
-        torch.set_num_threads(threads)
+    res = bench_resample.run(data, n_images=4, image_size=32, iters=1)
+    assert torch.get_num_threads() == 2  # it times on one thread and gives the count back
     assert res["images"] == 4 and res["views"] == 8  # byol: two views an image
     by_step = {}
     for r in res["rows"]:
@@ -277,16 +272,11 @@ def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path):
         assert rows[0]["vs_first"] == 1 and len(rows) >= 2
 
 
-def test_colour_benchmark_times_the_fused_pass_beside_tensor_ops_and_its_parts(tmp_path):
+def test_colour_benchmark_times_the_fused_pass_beside_tensor_ops_and_its_parts(tmp_path, two_threads):
     from benchmarks import bench_colour
     data = image_folder(tmp_path / "data", n=6)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        res = bench_colour.run(data, n_images=6, image_size=32, iters=1)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    res = bench_colour.run(data, n_images=6, image_size=32, iters=1)
+    assert torch.get_num_threads() == 2
     views = {}
     for r in res["rows"]:
         views.setdefault(r["view"], []).append(r)
