@@ -8,14 +8,16 @@ number of steps) at the same ``--image-size``; a method whose view plan has view
 sizes (LOCA's focal queries, SwAV's multi-crop) keeps its plan, scaled by ``--image-size``
 (:meth:`pipelines.recipe.ViewSpec.output_size`). Each method starts from its bundled preset
 (optimiser, lr, temperatures, ...) with the run length, warmup fraction and encoder set here,
-and four changes a few hundred steps on a thousand images need: LARS trust ``--lars-trust``
+and the changes a few hundred steps on a thousand images need: LARS trust ``--lars-trust``
 (the paper's 0.001 leaves the weights at their initialisation), projector hidden widths at
 most ``--proj-hidden-dim``, MoCo's queue at most a quarter of the scenes (a 65536-key queue
 would hold every image many times over), SwAV's prototypes frozen for the first epoch (its
-preset's 313 steps are one ImageNet epoch). ``--set METHOD.FIELD=VALUE`` changes any other
-field of one method on top (e.g. ``loca.base_lr=0.004``: LOCA's preset, 1e-3 per 1024 images,
-is 3e-5 at batch 32; base_lr counts per 256, so 0.004 gives 5e-4). ResNet methods use ``--arch``; the ViT ones
-(LOCA) ``--vit-arch``, probed on their final patch tokens (a stride-16 map). Colorization's
+preset's 313 steps are one ImageNet epoch), and LOCA's query 0 keeping the preset's fraction
+of its tokens (70 of 196) on the scaled grid (23 of 64 at 128 px, where 70 would keep them
+all). ``--set METHOD.FIELD=VALUE`` changes any other field of one method on top (e.g.
+``loca.base_lr=0.004``: LOCA's preset, 1e-3 per 1024 images, is 3e-5 at batch 32; base_lr
+counts per 256, so 0.004 gives 5e-4). ResNet methods use ``--arch``; the ViT ones (LOCA)
+``--vit-arch``, probed on their final patch tokens (a stride-16 map). Colorization's
 encoder takes the L channel: it is probed on the L channel of the probe images, scaled as in
 training, beside a random 1-channel encoder.
 
@@ -64,6 +66,7 @@ from pixpro_fast.checkpoint import list_checkpoints
 from pixpro_fast.config import VIT_METHODS, TrainConfig, field_optional, field_type
 from pixpro_fast.engine import NonFiniteLossError, Trainer
 from pixpro_fast.methods import METHODS
+from pixpro_fast.vit import PATCH
 
 from .common import markdown_table, write_json
 
@@ -155,6 +158,11 @@ def method_config(method: str, args, out: Path) -> TrainConfig:
         changes["queue_size"] = min(preset.queue_size, quarter)
     if preset.freeze_prototypes_steps:
         changes["freeze_prototypes_steps"] = min(preset.freeze_prototypes_steps, steps_per_epoch)
+    if method in VIT_METHODS:
+        # query 0's kept tokens count at the preset's size (70 of 196): keep the same fraction of
+        # the scaled grid, or a smaller query view would keep every token and lose its masking
+        scale = (args.image_size // PATCH) ** 2 / (preset.image_size // PATCH) ** 2
+        changes["query_keep"] = max(1, round(preset.query_keep * scale))
     return preset.replace(**changes)
 
 

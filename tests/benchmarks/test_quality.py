@@ -231,3 +231,13 @@ def test_set_changes_one_field_of_one_method_and_names_bad_items():
                        ("loca.compile=maybe", "not true or false")):
         with pytest.raises(ValueError, match=words):
             quality.parse_settings([bad], ["pixpro", "loca"])
+
+
+def test_loca_query_keeps_the_presets_fraction_of_its_scaled_grid(tmp_path):
+    from types import SimpleNamespace
+    from benchmarks import quality
+    args = SimpleNamespace(budget=1.0, scenes=64, batch_size=16, vit_arch="vit_tiny_patch16", arch="resnet18",
+                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0)
+    kept = {size: quality.method_config("loca", SimpleNamespace(**vars(args), image_size=size), tmp_path).query_keep
+            for size in (224, 128, 64)}
+    assert kept == {224: 70, 128: 23, 64: 6}     # 70 of 196 tokens: of 64, 23; of 16, 6
