@@ -125,6 +125,41 @@ def test_identical_views_label_each_patch_with_itself_and_flip_mirrors():
     assert patch_position_labels(flipped, box, 4, 4)[0].tolist() == mirrored.tolist()
 
 
+
+def test_labels_from_the_loaders_boxes_point_at_the_same_pixels(cache):
+    """End to end through the torch loader's ``loca`` plan (colour off): the reference patch a
+    query patch's label names has nearly its mean colour; a random reference patch, or the
+    label read with the query's flip ignored, does not."""
+    import dataclasses
+    from pipelines import build_loader, get_recipe
+    from pipelines.scenes import ensure_scenes
+    plan = get_recipe("loca")
+    plan = dataclasses.replace(plan, views=tuple(v.without_colour() for v in plan.views))
+    folder = ensure_scenes(n_images=16, seed=0, root=cache, workers=1)
+    batch = next(iter(build_loader("torch", folder, batch_size=16, image_size=128, recipe=plan, seed=3,
+                                   num_workers=0)))
+    ref, rg = batch.views[0].float(), batch.views[0].shape[-1] // 16
+    ref_means = F.avg_pool2d(ref, 16).flatten(2)                                  # (B, 3, rg*rg)
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2):                                                              # query 0, a focal query
+        query, coords = batch.views[k].float(), batch.coords[k]
+        qg = query.shape[-1] // 16
+        means = F.avg_pool2d(query, 16).flatten(2)                                # (B, 3, qg*qg)
+
+        def gap(labels, rows=slice(None)):
+            """Mean colour distance of each valid query patch to the reference patch it is labelled with."""
+            named = ref_means[rows].gather(2, labels.clamp(min=0)[:, None].expand(-1, 3, -1))
+            return (means[rows] - named).abs().mean(1)[labels >= 0].mean().item()
+
+        labels = patch_position_labels(coords, batch.coords[0], qg, rg)
+        shuffled = torch.where(labels >= 0, torch.randint(0, rg * rg, labels.shape, generator=g), labels)
+        flipped = coords[:, 0] > coords[:, 2]
+        assert flipped.any() and (~flipped).any()
+        unflipped = patch_position_labels(coords[flipped][:, [2, 1, 0, 3]], batch.coords[0][flipped], qg, rg)
+        assert gap(labels) < 0.4 * gap(shuffled)
+        assert gap(labels[flipped], flipped) < 0.6 * gap(unflipped, flipped)
+
+
 # ---------------------------------------------------------------- masking
 
 def test_masking_keeps_the_stated_token_counts():
