@@ -287,3 +287,18 @@ def test_colour_benchmark_times_the_fused_pass_beside_tensor_ops_and_its_parts(t
         assert names[0] == "fused numba pass" and rows[0]["vs_fused"] == 1
         assert {"tensor ops (torch engine)", "fused, no blur", "fused, no blur, no jitter"} <= set(names)
         assert rows[0]["drawn"].endswith("of 6")
+
+
+def test_loca_position_benchmark_matches_patches_and_trains_the_head(cache):
+    from benchmarks import loca_position
+    res = loca_position.run(image_size=64, scenes=16, batch_size=8, head_steps=3, log_every=2, cache=cache)
+    rows = {(r["colour"], r["features"]): r for r in res["matching"]}
+    assert set(rows) == {(c, f) for c in ("off", "on") for f in ("pixels", "random ViT tokens")}
+    plain = rows[("off", "pixels")]
+    assert plain["chance"] == 1 / 16 and plain["valid_patches"] > 0
+    assert plain["exact"] > 3 * plain["chance"] and plain["within_one_patch"] >= plain["exact"]
+    assert [r["steps"] for r in res["head"]] == [2, 3]
+    for r in res["head"]:
+        assert 0 <= r["accuracy"] <= 1 and abs(r["loss"] - r["chance_loss"]) < 1.5
+    with pytest.raises(ValueError, match="multiple of 16"):
+        loca_position.run(image_size=100, cache=cache)
