@@ -44,6 +44,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from numba import set_parallel_chunksize
 
 from . import sampler
 from .batch import Batch, check_loader_options, keep_torch_threads
@@ -129,6 +130,12 @@ class ViewPlanDecoder(Operation):
     len(PARAM_NAMES)) float64, the draws of :mod:`pipelines.sampler` for key (seed, epoch,
     dataset index of the sample, view).
 
+    FFCV's threads take the batch's samples one at a time (numba's parallel chunk size 1)
+    rather than in equal shares fixed up front: on the CPU the loader's colour thread
+    shares the cores, so with fixed shares the decoding thread it slows down keeps the other
+    waiting at the end of every batch. In one interleaved run on 2 cores, photos, batch 16:
+    +23% images/s for the full recipe, +18% with colour off.
+
     (seed, epoch) are read from ``self.state`` at every batch and the dataset index of each
     sample from ``self.keys``: numba freezes arrays captured by a compiled function at
     compile time, so both are reached through their (fixed) addresses with a memcpy instead,
@@ -174,6 +181,7 @@ class ViewPlanDecoder(Operation):
         TOP, LEFT, HEIGHT, WIDTH, FLIP = (sampler.P[k] for k in ("top", "left", "height", "width", "flip"))
 
         def decode(batch_indices, my_storage, metadata, storage_state):
+            set_parallel_chunksize(1)  # FFCV's threads take samples one at a time (class docstring)
             packed, info, params, temp_storage = my_storage
             state = np.empty(2, dtype=np.int64)
             memcpy_c(state_address, state.ctypes.data, 16)
