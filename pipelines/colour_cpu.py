@@ -59,6 +59,15 @@ def _load_row(sr, sg, sb, wr, wg, wb, scale, b):
         wb[x] = _clamp01(b * (F32(sb[x]) * scale))
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _load_interleaved_row(s, wr, wg, wb, scale, b):
+    """_load_row from one interleaved (W * 3) row: the planar split costs no extra pass."""
+    for x in range(wr.shape[0]):
+        wr[x] = _clamp01(b * (F32(s[3 * x]) * scale))
+        wg[x] = _clamp01(b * (F32(s[3 * x + 1]) * scale))
+        wb[x] = _clamp01(b * (F32(s[3 * x + 2]) * scale))
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=True)
 def _luma_sum(r, g, b):
     """Sum of a row's luma; fastmath lets the reduction vectorise (the order of a float sum)."""
@@ -203,11 +212,12 @@ def _blur_plane(src, dst, rowbuf, kern, radius):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius, solarize,
-                 threshold, mean, std, out, work, blurred, rowbuf):
-    """src (n, 3, H, W) uint8 or float (times ``scale`` gives 0..1); out (n, H, W, 3) float32.
-    work / blurred: (3, H, W) float32 scratch; rowbuf: (W + 2 * max radius,)."""
-    n, _, h, w = src.shape
+def colour_batch(src, interleaved, scale, jitter, bright, contrast, saturation, hue, grey, sigma, radius,
+                 solarize, threshold, mean, std, out, work, blurred, rowbuf):
+    """src (n, 3, H, W), or (n, H, W, 3) when ``interleaved``, uint8 or float (times ``scale``
+    gives 0..1); out (n, H, W, 3) float32. work / blurred: (3, H, W) float32 scratch; rowbuf:
+    (W + 2 * max radius,)."""
+    n, h, w = out.shape[0], out.shape[1], out.shape[2]
     m0, m1, m2 = mean[0], mean[1], mean[2]
     q0, q1, q2 = ONE / std[0], ONE / std[1], ONE / std[2]
     for i in range(n):
@@ -216,7 +226,10 @@ def colour_batch(src, scale, jitter, bright, contrast, saturation, hue, grey, si
         b = bright[i] if jit else ONE
         total = 0.0
         for y in range(h):
-            _load_row(src[i, 0, y], src[i, 1, y], src[i, 2, y], work[0, y], work[1, y], work[2, y], scale, b)
+            if interleaved:
+                _load_interleaved_row(src[i, y].reshape(-1), work[0, y], work[1, y], work[2, y], scale, b)
+            else:
+                _load_row(src[i, 0, y], src[i, 1, y], src[i, 2, y], work[0, y], work[1, y], work[2, y], scale, b)
             if jit:
                 total += _luma_sum(work[0, y], work[1, y], work[2, y])
         # (2) contrast, saturation, hue, grayscale
@@ -266,14 +279,18 @@ def apply(images: torch.Tensor, params, solarize_threshold: int, mean, std, blur
     if images.dtype not in (torch.uint8, torch.float32):
         images = images.float()
     scale = F32(1.0 / 255.0) if images.dtype == torch.uint8 else F32(1.0)
-    src = np.ascontiguousarray(images.detach().numpy())  # planar rows for the inner loops
+    # the inner loops read rows: planar (B, 3, H, W) as it is, channels-last memory as (B, H, W, 3)
+    # rows split into planes on the way in (no transposing copy), anything else copied planar
+    interleaved = not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last)
+    src = (images.detach().permute(0, 2, 3, 1).numpy() if interleaved
+           else np.ascontiguousarray(images.detach().numpy()))
     sig = params.blur_sigma.numpy().astype(np.float32)
     radius = np.array([blur_radius(float(s), blur_truncate) if s > 0 else 0 for s in sig], dtype=np.int64)
     work = np.empty((3, h, w), dtype=np.float32)
     blurred = np.empty((3, h, w), dtype=np.float32)
     rowbuf = np.empty(w + 2 * int(radius.max(initial=0)) + 2, dtype=np.float32)
     f32 = lambda t: t.numpy().astype(np.float32)
-    colour_batch(src, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
+    colour_batch(src, interleaved, scale, params.jitter.numpy(), f32(params.brightness), f32(params.contrast),
                  f32(params.saturation), f32(params.hue), params.grayscale.numpy(), sig, radius,
                  params.solarize.numpy(), F32(solarize_threshold / 255.0), np.asarray(mean, dtype=np.float32),
                  np.asarray(std, dtype=np.float32), out.permute(0, 2, 3, 1).numpy(), work, blurred, rowbuf)
