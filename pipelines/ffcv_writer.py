@@ -93,19 +93,20 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
         return _to_rgb_array(img)
 
 
-def check_image(path: str) -> str | None:
-    """None when ``path`` decodes, else the reason it does not."""
+def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
+    """(None, (width, height)) when ``path`` decodes, else (the reason it does not, (0, 0))."""
     try:
         with Image.open(path) as img:
+            size = img.size
             if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+                img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             img.load()
             arr = _to_rgb_array(img)
         if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-            return f"unexpected decoded shape {arr.shape}"
-        return None
+            return f"unexpected decoded shape {arr.shape}", (0, 0)
+        return None, size
     except Exception as exc:  # PIL raises many types for damaged files
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", (0, 0)
 
 
 class _FolderSource:
@@ -137,7 +138,7 @@ class _FolderSource:
 
 # --------------------------------------------------------------------------- writing
 
-def _check_all(paths: list[str], num_workers: int, progress: bool) -> list[str | None]:
+def _check_all(paths: list[str], num_workers: int, progress: bool) -> list[tuple[str | None, tuple[int, int]]]:
     bar = dict(total=len(paths), desc="checking images", unit="img", disable=not progress)
     if num_workers <= 1:
         return [check_image(p) for p in tqdm(paths, **bar)]
@@ -145,9 +146,14 @@ def _check_all(paths: list[str], num_workers: int, progress: bool) -> list[str |
         return list(tqdm(pool.imap(check_image, paths, chunksize=16), **bar))
 
 
-def _page_size(max_resolution: int | None) -> int:
-    """FFCV stores a sample within one page: make pages large enough for the biggest raw image."""
-    need = 3 * (max_resolution or 4096) ** 2 * 2
+def _page_size(sizes: list[tuple[int, int]], max_resolution: int | None) -> int:
+    """FFCV stores a sample within one page, and every writer process fills whole pages: pages
+    large enough for the biggest image as raw pixels (twice over), but no larger, or a small
+    folder written at full resolution becomes a file of a few huge, mostly empty pages."""
+    def stored_pixels(w: int, h: int) -> int:
+        s = min(1.0, max_resolution / max(w, h)) if max_resolution else 1.0
+        return math.ceil(w * s) * math.ceil(h * s)
+    need = 3 * max(stored_pixels(w, h) for w, h in sizes) * 2
     return max(1 << 23, 1 << math.ceil(math.log2(need)))
 
 
@@ -178,7 +184,8 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
     num_workers = max(1, num_workers if num_workers is not None else (os.cpu_count() or 1))
     paths = [str(p) for p in listing.paths]
     gc.collect()  # finalise garbage here, not in the forked workers (a finaliser may hang in a child)
-    reasons = _check_all(paths, num_workers, progress)
+    checked = _check_all(paths, num_workers, progress)
+    reasons = [r for r, _ in checked]
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     keep = [i for i, r in enumerate(reasons) if r is None]
     if not keep:
@@ -196,7 +203,8 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
     source = _FolderSource([paths[i] for i in keep], keep, [listing.labels[i] for i in keep], max_resolution,
                            failure_dir)
     try:
-        writer = DatasetWriter(str(tmp), fields, page_size=_page_size(max_resolution), num_workers=num_workers)
+        page_size = _page_size([checked[i][1] for i in keep], max_resolution)
+        writer = DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=num_workers)
         # DatasetWriter draws its own tqdm bar; silence it with the rest when asked
         with _maybe_silenced(not progress):
             writer.from_indexed_dataset(source, chunksize=chunk_size)

@@ -378,3 +378,28 @@ def test_clear_errors(tmp_path, folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "ffcv", None)
     with pytest.raises(ImportError, match=r"pip install \.\[ffcv\]"):
         FW.require_ffcv()
+
+
+def test_writer_pages_fit_the_images(tmp_path):
+    """Pages are sized from the folder's largest image: a folder of small images written at
+    full resolution is a small file, and an image whose raw pixels outgrow FFCV's default
+    page still round-trips unchanged."""
+    from ffcv.reader import Reader
+    small, large = tmp_path / "small", tmp_path / "large"
+    write_coordinate_planes(small, [(48, 64), (64, 48)])
+    out = tmp_path / "small.beton"
+    FW.write_beton(small, out, max_resolution=0, num_workers=1, progress=False)
+    assert int(Reader(str(out)).page_size) == 1 << 23
+    assert out.stat().st_size <= 3 << 23
+
+    large.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (1500, 2100, 3), dtype=np.uint8)  # 9.45 MB raw
+    Image.fromarray(pixels).save(large / "big.png")
+    out = tmp_path / "large.beton"
+    FW.write_beton(large, out, max_resolution=0, write_mode="raw", num_workers=1, progress=False)
+    reader = Reader(str(out))
+    assert int(reader.page_size) == 1 << 25
+    offset, size = FL.stored_image_span(reader, 0)
+    assert size == pixels.nbytes
+    stored = np.fromfile(out, dtype=np.uint8, count=size, offset=offset).reshape(pixels.shape)
+    assert np.array_equal(stored, pixels)
