@@ -2,6 +2,7 @@
 leave behind (partial writes, a damaged newest file) is cleaned up or stepped over."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -91,8 +92,51 @@ def remove_partial_writes(out_dir: str | Path) -> list[Path]:
     return removed
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written for want of disk space; the older ones are intact."""
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    # torch.save reports a full disk as a RuntimeError raised while handling the OSError
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_message(path: Path, state: dict) -> str:
+    free = shutil.disk_usage(path.parent).free
+    need = sum(t.numel() * t.element_size() for t in _tensors(state))
+    older = list_checkpoints(path.parent)
+    kept = (f"the newest checkpoint written, {older[-1].name}, is intact; free some space and run the same "
+            f"command again to continue from it" if older else "no earlier checkpoint exists in this folder")
+    return (f"cannot write checkpoint {path}: the disk is full ({free / 2**20:.0f} MiB free, the checkpoint "
+            f"needs about {need / 2**20:.0f} MiB); {kept}")
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> Path:
-    path = save_atomic(state, checkpoint_path(out_dir, step))
+    """Write step ``step``'s checkpoint, then delete all but the newest ``keep``. A full disk
+    raises CheckpointWriteError, which says how much space it needs, with no partial file left
+    and nothing older deleted."""
+    target = checkpoint_path(out_dir, step)
+    try:
+        path = save_atomic(state, target)
+    except Exception as exc:
+        if not _out_of_space(exc):
+            raise
+        raise CheckpointWriteError(errno.ENOSPC, _disk_full_message(target, state)) from exc
     for old in list_checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

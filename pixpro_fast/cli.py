@@ -100,6 +100,7 @@ def main(argv=None) -> int:
         resolve_device(cfg.device)
     except (ValueError, FileNotFoundError) as e:
         ap.error(error_line(e))
+    from .checkpoint import CheckpointWriteError
     from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
         trainer = Trainer(cfg)
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
         result = trainer.fit()
     except (NonFiniteLossError, ResumeMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
         return 2
     except AbortRun:
         print("\naborted at once: nothing saved since the last checkpoint", file=sys.stderr)

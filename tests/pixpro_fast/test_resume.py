@@ -207,6 +207,39 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, caplog)
     assert [r["step"] for r in _records(tmp_path / "a")] == list(range(1, 7))
 
 
+def test_full_disk_stops_with_a_clear_error_and_loses_no_saved_step(tmp_path, monkeypatch, capsys):
+    import errno
+    from pixpro_fast import checkpoint
+    from pixpro_fast.cli import main as cli_main
+    base = dict(TINY, loader="synthetic", epochs=1, max_steps=6, precision="fp32", ckpt_every=1, keep_ckpts=2)
+    assert cli_main(cli_flags(dict(base, out=str(tmp_path / "s")))) == 0
+    real_save = torch.save
+
+    def fills_the_disk(obj, f):          # as torch.save fails on a full disk: bytes written, then an error
+        if obj["step"] < 4:
+            return real_save(obj, f)
+        f.write(b"\0" * 1000)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    out = tmp_path / "a"
+    monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk)
+    argv = cli_flags(dict(base, out=str(out)))
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ckpt_000000004.pt: the disk is full" in err and "needs about" in err
+    assert "ckpt_000000003.pt, is intact" in err and "Traceback" not in err
+    left = sorted(p.name for p in out.iterdir() if p.name.startswith((".ckpt", "ckpt")))
+    assert left == ["ckpt_000000002.pt", "ckpt_000000003.pt"]          # no partial file, nothing older deleted
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)       # space freed: the same command continues
+    assert cli_main(argv) == 0
+    a, s = (load_checkpoint(list_checkpoints(tmp_path / d)[-1]) for d in ("a", "s"))
+    assert a["step"] == s["step"] == 6
+    assert all(torch.equal(v, s["model"][k]) for k, v in a["model"].items())
+
+
 def test_ctrl_c_twice_aborts_at_once(tmp_path):
     out = tmp_path / "run"
     # steps long enough (resnet18, 160 px, batch 16) that the second press lands inside one
