@@ -8,7 +8,9 @@ Same files, same cores (DALI threads = PIL threads = --workers), same batch size
 - ``dali loader, geometry``: the loader with the recipe's colour steps off (two views + boxes);
 - ``dali loader, full``: the loader with the full recipe, yielding Batch objects, with its
   default colour mode; beside it the other mode (``colour='pipeline'``: DALI operators in
-  the graph; ``'device'``: the shared colour engine after the pipeline).
+  the graph; ``'device'``: the shared colour engine after the pipeline); in CPU-only mode,
+  where the views are cut on the host by default, also the full recipe with the views cut
+  by DALI's resize in the graph.
 
 Rates count images, not views. Each round runs every row in turn and the median over rounds
 is reported; the loader rows time batches after a warm-up inside one epoch (pipeline start
@@ -180,11 +182,11 @@ def main(argv=None):
     recipe = get_recipe(args.recipe)
     B, S, W = args.batch_size, args.image_size, args.workers
 
-    def loader(r, colour=None):
-        return DaliLoader(data_dir, B, S, r, device=args.device, num_workers=W, colour=colour)
+    def loader(r, colour=None, host_crop=None):
+        return DaliLoader(data_dir, B, S, r, device=args.device, num_workers=W, colour=colour, host_crop=host_crop)
 
     probe = loader(recipe)
-    mode, device_id, default_colour = probe.dali_device, probe.device_id, probe.colour
+    mode, device_id, default_colour, host_crop = probe.dali_device, probe.device_id, probe.colour, probe.host_crop
     other = other_colour(default_colour)
     del probe
     rows = {
@@ -193,13 +195,16 @@ def main(argv=None):
                                              B, args.warmup, args.batches, args.device),
         "DALI stock 1-view": lambda: pipeline_rate(stock_pipeline(files, B, W, device_id, mode, S, recipe, True),
                                                    B, args.warmup, args.batches, args.device),
-        "dali loader, geometry (2 views)": lambda: loader_rate(loader(recipe.without_colour(), "pipeline"), B,
+        "dali loader, geometry (2 views)": lambda: loader_rate(loader(recipe.without_colour()), B,
                                                                args.warmup, args.batches, args.device),
         "dali loader, full recipe (2 views)": lambda: loader_rate(loader(recipe), B, args.warmup, args.batches,
                                                                   args.device),
         f"dali loader, full recipe, colour '{other}'": lambda: loader_rate(
             loader(recipe, other), B, args.warmup, args.batches, args.device),
     }
+    if host_crop:  # the lever beside the default: the same views cut by DALI's resize in the graph
+        rows["dali loader, full recipe, views cut in the graph"] = lambda: loader_rate(
+            loader(recipe, host_crop=False), B, args.warmup, args.batches, args.device)
     rates: dict[str, list[float]] = {k: [] for k in rows}
     for r in range(args.rounds):
         for name, run in rows.items():
@@ -213,13 +218,14 @@ def main(argv=None):
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none"
     print()
     print(f"{len(files)} images from {data_dir}, batch {B}, {S}px, recipe {recipe.name}, {W} threads, "
-          f"device {args.device} (DALI {mode} mode, GPU {gpu}, default colour '{default_colour}'), "
+          f"device {args.device} (DALI {mode} mode, GPU {gpu}, default colour '{default_colour}', "
+          f"views cut {'on the host' if host_crop else 'in the graph'}), "
           f"median of {args.rounds} rounds")
     print(markdown_table(table, ["pipeline", "images/s", "vs stock 1-view", "vs DALI decode"]))
     path = write_json(args.out, f"dali_loader_{args.device}.json", {
         "benchmark": "dali_loader", "data_dir": str(data_dir), "images": len(files), "batch_size": B,
         "image_size": S, "recipe": recipe.name, "workers": W, "device": args.device, "dali_mode": mode,
-        "default_colour": default_colour,
+        "default_colour": default_colour, "host_crop": host_crop,
         "batches": args.batches, "warmup": args.warmup, "rounds": args.rounds, "rates": rates, "median": med,
         "full_vs_stock": med["dali loader, full recipe (2 views)"] / stock})
     print(f"wrote {path}")

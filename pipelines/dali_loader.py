@@ -25,6 +25,13 @@ Split of the work:
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
   which is channels-last memory, with no copy. That is ``colour='pipeline'``.
+- ``host_crop`` (the default in CPU-only mode, with ``colour='device'``): the graph stops at
+  the decoded region, and each view is cut from it on the host by
+  :func:`pipelines.resample.crop_resize`, the torch and FFCV backends' antialiased bilinear
+  crop + resize (same windows, pixels within one level of DALI's resize), in a small thread
+  pool. On 2 cores with photos the full recipe then runs at 1.4x the rate it has with the
+  views cut by DALI's CPU resize in the graph, and the geometry alone at the rate of DALI's
+  stock single-view pipeline (benchmarks/RESULTS.md).
 - ``colour='device'`` (the default in CPU-only mode): the graph stops
   at each view's uint8 crop and :mod:`pipelines.colour` finishes it with the same draws (the
   fused numba pass on the CPU, in a thread that overlaps the consumer; tensor ops on a GPU),
@@ -57,6 +64,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -72,6 +80,7 @@ from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
 from .prefetch import Prefetcher, hand_over
 from .recipe import BYOL, Recipe, ViewRecipe
+from .resample import crop_resize
 from .sampler import PARAM_NAMES
 
 try:
@@ -228,24 +237,26 @@ def _view(image, args: dict, view: ViewRecipe, steps: _ViewSteps, size: int, mea
                                     mean=[255.0 * m for m in mean], std=[255.0 * s for s in std])
 
 
-def input_names(recipe: Recipe, gpu_style: bool) -> list[tuple[str, "types.DALIDataType"]]:
-    """The feeder's outputs, in order: encoded bytes, the decoded region, then each view's arguments."""
+def input_names(recipe: Recipe, gpu_style: bool, crop_views: bool = True) -> list[tuple[str, "types.DALIDataType"]]:
+    """The feeder's outputs, in order: encoded bytes, the decoded region, then each view's
+    arguments (none when the views are cut outside the graph)."""
     names = [("data", types.UINT8), ("region_anchor", types.FLOAT), ("region_shape", types.FLOAT)]
-    for k, view in enumerate(recipe.views, 1):
+    for k, view in enumerate(recipe.views if crop_views else (), 1):
         names += [(f"view{k}.{n}", t) for n, t in _ViewSteps(view).inputs(gpu_style)]
     return names
 
 
 def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str = "cpu", gpu_style: bool = False,
-                       normalise: bool = True):
+                       normalise: bool = True, crop_views: bool = True):
     """The DALI graph (wrap with ``pipeline_def``): encoded bytes + per-sample arguments -> every view.
 
     ``source`` yields one batch per call in the order of :func:`input_names`. ``gpu_style``
     builds the variant whose steps all work with GPU images (required on GPU; it runs on CPU
     too, which is how the tests cover it). ``normalise=False`` (with a geometry-only recipe)
-    ends each view at its uint8 HWC crop.
+    ends each view at its uint8 HWC crop. ``crop_views=False``: the graph only decodes, and
+    its one output is each sample's decoded region (uint8 HWC, shapes differ per sample).
     """
-    names = input_names(recipe, gpu_style)
+    names = input_names(recipe, gpu_style, crop_views)
     nodes = fn.external_source(source=source, num_outputs=len(names), batch=True, dtype=[t for _, t in names])
     inputs = dict(zip((n for n, _ in names), nodes))
     # only the union of the views' windows is decoded (libjpeg-turbo / nvJPEG skip the rest)
@@ -253,6 +264,8 @@ def view_plan_pipeline(source, recipe: Recipe, image_size: int, dali_device: str
                                     normalized_anchor=False, normalized_shape=False,
                                     device="mixed" if dali_device == "gpu" else "cpu",
                                     output_type=types.RGB, adjust_orientation=False)
+    if not crop_views:
+        return (image,)
     views = []
     for k, (view, size) in enumerate(zip(recipe.views, recipe.output_sizes(image_size)), 1):
         args = {n.split(".", 1)[1]: node for n, node in inputs.items() if n.startswith(f"view{k}.")}
@@ -372,8 +385,8 @@ class _EpochFeeder:
     def __iter__(self):
         ld = self.loader
         b = ld.batch_size
-        names = [n for n, _ in input_names(ld.graph_recipe, ld.gpu_style)]
-        steps = [_ViewSteps(v) for v in ld.graph_recipe.views]
+        names = [n for n, _ in input_names(ld.graph_recipe, ld.gpu_style, not ld.host_crop)]
+        steps = [] if ld.host_crop else [_ViewSteps(v) for v in ld.graph_recipe.views]
         for k in range(self.start, ld.num_batches):
             samples = [self._sample(int(p)) for p in ld.positions[k * b:(k + 1) * b]]
             heights = np.array([s[1][0] for s in samples], dtype=np.int64)
@@ -385,11 +398,22 @@ class _EpochFeeder:
             for v, st in enumerate(steps):
                 out.update({f"view{v + 1}.{n}": a
                             for n, a in view_arguments(params[:, v], st, ld.gpu_style, anchor).items()})
-            self.fed[k] = {"index": index.tolist(), "skipped": sum(s[3] for s in samples), "params": params}
+            self.fed[k] = {"index": index.tolist(), "skipped": sum(s[3] for s in samples), "params": params,
+                           "origin": anchor}
             yield tuple(out[n] for n in names)
 
 
 # --------------------------------------------------------------------------- the loader
+
+def _regions(pipe) -> Iterator[list[np.ndarray]]:
+    """The decoded regions of each batch of a decode-only pipeline, as numpy views."""
+    while True:
+        try:
+            (regions,) = pipe.run()
+        except StopIteration:
+            return
+        yield [np.asarray(regions[i]) for i in range(len(regions))]
+
 
 def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str, int | None]:
     device = torch.device(device)
@@ -419,17 +443,31 @@ def resolve_colour(colour: str | None, dali_device: str) -> str:
     return colour
 
 
+def resolve_host_crop(host_crop: bool | None, colour: str, dali_device: str) -> bool:
+    """Whether the views are cut from DALI's decoded region by :func:`pipelines.resample.crop_resize`
+    on the host instead of by ``fn.resize`` in the graph. None: where the colour engine also
+    runs on the CPU (CPU-only mode, colour 'device'), where it is the faster of the two
+    (benchmarks/RESULTS.md). It needs colour 'device' and a CPU graph."""
+    if host_crop is None:
+        return colour == "device" and dali_device == "cpu"
+    if host_crop and (colour != "device" or dali_device != "cpu"):
+        raise ValueError(f"host_crop=True needs colour='device' and a CPU pipeline; got colour={colour!r}, "
+                         f"dali_device={dali_device!r}")
+    return bool(host_crop)
+
+
 class DaliLoader:
     """View-plan loader running the recipe in a DALI pipeline (see the module docstring).
 
     ``last_params``: the latest batch's draws, one (B, len(PARAM_NAMES)) float64 tensor per view.
-    ``colour``: see :func:`resolve_colour`."""
+    ``colour``: see :func:`resolve_colour`; ``host_crop``: see :func:`resolve_host_crop`."""
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
                  prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
-                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False, colour: str | None = None):
+                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False, colour: str | None = None,
+                 host_crop: bool | None = None):
         require_dali()
         check_loader_options(on_corrupt, rank, world_size, seed)
         if prefetch < 1:
@@ -450,6 +488,7 @@ class DaliLoader:
                                         str(self.images.root))
         self.spec = sampler.recipe_spec(recipe, image_size)
         self.colour = resolve_colour(colour, self.dali_device)
+        self.host_crop = resolve_host_crop(host_crop, self.colour, self.dali_device)
         # the recipe the graph runs: the geometry alone when the colour engine finishes the views
         self.graph_recipe = recipe.without_colour() if self.colour == "device" else recipe
         self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std, reuse_outputs=True) for v in recipe.views]
@@ -457,6 +496,8 @@ class DaliLoader:
         self.cursor = EpochCursor(self.num_batches)
         self.corrupt = CorruptFiles(on_corrupt)
         self.last_params: tuple[torch.Tensor, ...] | None = None
+        self._crops: list[np.ndarray] | None = None
+        self._crop_pool: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
         return self.num_batches
@@ -496,18 +537,49 @@ class DaliLoader:
         pipe = pipeline_def(view_plan_pipeline)(
             batch_size=self.batch_size, num_threads=self.num_workers, device_id=self.device_id, seed=seed,
             prefetch_queue_depth=self.prefetch, source=source, recipe=self.graph_recipe, image_size=self.image_size,
-            dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "pipeline")
+            dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "pipeline",
+            crop_views=not self.host_crop)
+        if self.host_crop:
+            # per-sample shapes differ, which DALI's torch iterator does not take: read the
+            # pipeline's outputs as they are (numpy views, valid until the next run)
+            return feeder, source, pipe, _regions(pipe)
         it = DALIGenericIterator(pipe, output_names(self.recipe), last_batch_policy=LastBatchPolicy.PARTIAL,
                                  auto_reset=False, prepare_first_batch=False)
         return feeder, source, pipe, it
+
+    def _cut_views(self, regions, fed: dict) -> list[torch.Tensor]:
+        """Each view as planar uint8 (B, 3, S, S), resampled from the decoded regions by
+        ``num_workers`` threads (crop_resize runs without the GIL) into buffers reused from
+        batch to batch (the colour pass reads them before the next batch is cut)."""
+        params, origin, n = fed["params"], fed["origin"], len(regions)
+        sizes = self.recipe.output_sizes(self.image_size)
+        if self._crops is None:
+            self._crops = [np.empty((self.batch_size, 3, s, s), np.uint8) for s in sizes]
+        if self._crop_pool is None:  # one per pipeline run: no idle threads outlive a pass
+            self._crop_pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="dali-crop")
+        col = sampler.P
+        top, left, height, width, flip = (params[:, :, col[k]] for k in ("top", "left", "height", "width", "flip"))
+
+        def cut(first: int, stop: int) -> None:
+            for i in range(first, stop):
+                for v, size in enumerate(sizes):
+                    crop_resize(regions[i], top[i, v] - origin[i, 0], left[i, v] - origin[i, 1], height[i, v],
+                                width[i, v], size, flip[i, v] > 0.5, self._crops[v][i])
+
+        bounds = np.linspace(0, n, min(self.num_workers, n) + 1).astype(int)
+        for job in [self._crop_pool.submit(cut, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+            job.result()
+        return [torch.from_numpy(c[:n]) for c in self._crops]
 
     def _to_batch(self, out: dict, fed: dict) -> tuple[Batch, tuple[torch.Tensor, ...]]:
         dev = self.device
         nb = dev.type == "cuda"
         params = fed["params"]
         views = []
+        cut = self._cut_views(out, fed) if self.host_crop else None
         for v, name in enumerate(output_names(self.recipe)):
-            x = out[name].permute(0, 3, 1, 2)  # NHWC memory seen as NCHW = channels-last, no copy
+            # NHWC memory seen as NCHW = channels-last, no copy
+            x = cut[v] if cut is not None else out[name].permute(0, 3, 1, 2)
             if x.device != dev:
                 x = x.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last)
             if self.colour == "device":
@@ -550,11 +622,14 @@ class DaliLoader:
                             except CorruptImageError as exc:
                                 raise exc from err
                         break  # restart the pipeline at the failed batch, culprits now replaced
-                    yield self._to_batch(out[0], feeder.fed.pop(position))
+                    yield self._to_batch(out if self.host_crop else out[0], feeder.fed.pop(position))
                     position += 1
             finally:
                 source.close()
                 release_pipeline(pipe)
+                if self._crop_pool is not None:
+                    self._crop_pool.shutdown()
+                    self._crop_pool = None
 
 
 def build_dali_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

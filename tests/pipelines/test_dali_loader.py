@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipelines import build_loader  # noqa: E402
 from pipelines import sampler  # noqa: E402
 from pipelines.colour import ColourAugment  # noqa: E402
 from pipelines.dali_loader import (PARAM_NAMES, DaliLoader, colour_matrix, decode_region, image_shape,  # noqa: E402
-                                   resolve_colour)
+                                   resolve_colour, resolve_host_crop)
 from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
 from pipelines.colour_cpu import LUMA  # noqa: E402
 from pipelines.corrupt import CorruptImageError  # noqa: E402
@@ -86,9 +87,10 @@ def _run(loader: DaliLoader, epochs) -> tuple[list, torch.Tensor, torch.Tensor]:
 
 # --------------------------------------------------------------------------- the box contract
 
-def test_coordinate_plane_corners_show_the_claimed_positions(planes_dir):
+@pytest.mark.parametrize("host_crop", [None, False])
+def test_coordinate_plane_corners_show_the_claimed_positions(planes_dir, host_crop):
     size = 64
-    loader = _loader(planes_dir, batch_size=8, image_size=size, recipe=GEOMETRY)
+    loader = _loader(planes_dir, batch_size=8, image_size=size, recipe=GEOMETRY, host_crop=host_crop)
     batches, p1, p2 = _run(loader, range(6))
     # the contract maps output pixels linearly onto window pixels; resampling maps pixel
     # centres: they differ by up to half an output pixel, plus JPEG error
@@ -257,11 +259,15 @@ def test_colour_steps_on_flat_images(tmp_path, gpu_style):
             assert np.abs(got2[k] - want).max() < 2.0, (src[k], got2[k], want)
 
 
-def test_colour_engine_finishes_the_pipeline_crops(small_dir):
+@pytest.mark.parametrize("host_crop", [True, False])
+def test_colour_engine_finishes_the_crops(small_dir, host_crop):
     """``colour='device'``: each view is the shared colour engine's pass, with the batch's own
-    draws, over the uint8 crop the pipeline makes (read back from a colour-free run)."""
-    engine = _loader(small_dir, batch_size=16, image_size=32, colour="device")
-    geometry = _loader(small_dir, batch_size=16, image_size=32, recipe=GEOMETRY, colour="pipeline")
+    draws, over the uint8 crop (cut on the host or by the graph; read back from a colour-free run)."""
+    if host_crop and DEVICE.type != "cpu":
+        pytest.skip("host cropping is the CPU-only mode's")
+    engine = _loader(small_dir, batch_size=16, image_size=32, colour="device", host_crop=host_crop)
+    geometry = _loader(small_dir, batch_size=16, image_size=32, recipe=GEOMETRY, colour="device",
+                       host_crop=host_crop)
     steps = [ColourAugment(v, BYOL.mean, BYOL.std) for v in BYOL.views]
     for epoch in range(2):
         engine.set_epoch(epoch)
@@ -276,6 +282,35 @@ def test_colour_engine_finishes_the_pipeline_crops(small_dir):
                 torch.testing.assert_close(a.views[v], want, atol=1e-5, rtol=0)
             batches += 1
         assert batches == len(engine) > 0
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="host cropping is the CPU-only mode's")
+def test_host_crop_matches_the_graph_resize(planes_dir):
+    """Views cut on the host by pipelines.resample and by DALI's resize in the graph: same
+    draws and boxes, pixels within the two resamplers' rounding (both antialiased bilinear)."""
+    host = _loader(planes_dir, batch_size=8, image_size=48, recipe=GEOMETRY, host_crop=True)
+    graph = _loader(planes_dir, batch_size=8, image_size=48, recipe=GEOMETRY, host_crop=False)
+    assert host.host_crop and not graph.host_crop
+    diffs = []
+    for epoch in range(3):
+        host.set_epoch(epoch)
+        graph.set_epoch(epoch)
+        for a, g in zip(host, graph):
+            assert torch.equal(a.index, g.index)
+            for v in range(2):
+                assert torch.equal(a.coords[v], g.coords[v])
+                diffs.append((denormalise(a.views[v], GEOMETRY.mean, GEOMETRY.std)
+                              - denormalise(g.views[v], GEOMETRY.mean, GEOMETRY.std)).abs() * 255)
+    diffs = torch.cat([d.flatten() for d in diffs])
+    assert diffs.max() <= 1.5 and diffs.mean() < 0.1, (diffs.max(), diffs.mean())
+
+
+def test_host_crop_default_and_bad_value():
+    assert resolve_host_crop(None, "device", "cpu") is True
+    assert resolve_host_crop(None, "device", "gpu") is False
+    assert resolve_host_crop(None, "pipeline", "cpu") is False
+    with pytest.raises(ValueError, match="host_crop=True needs colour='device'"):
+        resolve_host_crop(True, "pipeline", "cpu")
 
 
 def test_colour_mode_default_and_bad_value():
@@ -423,6 +458,7 @@ def test_a_pass_leaves_no_running_pipeline_behind(small_dir):
         else:
             assert len(list(it)) == len(loader) - 1
         assert all(p._pipe is None for p in held)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("dali-crop")]
         del held
 
 
