@@ -105,9 +105,34 @@ def _out_of_space(exc: BaseException | None) -> bool:
     return False
 
 
+def state_bytes(state: dict) -> int:
+    """The bytes of the tensors a checkpoint of ``state`` holds (about its file size)."""
+    return sum(t.numel() * t.element_size() for t in _tensors(state))
+
+
+def check_disk_space(out_dir: str | Path, state: dict, keep: int) -> str | None:
+    """Before a run: CheckpointWriteError when ``out_dir``'s disk cannot hold one checkpoint
+    of ``state`` (the run would lose everything up to its first checkpoint), a note when it
+    cannot hold the ``keep`` kept ones and the one being written; else None. Before the first
+    step an optimiser holds no state yet, so the size is a lower bound."""
+    existing = Path(out_dir).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    free, need = shutil.disk_usage(existing).free, max(1, state_bytes(state))
+    mib = need / 2**20
+    if free < need:
+        raise CheckpointWriteError(errno.ENOSPC, f"{out_dir} has {free / 2**20:.0f} MiB free, and one checkpoint of "
+                                                 f"this run needs at least {mib:.0f} MiB: free some space or give "
+                                                 f"another --out")
+    if free < need * (keep + 1):
+        return (f"note: {out_dir} has room for {free // need} checkpoint(s) of at least {mib:.0f} MiB; the run "
+                f"keeps {keep} and writes each new one before deleting the oldest (lower --keep-ckpts or free space)")
+    return None
+
+
 def _disk_full_message(path: Path, state: dict) -> str:
     free = shutil.disk_usage(path.parent).free
-    need = sum(t.numel() * t.element_size() for t in _tensors(state))
+    need = state_bytes(state)
     older = list_checkpoints(path.parent)
     kept = (f"the newest checkpoint written, {older[-1].name}, is intact; free some space and run the same "
             f"command again to continue from it" if older else "no earlier checkpoint exists in this folder")

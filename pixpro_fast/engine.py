@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (archive_previous_run, list_checkpoints, load_checkpoint, load_newest_intact,
-                         non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoints, load_checkpoint,
+                         load_newest_intact, non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, resume_applied_changes, resume_differences
 from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
@@ -243,6 +243,7 @@ class Trainer:
 
     def fit(self) -> FitResult:
         cfg = self.cfg
+        space_note = check_disk_space(self.out_dir, self.state_dict(), cfg.keep_ckpts) if self.is_main else None
         self._stop_requested = False
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
@@ -269,9 +270,9 @@ class Trainer:
                       + "\n  - ".join(self.resume_changes), file=self.log_stream)
             if logger.tensorboard_note:
                 print(logger.tensorboard_note, file=self.log_stream)
-            note = self.short_schedule_note()
-            if note:
-                print(note, file=self.log_stream)
+            for note in (self.short_schedule_note(), space_note):
+                if note:
+                    print(note, file=self.log_stream)
         profiler = self._start_profiler() if cfg.profile > 0 else None
         meter = WaitMeter()
         status, last_ckpt = "finished", None

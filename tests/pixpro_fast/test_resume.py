@@ -240,6 +240,31 @@ def test_full_disk_stops_with_a_clear_error_and_loses_no_saved_step(tmp_path, mo
     assert all(torch.equal(v, s["model"][k]) for k, v in a["model"].items())
 
 
+def test_a_disk_too_small_for_one_checkpoint_is_refused_before_training(tmp_path, monkeypatch):
+    import io
+    import shutil
+    from pixpro_fast import checkpoint
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path / "run"), precision="fp32",
+                             keep_ckpts=3))
+    need = checkpoint.state_bytes(Trainer(cfg, loader=_synthetic(cfg)).state_dict())
+    free = {"bytes": need // 2}
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10 * need, 0, free["bytes"]))
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"needs at least \d+ MiB: free some space"):
+        Trainer(cfg, loader=_synthetic(cfg)).fit()
+    assert not list_checkpoints(tmp_path / "run") and not _records(tmp_path / "run")   # not a step was taken
+    free["bytes"] = 2 * need                       # room for two, where the run needs keep + 1 = 4
+    log = io.StringIO()
+    res = Trainer(cfg, loader=_synthetic(cfg), log_stream=log).fit()
+    assert res.steps == 3 and "has room for 2 checkpoint(s)" in log.getvalue()
+    free["bytes"] = 5 * need
+    log = io.StringIO()
+    roomy = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path / "roomy"), precision="fp32",
+                               keep_ckpts=3))
+    Trainer(roomy, loader=_synthetic(roomy), log_stream=log).fit()
+    assert "has room for" not in log.getvalue()
+
+
 def test_ctrl_c_twice_aborts_at_once(tmp_path):
     out = tmp_path / "run"
     # steps long enough (resnet18, 160 px, batch 16) that the second press lands inside one
