@@ -107,7 +107,7 @@ def _out_of_space(exc: BaseException | None) -> bool:
 
 def state_bytes(state: dict) -> int:
     """The bytes of the tensors a checkpoint of ``state`` holds (about its file size)."""
-    return sum(t.numel() * t.element_size() for t in _tensors(state))
+    return sum(t.numel() * t.element_size() for _, t in named_tensors(state))
 
 
 def check_disk_space(out_dir: str | Path, state: dict, keep: int) -> str | None:
@@ -138,17 +138,6 @@ def _disk_full_message(path: Path, state: dict) -> str:
             f"command again to continue from it" if older else "no earlier checkpoint exists in this folder")
     return (f"cannot write checkpoint {path}: the disk is full ({free / 2**20:.0f} MiB free, the checkpoint "
             f"needs about {need / 2**20:.0f} MiB); {kept}")
-
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> Path:
@@ -194,19 +183,22 @@ def load_newest_intact(out_dir: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
-def non_finite_entries(tree, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
-    bad = []
+def named_tensors(tree, prefix: str = ""):
+    """(name, tensor) for every tensor in a nested dict/list/tuple, names as ``a.b[0]``."""
     if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
-            bad.append(prefix or "tensor")
+        yield prefix or "tensor", tree
     elif isinstance(tree, dict):
         for k, v in tree.items():
-            bad += non_finite_entries(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(tree, (list, tuple)):
         for i, v in enumerate(tree):
-            bad += non_finite_entries(v, f"{prefix}[{i}]")
-    return bad
+            yield from named_tensors(v, f"{prefix}[{i}]")
+
+
+def non_finite_entries(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold a NaN or an inf."""
+    return [name for name, t in named_tensors(tree, prefix)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def archive_previous_run(out_dir: str | Path) -> Path | None:

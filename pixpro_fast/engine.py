@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoints, load_checkpoint,
-                         load_newest_intact, non_finite_entries, remove_partial_writes, rng_state, save_checkpoint, set_rng_state)
+                         load_newest_intact, non_finite_entries, remove_partial_writes, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import TrainConfig, resume_applied_changes, resume_differences
 from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
