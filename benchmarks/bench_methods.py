@@ -1,7 +1,9 @@
 """Training-step images/sec of every objective beside PixPro: same backbone, batch, image
 size, precision and memory format, synthetic tensors (no loader), timed side by side. Each
 method gets the views of its own plan (LOCA's eleven, the pretext tasks' one); LOCA runs on
-the ViT given by ``--vit-arch``.
+the ViT given by ``--vit-arch``. FLOPs are counted with ``torch.utils.flop_counter`` over one
+whole step (forward, backward, target branch); ``mfu`` is each step's FLOP rate over the rate
+of a large matmul on the same device in the step's precision, measured in the same run.
 
     python -m benchmarks.bench_methods --arch resnet18 --image-size 64 --batch-size 32
 """
@@ -18,7 +20,12 @@ from pixpro_fast.engine import Trainer
 from pixpro_fast.methods import METHODS
 from pipelines.synthetic import SyntheticLoader
 
+from pixpro_fast.hardware import resolve_precision
+
+from .bench_step import matmul_flops_per_sec
 from .common import markdown_table, time_interleaved, write_json
+
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def method_step(method: str, arch: str, image_size: int, batch_size: int, device: str, precision: str,
@@ -47,17 +54,23 @@ def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="
     steps = {m: method_step(m, arch, image_size, batch_size, device, precision, vit_arch=vit_arch) for m in methods}
     flops = {m: flops_per_image(s, batch_size) for m, s in steps.items()}
     times = time_interleaved(steps, device, warmup=2, iters=iters)
+    matmul_precision = resolve_precision(precision, device, warn=False)
+    peak = matmul_flops_per_sec(device, MATMUL_DTYPES[matmul_precision])
     ref = "pixpro" if "pixpro" in times else methods[0]
-    rows = [{"method": m, "arch": vit_arch if m in VIT_METHODS else arch, "description": METHODS[m][1], "gflops_per_image": flops[m] / 1e9,
-             "step_time_vs_pixpro": times[m] / times[ref], "images_per_sec_vs_pixpro": times[ref] / times[m],
-             "images_per_sec": batch_size / times[m]} for m in methods]
+    rows = []
+    for m in methods:
+        rate = flops[m] * batch_size / times[m]
+        rows.append({"method": m, "arch": vit_arch if m in VIT_METHODS else arch, "description": METHODS[m][1],
+                     "gflops_per_image": flops[m] / 1e9, "step_time_vs_pixpro": times[m] / times[ref],
+                     "images_per_sec_vs_pixpro": times[ref] / times[m], "images_per_sec": batch_size / times[m],
+                     "tflops_per_sec": rate / 1e12, "mfu": rate / peak})
     return {"arch": arch, "vit_arch": vit_arch, "image_size": image_size, "batch_size": batch_size, "device": device,
-            "precision": precision, "rows": rows}
+            "precision": precision, "matmul_precision": matmul_precision, "matmul_flops_per_sec": peak, "rows": rows}
 
 
 def table(result: dict, absolute: bool = False) -> str:
-    cols = ["method", "arch", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro"]
-    return markdown_table(result["rows"], cols + (["images_per_sec"] if absolute else []))
+    cols = ["method", "arch", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro", "mfu"]
+    return markdown_table(result["rows"], cols + (["images_per_sec", "tflops_per_sec"] if absolute else []))
 
 
 def main(argv=None):
@@ -74,7 +87,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, args.precision, args.iters,
                  args.methods.split(",") if args.methods else None, args.vit_arch)
-    print(f"{args.arch}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}")
+    print(f"{args.arch}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}; "
+          f"mfu against a {result['matmul_precision']} matmul at {result['matmul_flops_per_sec'] / 1e12:.2f} TFLOP/s")
     print(table(result, absolute=args.device.startswith("cuda")))
     print("wrote", write_json(args.out, "methods.json", result))
     return result

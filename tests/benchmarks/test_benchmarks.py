@@ -255,6 +255,12 @@ def test_methods_benchmark_gives_each_method_its_own_views():
     assert rows["pixpro"]["step_time_vs_pixpro"] == 1.0
     assert rows["loca"]["arch"] == "vit_tiny_patch16" and rows["rotation"]["arch"] == "resnet18"
     assert all(r["gflops_per_image"] > 0 and r["images_per_sec"] > 0 for r in rows.values())
+    # FLOP rate and MFU: FLOPs per image x images/s, over a matmul in the step's precision
+    assert result["matmul_precision"] == "fp32" and result["matmul_flops_per_sec"] > 0
+    for r in rows.values():
+        assert r["tflops_per_sec"] * 1e12 == pytest.approx(r["gflops_per_image"] * 1e9 * r["images_per_sec"])
+        assert r["mfu"] == pytest.approx(r["tflops_per_sec"] * 1e12 / result["matmul_flops_per_sec"])
+        assert 0 < r["mfu"] < 1
 
 
 def test_resample_benchmark_times_each_step_beside_what_it_replaced(tmp_path, two_threads):
@@ -302,3 +308,50 @@ def test_loca_position_benchmark_matches_patches_and_trains_the_head(cache):
         assert 0 <= r["accuracy"] <= 1 and abs(r["loss"] - r["chance_loss"]) < 1.5
     with pytest.raises(ValueError, match="multiple of 16"):
         loca_position.run(image_size=100, cache=cache)
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_every_gpu_plan_part_parses_with_its_benchmark(monkeypatch, tmp_path):
+    """The prepared GPU commands stay valid as the benchmarks' flags change: each part's
+    arguments go through its module's own parser (stopped right after parsing)."""
+    import argparse
+    import importlib
+    from benchmarks import gpu_plan
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    parts = gpu_plan.gpu_parts("cuda")
+    assert len({p.name for p in parts}) == len(parts)
+    for part in parts:
+        module = importlib.import_module(f"benchmarks.{part.module}")
+        with pytest.raises(_Parsed) as parsed:
+            module.main([*gpu_plan.command(part, tmp_path)[3:]])
+        ns = parsed.value.args[0]
+        assert ns.device == "cuda" and ns.out == str(tmp_path / part.name)
+
+
+def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path):
+    import json
+    from benchmarks.gpu_plan import Part, run_plan, select, gpu_parts
+    parts = [Part("bad_flag", "gpu_plan", ("--no-such-flag",), 120),
+             Part("too_slow", "bench_step", ("--iters", "1"), 1),
+             Part("no_library", "gpu_plan", ("--list",), 120, needs=("no_such_library_for_this_test",)),
+             Part("fine", "gpu_plan", ("--list", "--parts", "methods"), 120)]
+    lines = []
+    result = run_plan(parts, tmp_path, log=lines.append)
+    status = {r["part"]: r for r in result["parts"]}
+    assert status["bad_flag"]["status"] == "failed" and status["bad_flag"]["returncode"] == 2
+    assert "--no-such-flag" in status["bad_flag"]["output_tail"]
+    assert status["too_slow"]["status"] == "timed out" and status["too_slow"]["seconds"] < 30
+    assert status["no_library"]["status"] == "skipped" and "no_such_library_for_this_test" in status["no_library"]["reason"]
+    assert status["fine"]["status"] == "ok" and "bench_methods" in status["fine"]["output_tail"]
+    saved = json.loads((tmp_path / "gpu_plan.json").read_text())
+    assert [r["part"] for r in saved["parts"]] == ["bad_flag", "too_slow", "no_library", "fine"]
+    with pytest.raises(SystemExit, match="unknown part"):
+        select(gpu_parts(), "methods,step_lever")

@@ -1,0 +1,162 @@
+"""The GPU measurements in one command: each benchmark in its own process, under its own time
+limit, so that one part that hangs, fails or lacks its library costs only itself.
+
+    python -m benchmarks.gpu_plan --out gpu_out                 # every part, in the order below
+    python -m benchmarks.gpu_plan --parts step_levers,methods   # a subset (one call per GPU lease)
+    python -m benchmarks.gpu_plan --list                        # the parts, their commands and limits
+
+Parts (ResNet-50 and ViT-S/16 at 224 px, batch 128, as in RESULTS.md's GPU section):
+
+- ``step_levers``: the PixPro step's levers one by one (``bench_step --levers bf16``);
+- ``step_batch256``: the channels-last compiled bf16 step at batch 256;
+- ``methods``: LOCA beside PixPro: step time, FLOPs per image and MFU (``bench_methods``);
+- ``torch_loader``: the torch backend's feed rate with the colour work on the GPU beside the
+  CPU colour path (``bench_torch_loader --device cuda``);
+- ``end_to_end``: the torch backend feeding the compiled step, with the verdict;
+- ``dali_loader``: DALI in GPU mode against its stock pipeline (skipped without DALI);
+- ``dali_end_to_end``: DALI feeding the compiled step (skipped without DALI).
+
+Each part writes its JSON into ``OUT/<part>/``; ``OUT/gpu_plan.json`` records every part's
+command, exit status, seconds and the end of its output (or why it was skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+# one set of built-in scenes for every loader part (generated once, then reused): enough for the
+# torch loader's pass with 16 workers at batch 128
+IMAGES = "6144"
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    module: str                       # a ``benchmarks`` module with a ``main(argv)``
+    args: tuple[str, ...]
+    timeout_s: int
+    needs: tuple[str, ...] = field(default=())   # importable libraries the part cannot run without
+
+
+def _workers() -> str:
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def gpu_parts(device: str = "cuda") -> list[Part]:
+    workers = _workers()
+    r50 = ("--arch", "resnet50", "--image-size", "224", "--batch-size", "128")
+    return [
+        Part("step_levers", "bench_step", ("--device", device, *r50, "--levers", "bf16", "--iters", "10"), 420),
+        Part("step_batch256", "bench_step", ("--device", device, "--arch", "resnet50", "--image-size", "224",
+                                             "--batch-size", "256", "--precisions", "bf16", "--compiled", "best",
+                                             "--iters", "10"), 240),
+        Part("methods", "bench_methods", ("--device", device, *r50, "--vit-arch", "vit_small_patch16",
+                                          "--methods", "pixpro,loca", "--iters", "10"), 180),
+        Part("torch_loader", "bench_torch_loader", ("--device", device, "--batch-size", "128", "--workers", workers,
+                                                    "--batches", "12", "--rounds", "2", "--images", IMAGES), 240),
+        Part("end_to_end", "bench_end_to_end", ("--device", device, "--backends", "torch", *r50, "--compile",
+                                                "--steps", "20", "--skip", "5", "--workers", workers,
+                                                "--images", IMAGES), 300),
+        Part("dali_loader", "bench_dali_loader", ("--device", device, "--images", IMAGES, "--batch-size", "128",
+                                                  "--workers", workers), 240, needs=("nvidia.dali",)),
+        Part("dali_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "dali", *r50, "--compile",
+                                                     "--steps", "20", "--skip", "5", "--workers", workers,
+                                                     "--images", IMAGES), 300, needs=("nvidia.dali",)),
+    ]
+
+
+def command(part: Part, out: Path) -> list[str]:
+    return [sys.executable, "-m", f"benchmarks.{part.module}", *part.args, "--out", str(out / part.name)]
+
+
+def missing_library(part: Part) -> str | None:
+    for name in part.needs:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return name
+    return None
+
+
+def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 4000) -> dict:
+    """Run ``parts`` one after another, each in its own process with its own limit; never raises
+    for a part's failure. Returns (and writes to ``out/gpu_plan.json``) one record per part."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    summary_path = out / "gpu_plan.json"
+
+    def save():
+        summary_path.write_text(json.dumps({"machine": machine(), "parts": records}, indent=2))
+
+    for part in parts:
+        cmd = command(part, out)
+        record = {"part": part.name, "command": " ".join(cmd[1:]), "timeout_s": part.timeout_s}
+        lib = missing_library(part)
+        if lib:
+            record.update(status="skipped", reason=f"{lib} is not installed")
+            log(f"[{part.name}] skipped: {lib} is not installed")
+        else:
+            log(f"[{part.name}] {record['command']}  (limit {part.timeout_s} s)")
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      timeout=part.timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                output, rc = proc.stdout, proc.returncode
+                record["status"] = "ok" if rc == 0 else "failed"
+            except subprocess.TimeoutExpired as exc:
+                output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+                rc = None
+                record["status"] = "timed out"
+            record.update(returncode=rc, seconds=round(time.perf_counter() - t0, 1), output_tail=output[-tail_chars:])
+            log(output[-tail_chars:].rstrip())
+            log(f"[{part.name}] {record['status']} in {record['seconds']} s")
+        records.append(record)
+        save()   # after every part: a lease that ends early keeps what was measured
+    save()
+    return {"parts": records, "path": str(summary_path)}
+
+
+def select(parts: list[Part], names: str | None) -> list[Part]:
+    if not names:
+        return parts
+    by_name = {p.name: p for p in parts}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise SystemExit(f"--parts: unknown part(s) {', '.join(unknown)}; the parts are {', '.join(by_name)}")
+    return [by_name[n] for n in wanted]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="gpu_out", help="output folder (default: gpu_out/)")
+    ap.add_argument("--parts", default=None, help="comma-separated subset, in the order given (default: all)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--list", action="store_true", help="print the parts and their commands, run nothing")
+    args = ap.parse_args(argv)
+    parts = select(gpu_parts(args.device), args.parts)
+    if args.list:
+        for p in parts:
+            need = f"  (needs {', '.join(p.needs)})" if p.needs else ""
+            print(f"{p.name:16s} {p.timeout_s:4d} s  {' '.join(command(p, Path(args.out))[1:])}{need}")
+        return None
+    result = run_plan(parts, args.out)
+    print("wrote", result["path"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
