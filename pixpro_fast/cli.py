@@ -87,7 +87,12 @@ def main(argv=None) -> int:
         ap.add_argument("--out", required=True, help="output folder")
         args = ap.parse_args(argv)
         from .export import export_checkpoint
-        for path in export_checkpoint(args.checkpoint, args.out):
+        try:
+            paths = export_checkpoint(args.checkpoint, args.out)
+        except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(f"wrote {path}")
         return 0
     ap = _Parser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), export, eval "

@@ -59,6 +59,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def state_dict_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` does not load into a module whose state_dict is ``own``, in one line (the
+    first few missing, unexpected and wrongly shaped keys), or None when it fits."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+
+    def show(keys):
+        return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+    parts = [f"missing: {show(missing)}" if missing else "",
+             f"unexpected: {show(unexpected)}" if unexpected else "",
+             f"shape mismatch: {show(wrong_shape)}" if wrong_shape else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
 def build_encoder(arch: str = "resnet50", weights: str | Path | None = None,
                   zero_init_residual: bool = True, in_channels: int = 3) -> ResNetTrunk:
     """A randomly initialised ResNet trunk, or one loaded from a local state_dict file.
@@ -85,15 +100,8 @@ def build_encoder(arch: str = "resnet50", weights: str | Path | None = None,
         if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] != in_channels:
             raise ValueError(f"weights in {weights} take {conv1.shape[1]}-channel input (conv1.weight "
                              f"{tuple(conv1.shape)}) but the encoder takes in_channels={in_channels}")
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong_shape:
-            def show(keys):
-                return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-            parts = [f"missing: {show(missing)}" if missing else "",
-                     f"unexpected: {show(unexpected)}" if unexpected else "",
-                     f"shape mismatch: {show(wrong_shape)}" if wrong_shape else ""]
-            raise ValueError(f"weights in {weights} do not fit {arch}: " + "; ".join(p for p in parts if p))
+        mismatch = state_dict_mismatch(own, state)
+        if mismatch:
+            raise ValueError(f"weights in {weights} do not fit {arch}: {mismatch}")
         trunk.load_state_dict(state)
     return trunk

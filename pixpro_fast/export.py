@@ -14,13 +14,14 @@ import torch
 from .checkpoint import load_checkpoint, save_atomic
 
 
-def encoder_state_from_checkpoint(ckpt: dict) -> dict[str, torch.Tensor]:
+def encoder_state_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """The online encoder's tensors under torchvision's key names (no ``fc.*``)."""
     model = ckpt["model"]
     prefix = "online.encoder."
     state = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
     if not state:
-        raise ValueError("checkpoint holds no online encoder (keys 'online.encoder.*' missing)")
+        raise ValueError(f"{path} holds no online encoder (keys 'online.encoder.*' missing): "
+                         f"not a pixpro_fast training checkpoint")
     return state
 
 
@@ -52,33 +53,49 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict:
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the online encoder's files into ``out_dir``; returns their paths."""
+    """Write the online encoder's files into ``out_dir``; returns their paths. Everything is
+    checked and built in memory first, so bad input writes nothing."""
+    from .encoder import ARCHS
     from .vit import VIT_ARCHS, timm_kwargs, timm_name
-    ckpt = load_checkpoint(checkpoint)
-    state = encoder_state_from_checkpoint(ckpt)
-    cfg = ckpt.get("config", {})
-    arch = cfg.get("arch", "")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    ckpt = load_checkpoint(checkpoint)
+    state = encoder_state_from_checkpoint(ckpt, checkpoint)
+    cfg = ckpt.get("config") or {}
+    arch = cfg.get("arch")
+    if arch not in VIT_ARCHS and arch not in ARCHS:
+        raise ValueError(f"{checkpoint} does not record a known encoder arch (config 'arch': {arch!r}; "
+                         f"known: {', '.join(ARCHS + tuple(VIT_ARCHS))})")
+    files: dict[str, object] = {}   # name -> what to write
     if arch in VIT_ARCHS:
-        weights = {k[len("vit."):]: v.contiguous() for k, v in state.items() if k.startswith("vit.")}
-        paths = [save_atomic(weights, out_dir / "encoder_timm.pth")]
+        files["encoder_timm.pth"] = {k[len("vit."):]: v.contiguous() for k, v in state.items() if k.startswith("vit.")}
         info = {"format": "timm", "model": timm_name(arch), "kwargs": timm_kwargs(cfg.get("image_size", 224)),
                 "load": "timm.create_model(model, pretrained=False, **kwargs).load_state_dict(torch.load(path))"}
     else:
-        paths = [save_atomic({k: v.contiguous() for k, v in state.items()}, out_dir / "encoder_torchvision.pth")]
-        d2 = out_dir / "encoder_detectron2.pkl"
-        tmp = d2.with_name(d2.name + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(to_detectron2(state), f)
-        tmp.replace(d2)
-        paths.append(d2)
+        files["encoder_torchvision.pth"] = {k: v.contiguous() for k, v in state.items()}
+        files["encoder_detectron2.pkl"] = to_detectron2(state)
         in_channels = int(state["conv1.weight"].shape[1]) if "conv1.weight" in state else 3
         info = {"format": "torchvision", "model": arch, "in_channels": in_channels,
                 "load": f"torchvision.models.{arch}().load_state_dict(state, strict=False) (only fc.* missing)"
                         if in_channels == 3 else
                         f"a torchvision {arch} whose conv1 takes {in_channels} channel(s) (the L of CIE Lab)"}
     info["method"] = cfg.get("method")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, payload in files.items():
+        if name.endswith(".pth"):
+            paths.append(save_atomic(payload, out_dir / name))
+            continue
+        path = out_dir / name
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump(payload, f)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(path)
     path = out_dir / "encoder_info.json"
     path.write_text(json.dumps(info, indent=1) + "\n")
     return paths + [path]

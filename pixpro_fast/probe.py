@@ -64,13 +64,13 @@ class ProbeConfig:
     feature_batch: int = 32
 
     def __post_init__(self):
-        if self.image_size < 32 or self.image_size % self.label_stride:
-            raise ValueError(f"image_size must be at least 32 and a multiple of label_stride={self.label_stride}, "
-                             f"got {self.image_size}")
         for name in ("label_stride", "train_images", "val_images", "steps", "batch_size", "pixels_per_image",
                      "feature_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.image_size < 32 or self.image_size % self.label_stride:
+            raise ValueError(f"image_size must be at least 32 and a multiple of label_stride={self.label_stride}, "
+                             f"got {self.image_size}")
         if not self.layers:
             raise ValueError("layers must name at least one feature map")
 
@@ -145,6 +145,12 @@ class PixelColour(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixels": F.avg_pool2d(x, 4)}
+
+
+def check_feature_maps(encoder: nn.Module, layers: tuple[str, ...], image_size: int) -> None:
+    """ValueError naming the problem unless ``encoder`` takes ``image_size`` px images and gives
+    every map of ``layers`` (one blank image through it)."""
+    extract_features(encoder, torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8), layers)
 
 
 @torch.no_grad()
@@ -403,10 +409,10 @@ def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[
     checkpoint's; a mismatch is an error, not a guess. The encoder takes what it took in
     training: wrap it with :func:`probe_ready` to feed it the probe's RGB images."""
     from .checkpoint import load_checkpoint
+    from .encoder import state_dict_mismatch
     from .export import encoder_state_from_checkpoint
     ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not a pixpro_fast training checkpoint (no 'model' entry)")
+    state = encoder_state_from_checkpoint(ckpt, path)
     config = ckpt.get("config") or {}
     saved_arch = config.get("arch")
     if saved_arch is None and arch is None:
@@ -414,12 +420,11 @@ def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[
     if arch is not None and saved_arch is not None and arch != saved_arch:
         raise ValueError(f"arch mismatch: {path} holds a {saved_arch} encoder, but {arch} was requested")
     arch = arch or saved_arch
-    state = encoder_state_from_checkpoint(ckpt)
     encoder = build_trunk(arch, **trunk_shape(state, arch))
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"the encoder in {path} does not fit {arch}: {e}") from None
+    mismatch = state_dict_mismatch(encoder.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"the encoder in {path} does not fit {arch}: {mismatch}")
+    encoder.load_state_dict(state)
     return encoder, arch, config
 
 
@@ -600,6 +605,14 @@ def eval_command(argv: list[str]) -> int:
         encoders.append((f"{arch} random init", random_init, layers or default_layers(random_init, d.layers)))
     if args.compare_colour:
         encoders.append(("pixel colour", PixelColour(), ("pixels",)))
+    if args.out and Path(args.out).is_dir():
+        ap.error(f"--out {args.out} is a folder; give the JSON file to write")
+    try:  # layers and image size, on one blank image, before the scenes are loaded and probed
+        for name, enc, enc_layers in encoders:
+            check_feature_maps(enc, enc_layers, cfg.image_size)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {name}: {e}", file=sys.stderr)
+        return 2
     print(f"probe: {cfg.train_images} train / {cfg.val_images} val scenes at {cfg.image_size} px, labels at "
           f"{cfg.label_size} px, layers {','.join(encoders[0][2])}, {cfg.steps} steps", file=sys.stderr)
     train, val = load_probe_data(cfg)
@@ -609,7 +622,7 @@ def eval_command(argv: list[str]) -> int:
                                         device=args.device))
     print(format_table(results))
     if args.out:
-        payload = {"probe_config": asdict(cfg), "arch": arch, **(source or {}),
+        payload = {"probe_config": {**asdict(cfg), "layers": list(encoders[0][2])}, "arch": arch, **(source or {}),
                    "results": [r.to_dict() for r in results]}
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,33 @@ def test_export_of_foreign_file_is_a_clear_error(tmp_path):
         export_checkpoint(tmp_path / "x.pt", tmp_path / "out")
 
 
+def test_export_of_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from pixpro_fast.cli import main as cli_main
+    """Missing, truncated and foreign checkpoints, one that does not record its arch and an
+    --out that is a file: exit status 2, one line naming the problem, no file written."""
+    enc = torchvision.models.resnet18()
+    encoder = {f"online.encoder.{k}": v for k, v in enc.state_dict().items() if not k.startswith("fc.")}
+    good = tmp_path / "good.pt"
+    torch.save({"model": encoder, "config": {"arch": "resnet18", "method": "pixpro"}}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:4096])
+    torch.save({"model": encoder}, tmp_path / "no_arch.pt")
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pt")
+    (tmp_path / "a_file").write_text("x")
+    cases = [("missing.pt", "out", "checkpoint not found"), ("truncated.pt", "out", "cannot read checkpoint"),
+             ("no_arch.pt", "out", "does not record a known encoder arch"),
+             ("foreign.pt", "out", "holds no online encoder"), ("good.pt", "a_file", "is a file, not a folder")]
+    for ckpt, out, message in cases:
+        code = cli_main(["export", "--checkpoint", str(tmp_path / ckpt), "--out", str(tmp_path / out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and message in err, (ckpt, err)
+        assert err.strip().count("\n") == 0, err
+        assert not (tmp_path / "out").exists()
+    assert (tmp_path / "a_file").read_text() == "x"
+    assert cli_main(["export", "--checkpoint", str(good), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "encoder_detectron2.pkl", "encoder_info.json", "encoder_torchvision.pth"]
+
+
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"'batchsize' \(did you mean 'batch_size'\?\)"):
         TrainConfig.from_dict({"batchsize": 3})

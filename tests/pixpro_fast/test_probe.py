@@ -145,9 +145,37 @@ def test_checkpoint_errors_are_clear(tmp_path):
         probe.encoder_from_checkpoint(path, "resnet34")
     torch.save({"model": {f"online.encoder.{k}": v for k, v in enc.state_dict().items()},
                 "config": {"arch": "resnet34"}}, path)          # the file lies about its arch
-    with pytest.raises(ValueError, match="does not fit resnet34"):
+    with pytest.raises(ValueError, match="does not fit resnet34: ") as err:
         probe.encoder_from_checkpoint(path)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400     # a line, not load_state_dict's dump
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="holds no online encoder"):   # the real reason, not "pass --arch"
+        probe.encoder_from_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="label_stride must be at least 1"):
+        probe.ProbeConfig(label_stride=0)
+
+
+@pytest.mark.parametrize("arch, args, message", [
+    ("resnet18", ["--layers", "tokens"], "no feature map 'tokens'"),
+    ("vit_tiny_patch16", ["--layers", "block99"], "no feature map 'block99'"),
+    ("vit_tiny_patch16", ["--image-size", "100", "--label-stride", "4"], "not a multiple of the patch size"),
+])
+def test_eval_refuses_layers_or_sizes_the_encoder_cannot_give_before_probing(arch, args, message, monkeypatch,
+                                                                              capsys):
+    def no_probe(cfg):
+        raise AssertionError("the probe data was loaded before the settings were checked")
+    monkeypatch.setattr(probe, "load_probe_data", no_probe)
+    assert cli_main(["eval", "--random-init", "--arch", arch, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_eval_refuses_an_out_that_is_a_folder_before_probing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(probe, "load_probe_data", lambda cfg: pytest.fail("probed before checking --out"))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["eval", "--random-init", "--arch", "resnet18", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "is a folder" in capsys.readouterr().err
 
 
 def test_training_logs_probe_miou_and_eval_command_writes_json(tmp_path, cache, monkeypatch):
