@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
         trainer = Trainer(cfg)
-    except ValueError as e:       # ConfigError, or a method that cannot be built from these settings
+    except (ValueError, FileNotFoundError) as e:   # ConfigError, a method that cannot be built, --encoder-weights
         ap.error(error_line(e))
     try:
         result = trainer.fit()

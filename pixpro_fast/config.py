@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -196,6 +197,9 @@ class TrainConfig:
         need(self.image_size % 32 == 0, "image_size",
              f"must be a multiple of 32 (the encoder's stride), got {self.image_size}")
         need(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        need(self.out.strip() != "", "out", "must name the output folder, got an empty string")
+        need(not Path(self.out).exists() or Path(self.out).is_dir(), "out",
+             f"{self.out!r} is a file, not a folder")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
              or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -226,6 +230,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object of TrainConfig fields, got a {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = [k for k in d if k not in names]
         if unknown:
@@ -249,6 +255,9 @@ class TrainConfig:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"config file {path} must hold a JSON object of TrainConfig fields "
+                             f'(e.g. {{"batch_size": 64}}), not a {type(d).__name__}')
         return cls.from_dict(d)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -285,6 +294,10 @@ def check_field(f: dataclasses.Field, value) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f.name, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f.name, f"must be a finite number, got {value!r}")
+    if tp is int and not -2 ** 63 <= value < 2 ** 63:
+        raise ConfigError(f.name, f"is out of range (a 64-bit integer), got {value!r}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
         raise ConfigError(f.name, f"must be at least {lo}, got {value!r}")
@@ -306,9 +319,14 @@ def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
     (fields whose metadata says ``resume: refuse``)."""
     cur = current.to_dict()
     default = {f.name: f.default for f in fields(TrainConfig)}
+
+    def same(key, was, now):
+        if key == "data" and was is not None and now is not None:   # one folder, named two ways
+            return Path(was).resolve() == Path(now).resolve()
+        return was == now
     # a field a checkpoint predates had its default value then
     return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, config has {cur[k]!r}"
-            for k in _fields_by_rule("refuse") if saved.get(k, default[k]) != cur[k]]
+            for k in _fields_by_rule("refuse") if not same(k, saved.get(k, default[k]), cur[k])]
 
 
 def resume_applied_changes(saved: dict, current: "TrainConfig") -> list[str]:

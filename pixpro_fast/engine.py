@@ -74,7 +74,10 @@ class Trainer:
     is built from the config with :func:`pipelines.build_loader`."""
 
     def __init__(self, cfg: TrainConfig, loader=None, log_stream=None):
-        self.cfg = cfg.validate()
+        cfg = cfg.validate()
+        if cfg.data:   # recorded absolute: a resume from another folder must not read another dataset
+            cfg = cfg.replace(data=str(Path(cfg.data).resolve()))
+        self.cfg = cfg
         self.rank, self.world_size, self.local_rank = _dist_info()
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
@@ -115,12 +118,16 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "config": self.cfg.to_dict(),
-                "world_size": self.world_size}
+                "world_size": self.world_size, "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
         diffs = resume_differences(state.get("config", {}), self.cfg)
         if state.get("world_size", 1) != self.world_size:
             diffs.append(f"world_size: checkpoint has {state.get('world_size')}, this run has {self.world_size}")
+        if state.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+            diffs.append(f"steps per epoch: checkpoint has {state['steps_per_epoch']}, this run has "
+                         f"{self.steps_per_epoch} (the data holds another number of images than when the "
+                         f"run started, so its order and schedule would change)")
         if diffs:
             raise ResumeMismatchError(f"cannot resume from {source}: the configuration differs:\n  - "
                                       + "\n  - ".join(diffs)

@@ -256,3 +256,38 @@ def test_short_lars_schedule_is_flagged(tmp_path):
     assert note is not None and "lars_trust=0.001" in note and "--lars-trust" in note
     assert Trainer(TrainConfig(**dict(base, lars_trust=1000.0))).short_schedule_note() is None
     assert Trainer(TrainConfig(**dict(base, optimizer="sgd"))).short_schedule_note() is None
+
+
+def test_config_values_a_run_cannot_use_are_refused_by_name(tmp_path):
+    for text, kind in (("[]", "list"), ('["arch"]', "list"), ("null", "NoneType"), ("3", "int")):
+        (tmp_path / "c.json").write_text(text)
+        with pytest.raises(ValueError, match=f"must hold a JSON object .* not a {kind}"):
+            TrainConfig.from_file(tmp_path / "c.json")
+    (tmp_path / "a_file").write_text("x")
+    for changes, message in ((dict(base_lr=float("nan")), "base_lr must be a finite number, got nan"),
+                             (dict(ema_momentum=float("nan")), "ema_momentum must be a finite number"),
+                             (dict(warmup_epochs=float("inf")), "warmup_epochs must be a finite number, got inf"),
+                             (dict(seed=10 ** 30), "seed is out of range"),
+                             (dict(out=""), "out must name the output folder"),
+                             (dict(out=str(tmp_path / "a_file")), "is a file, not a folder")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**changes).validate()
+
+
+def test_unreadable_encoder_weights_or_an_out_that_is_a_file_end_before_training(tmp_path, capsys):
+    from pixpro_fast.cli import main as cli_main
+    (tmp_path / "random.pth").write_bytes(os.urandom(256))
+    (tmp_path / "a_file").write_text("x")
+    common = ["--loader", "synthetic", "--arch", "resnet18", "--image-size", "64", "--batch-size", "2",
+              "--max-steps", "1"]
+    for extra, message in ((["--encoder-weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")],
+                            "encoder weights file not found"),
+                           (["--encoder-weights", str(tmp_path / "random.pth"), "--out", str(tmp_path / "o")],
+                            "cannot read encoder weights"),
+                           (["--out", str(tmp_path / "a_file")], "is a file, not a folder")):
+        with pytest.raises(SystemExit) as stop:
+            cli_main(common + extra)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].count(message) == 1
+    assert not (tmp_path / "o").exists() and (tmp_path / "a_file").read_text() == "x"

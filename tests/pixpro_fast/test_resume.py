@@ -314,3 +314,24 @@ def test_two_node_run_resumes_and_matches_a_single_node_run(tmp_path):
     assert a["step"] == b["step"] == 4 and a["world_size"] == b["world_size"] == 2
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_reads_the_same_data_folder_however_it_is_named(tmp_path, monkeypatch):
+    """The data folder is recorded absolute: a relative name from another working folder that
+    names other images is refused; the same folder by another name resumes; images added to
+    the folder since the checkpoint change the steps per epoch and are refused too."""
+    base = dict(TINY, epochs=2, max_steps=2, precision="fp32", out=str(tmp_path / "run"))
+    image_folder(tmp_path / "a" / "imgs", n=8)
+    image_folder(tmp_path / "b" / "imgs", n=12)
+    monkeypatch.chdir(tmp_path / "a")
+    Trainer(TrainConfig(**dict(base, data="imgs"))).fit()
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["config"]["data"] == str(tmp_path / "a" / "imgs")
+    monkeypatch.chdir(tmp_path / "b")                                # 'imgs' here is another folder
+    with pytest.raises(ResumeMismatchError, match="data: checkpoint has"):
+        Trainer(TrainConfig(**dict(base, data="imgs", max_steps=3))).fit()
+    same = TrainConfig(**dict(base, data=str(tmp_path / "a" / "imgs"), max_steps=3))
+    assert Trainer(same).fit().steps == 3                           # one folder, named absolutely
+    image_folder(tmp_path / "a" / "imgs", n=12)                     # four images added to it
+    with pytest.raises(ResumeMismatchError, match="steps per epoch: checkpoint has 2, this run has 3"):
+        Trainer(TrainConfig(**dict(base, data=str(tmp_path / "a" / "imgs"), max_steps=4))).fit()
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 3   # nothing lost
