@@ -52,6 +52,20 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict:
     return {"model": out, "__author__": "pixpro_fast", "matching_heuristics": False}
 
 
+def detectron2_settings(arch: str, weights: Path) -> dict:
+    """The Detectron2 config keys a torchvision-layout ResNet needs: the stride in the 3x3
+    convolutions, RGB input normalised as in pretraining (on 0-255 pixels), 64 channels in
+    res2 for the basic-block depths."""
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    depth = int(arch[len("resnet"):])
+    out = {"MODEL.WEIGHTS": str(weights), "MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.STRIDE_IN_1X1": False,
+           "MODEL.PIXEL_MEAN": [round(255 * m, 3) for m in IMAGENET_MEAN],
+           "MODEL.PIXEL_STD": [round(255 * s, 3) for s in IMAGENET_STD], "INPUT.FORMAT": "RGB"}
+    if depth in (18, 34):
+        out["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
+    return out
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the online encoder's files into ``out_dir``; returns their paths. Everything is
     checked and built in memory first, so bad input writes nothing."""
@@ -80,6 +94,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
                 "load": f"torchvision.models.{arch}().load_state_dict(state, strict=False) (only fc.* missing)"
                         if in_channels == 3 else
                         f"a torchvision {arch} whose conv1 takes {in_channels} channel(s) (the L of CIE Lab)"}
+        if in_channels == 3 and arch.startswith("resnet"):
+            info["detectron2_config"] = detectron2_settings(arch, out_dir / "encoder_detectron2.pkl")
     info["method"] = cfg.get("method")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

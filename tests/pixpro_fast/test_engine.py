@@ -128,6 +128,11 @@ def test_export_round_trip_into_torchvision(tmp_path):
     with open(tmp_path / "export" / "encoder_detectron2.pkl", "rb") as f:
         d2 = pickle.load(f)["model"]
     assert "stem.conv1.weight" in d2 and "res5.1.conv2.norm.running_var" in d2
+    d2_cfg = json.loads((tmp_path / "export" / "encoder_info.json").read_text())["detectron2_config"]
+    assert d2_cfg["MODEL.RESNETS.DEPTH"] == 18 and d2_cfg["MODEL.RESNETS.STRIDE_IN_1X1"] is False
+    assert d2_cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] == 64 and d2_cfg["INPUT.FORMAT"] == "RGB"
+    assert d2_cfg["MODEL.PIXEL_MEAN"] == pytest.approx([123.675, 116.28, 103.53])
+    assert d2_cfg["MODEL.PIXEL_STD"] == pytest.approx([58.395, 57.12, 57.375])
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
