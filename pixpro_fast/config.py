@@ -246,8 +246,11 @@ class TrainConfig:
     def from_file(cls, path: str | Path) -> "TrainConfig":
         """A JSON file, or the name of a bundled preset (see :data:`PRESETS_DIR`)."""
         path = Path(path)
-        if not path.is_file() and (PRESETS_DIR / f"{path.name}.json").is_file():
-            path = PRESETS_DIR / f"{path.name}.json"
+        if not path.is_file() and len(path.parts) == 1:   # a bundled preset, named with or without .json
+            for preset in (PRESETS_DIR / f"{path.name}.json", PRESETS_DIR / path.name):
+                if preset.is_file():
+                    path = preset
+                    break
         if not path.is_file():
             presets = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
             raise FileNotFoundError(f"config file not found: {path} (bundled presets: {', '.join(presets)})")

@@ -264,6 +264,7 @@ def test_short_lars_schedule_is_flagged(tmp_path):
 
 
 def test_config_values_a_run_cannot_use_are_refused_by_name(tmp_path):
+    assert TrainConfig.from_file("quickstart.json") == TrainConfig.from_file("quickstart")
     for text, kind in (("[]", "list"), ('["arch"]', "list"), ("null", "NoneType"), ("3", "int")):
         (tmp_path / "c.json").write_text(text)
         with pytest.raises(ValueError, match=f"must hold a JSON object .* not a {kind}"):
