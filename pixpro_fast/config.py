@@ -71,9 +71,9 @@ class TrainConfig:
     data: str | None = _opt(None, "image folder (or a .beton file for --loader ffcv); none: the built-in scenes")
     loader: str = _opt("torch", "data loader backend", choices=LOADERS)
     recipe: str = _opt("byol", "augmentation recipe of the two views", choices=RECIPES)
-    image_size: int = _opt(224, "side of each training view in pixels (a multiple of 32)", min=32)
+    image_size: int = _opt(224, "side of each training view in pixels (a multiple of 32)", min=32, max=4096)
     num_workers: int | None = _opt(None, "loader worker processes or threads; none: the loader's default",
-                                   "apply", min=0)
+                                   "apply", min=0, max=1024)
     on_corrupt: str = _opt("skip", "an unreadable image: skip (counted, replaced) or error (stop)", "apply",
                            choices=("skip", "error"))
     scenes_images: int = _opt(512, "size of the built-in scenes dataset when --data is not given", min=1)

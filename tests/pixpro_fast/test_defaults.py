@@ -177,6 +177,7 @@ def test_resume_differences_and_applied_changes():
                                          (dict(recipe="nosuch"), "recipe"), (dict(method="nosuch"), "method"),
                                          (dict(base_lr=-1.0), "base_lr"), (dict(lars_trust=-0.1), "lars_trust"),
                                          (dict(weight_decay=-1e-5), "weight_decay"), (dict(num_workers=-1), "num_workers"),
+                                         (dict(num_workers=100_000), "num_workers"), (dict(image_size=65_536), "image_size"),
                                          (dict(batch_size="8"), "batch_size"), (dict(device="gpu"), "device")])
 def test_bad_values_name_the_field(change, key):
     with pytest.raises(ConfigError) as info:
@@ -202,6 +203,8 @@ def _cli_error(argv, capsys):
     (["--lars-trust", "-1"], "--lars-trust must be at least 0"),
     (["--weight-decay", "-1"], "--weight-decay must be at least 0"),
     (["--num-workers", "-1"], "--num-workers must be at least 0, got -1"),
+    (["--num-workers", "5000"], "--num-workers must be at most 1024, got 5000"),
+    (["--image-size", "8192"], "--image-size must be at most 4096, got 8192"),
     (["--batch-size", "x"], "--batch-size: invalid int value: 'x'"),
 ])
 def test_bad_flags_end_with_one_line_and_status_2(argv, needle, capsys):
