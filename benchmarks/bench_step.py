@@ -27,7 +27,9 @@ most CPUs; see :mod:`pixpro_fast.hardware`) is listed as skipped, with why, unle
 ``--levers`` times the step's levers one by one, each a row beside the compiled step it
 changes: both views through the encoder in one call (``--concat-views``: shared BatchNorm
 statistics, so not the published method), ``torch.compile`` with ``max-autotune`` and, on a
-GPU, ``reduce-overhead`` (CUDA graphs).
+GPU, ``reduce-overhead`` (CUDA graphs). ``--only max-autotune`` (say) times one lever beside
+the step it changes, so that a slow compilation runs as its own job. Settings that differ only
+in ``--concat-views`` share one supervised step (it has one view), compiled once.
 """
 from __future__ import annotations
 
@@ -96,16 +98,27 @@ def settings_grid(precisions=PRECISIONS, compiled: str = "channels-last") -> lis
     return eager + extra
 
 
-def lever_settings(precision: str, device: str) -> list[StepSetting]:
+LEVERS = ("concat-views", "max-autotune", "reduce-overhead")
+
+
+def lever_settings(precision: str, device: str, levers: tuple[str, ...] | None = None) -> list[StepSetting]:
     """One row per lever on top of the channels-last compiled step of ``precision``: the two
-    views in one encoder call, eager and compiled; compile modes max-autotune and, on a GPU,
-    reduce-overhead (CUDA graphs of the whole step's kernels)."""
+    views in one encoder call, eager and compiled ('concat-views'); compile modes 'max-autotune'
+    and, on a GPU, 'reduce-overhead' (CUDA graphs of the whole step's kernels). ``levers``
+    picks some (default: all), so that the slow-to-compile ones can run as their own job."""
+    levers = LEVERS if levers is None else tuple(levers)
+    unknown = [name for name in levers if name not in LEVERS]
+    if unknown:
+        raise ValueError(f"unknown lever(s) {', '.join(unknown)}; the levers are {', '.join(LEVERS)}")
     best = StepSetting(precision, True, True)
-    levers = [best, dataclasses.replace(best, compiled=False, concat_views=True),
-              dataclasses.replace(best, concat_views=True), dataclasses.replace(best, compile_mode="max-autotune")]
-    if str(device).startswith("cuda"):
-        levers.append(dataclasses.replace(best, compile_mode="reduce-overhead"))
-    return levers
+    rows = [best]
+    if "concat-views" in levers:
+        rows += [dataclasses.replace(best, compiled=False, concat_views=True), dataclasses.replace(best, concat_views=True)]
+    if "max-autotune" in levers:
+        rows.append(dataclasses.replace(best, compile_mode="max-autotune"))
+    if "reduce-overhead" in levers and str(device).startswith("cuda"):
+        rows.append(dataclasses.replace(best, compile_mode="reduce-overhead"))
+    return rows
 
 
 # -- the two steps ------------------------------------------------------------------------
@@ -221,9 +234,11 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
 
     fns = {}
     for s in settings:
+        # the supervised step has one view: settings that differ only in concat_views share it
+        sup_key = ("supervised", dataclasses.replace(s, concat_views=False))
         try:
             pix = pixpro_step(arch, image_size, batch_size, s, device, proj_hidden_dim)
-            sup = supervised_step(arch, image_size, batch_size, s, device)
+            sup = fns.get(sup_key) or supervised_step(arch, image_size, batch_size, s, device)
             t0 = time.perf_counter()
             pix(), sup()   # first call: compiles where compiled, fails early where unsupported
             log(f"  step {arch} {image_size}px {s.name}: ready in {time.perf_counter() - t0:.1f}s")
@@ -232,7 +247,7 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
             log(f"  step {arch} {s.name}: skipped ({skipped[-1]['reason']})")
             continue
         fns[("pixpro", s)] = pix
-        fns[("supervised", s)] = sup
+        fns[sup_key] = sup
     if ("pixpro", BASELINE) not in fns:
         raise RuntimeError(f"the fp32 eager baseline step failed on {device}: {skipped}")
     times = time_interleaved(fns, device, warmup=warmup, iters=iters)
@@ -242,7 +257,7 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
     for s in settings:
         if ("pixpro", s) not in times:
             continue
-        t_pix, t_sup = times[("pixpro", s)], times[("supervised", s)]
+        t_pix, t_sup = times[("pixpro", s)], times[("supervised", dataclasses.replace(s, concat_views=False))]
         pix_rate = flops_pix * batch_size / t_pix
         sup_rate = flops_sup * batch_size / t_sup
         rows.append({
@@ -285,9 +300,17 @@ def main(argv=None):
     ap.add_argument("--levers", metavar="PRECISION", default=None,
                     help="instead of the grid: the fp32 eager baseline, the channels-last compiled step of this "
                          "precision and one row per lever on top of it (concat-views, compile modes)")
+    ap.add_argument("--only", metavar="LEVERS", default=None,
+                    help=f"with --levers: a comma-separated subset of {', '.join(LEVERS)} (default: all)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
-    settings = (lever_settings(args.levers, args.device) if args.levers
+    only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
+    if only is not None and not args.levers:
+        ap.error("--only needs --levers")
+    if only is not None and set(only) - set(LEVERS):
+        ap.error(f"--only: unknown lever(s) {', '.join(sorted(set(only) - set(LEVERS)))}; "
+                 f"the levers are {', '.join(LEVERS)}")
+    settings = (lever_settings(args.levers, args.device, only) if args.levers
                 else settings_grid(tuple(args.precisions.split(",")), args.compiled))
     result = run(args.arch, args.image_size, args.batch_size, settings, args.device, iters=args.iters,
                  emulated=args.emulated)

@@ -7,7 +7,10 @@ limit, so that one part that hangs, fails or lacks its library costs only itself
 
 Parts (ResNet-50 and ViT-S/16 at 224 px, batch 128, as in RESULTS.md's GPU section):
 
-- ``step_levers``: the PixPro step's levers one by one (``bench_step --levers bf16``);
+- ``step_levers``: the compiled bf16 PixPro step and both views in one encoder call, eager and
+  compiled (``bench_step --levers bf16 --only concat-views``);
+- ``step_max_autotune``, ``step_cuda_graphs``: the compiled step beside the same step compiled
+  with ``max-autotune`` or ``reduce-overhead`` (each compiles slowly, so each is its own part);
 - ``step_batch256``: the channels-last compiled bf16 step at batch 256;
 - ``methods``: LOCA beside PixPro: step time, FLOPs per image and MFU (``bench_methods``);
 - ``torch_loader``: the torch backend's feed rate with the colour work on the GPU beside the
@@ -25,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +60,12 @@ def gpu_parts(device: str = "cuda") -> list[Part]:
     workers = _workers()
     r50 = ("--arch", "resnet50", "--image-size", "224", "--batch-size", "128")
     return [
-        Part("step_levers", "bench_step", ("--device", device, *r50, "--levers", "bf16", "--iters", "10"), 420),
+        Part("step_levers", "bench_step", ("--device", device, *r50, "--levers", "bf16", "--only", "concat-views",
+                                           "--iters", "10"), 420),
+        Part("step_max_autotune", "bench_step", ("--device", device, *r50, "--levers", "bf16",
+                                                 "--only", "max-autotune", "--iters", "10"), 540),
+        Part("step_cuda_graphs", "bench_step", ("--device", device, *r50, "--levers", "bf16",
+                                                "--only", "reduce-overhead", "--iters", "10"), 360),
         Part("step_batch256", "bench_step", ("--device", device, "--arch", "resnet50", "--image-size", "224",
                                              "--batch-size", "256", "--precisions", "bf16", "--compiled", "best",
                                              "--iters", "10"), 240),
@@ -90,6 +99,24 @@ def missing_library(part: Part) -> str | None:
     return None
 
 
+def run_with_limit(cmd: list[str], timeout_s: float) -> tuple[str, int | None]:
+    """Run ``cmd`` in a session of its own; past ``timeout_s`` kill the whole process group
+    (loader workers and compile workers included, which would otherwise keep the output pipe
+    open). Returns the output and the exit status (None when it was killed)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+        return output, proc.returncode
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate()
+        return output or "", None
+
+
 def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 4000) -> dict:
     """Run ``parts`` one after another, each in its own process with its own limit; never raises
     for a part's failure. Returns (and writes to ``out/gpu_plan.json``) one record per part."""
@@ -111,15 +138,8 @@ def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 40
         else:
             log(f"[{part.name}] {record['command']}  (limit {part.timeout_s} s)")
             t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      timeout=part.timeout_s, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-                output, rc = proc.stdout, proc.returncode
-                record["status"] = "ok" if rc == 0 else "failed"
-            except subprocess.TimeoutExpired as exc:
-                output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-                rc = None
-                record["status"] = "timed out"
+            output, rc = run_with_limit(cmd, part.timeout_s)
+            record["status"] = "timed out" if rc is None else "ok" if rc == 0 else "failed"
             record.update(returncode=rc, seconds=round(time.perf_counter() - t0, 1), output_tail=output[-tail_chars:])
             log(output[-tail_chars:].rstrip())
             log(f"[{part.name}] {record['status']} in {record['seconds']} s")
@@ -151,7 +171,7 @@ def main(argv=None):
     if args.list:
         for p in parts:
             need = f"  (needs {', '.join(p.needs)})" if p.needs else ""
-            print(f"{p.name:16s} {p.timeout_s:4d} s  {' '.join(command(p, Path(args.out))[1:])}{need}")
+            print(f"{p.name:18s} {p.timeout_s:4d} s  {' '.join(command(p, Path(args.out))[1:])}{need}")
         return None
     result = run_plan(parts, args.out)
     print("wrote", result["path"])

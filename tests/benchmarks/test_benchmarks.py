@@ -1,11 +1,13 @@
 """The benchmark suite: its smoke mode runs end to end and writes consistent results; the
 verdict, FLOP counting and skip paths behave. Nothing here asserts a speed."""
+import dataclasses
 import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,13 +175,30 @@ def test_step_levers_are_rows_beside_the_step_they_change():
     assert len(set(names)) == len(names) and "fp32/channels-last/compiled max-autotune" in names
     assert not any("reduce-overhead" in n for n in names)
     assert any("reduce-overhead" in s.name for s in bench_step.lever_settings("bf16", "cuda"))
-    concat = bench_step.StepSetting("fp32", True, False, concat_views=True)
-    result = bench_step.run("resnet18", 32, 4, [concat], "cpu", warmup=1, iters=1, proj_hidden_dim=32,
+    only = bench_step.lever_settings("bf16", "cuda", ("max-autotune",))
+    assert [s.name for s in only] == ["bf16/channels-last/compiled", "bf16/channels-last/compiled max-autotune"]
+    assert [s.name for s in bench_step.lever_settings("bf16", "cpu", ("reduce-overhead",))] == [only[0].name]
+    with pytest.raises(ValueError, match="unknown lever"):
+        bench_step.lever_settings("bf16", "cuda", ("max-autotune", "cuda-graphs"))
+    plain = bench_step.StepSetting("fp32", True, False)
+    concat = dataclasses.replace(plain, concat_views=True)
+    result = bench_step.run("resnet18", 32, 4, [plain, concat], "cpu", warmup=1, iters=1, proj_hidden_dim=32,
                             matmul_n=64, log=lambda *a: None)
     rows = {r["setting"]: r for r in result["rows"]}
-    assert set(rows) == {"fp32/contiguous/eager", "fp32/channels-last/eager +concat-views"}
+    assert set(rows) == {"fp32/contiguous/eager", "fp32/channels-last/eager", "fp32/channels-last/eager +concat-views"}
     assert rows["fp32/channels-last/eager +concat-views"]["concat_views"] is True
     assert rows["fp32/contiguous/eager"]["speedup_vs_fp32_eager"] == 1.0
+    # one view: the concat-views row's supervised step is the plain row's, timed once
+    assert (rows["fp32/channels-last/eager +concat-views"]["supervised_step_s"]
+            == rows["fp32/channels-last/eager"]["supervised_step_s"])
+
+
+def test_bench_step_only_needs_levers_and_known_names(capsys):
+    for argv, needle in [(["--only", "max-autotune"], "--only needs --levers"),
+                         (["--levers", "bf16", "--only", "max-autotune,graphs"], "unknown lever(s) graphs")]:
+        with pytest.raises(SystemExit):
+            bench_step.main(argv)
+        assert needle in capsys.readouterr().err
 
 
 # -- skipping what is not installed -----------------------------------------------------------
@@ -355,3 +374,28 @@ def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path)
     assert [r["part"] for r in saved["parts"]] == ["bad_flag", "too_slow", "no_library", "fine"]
     with pytest.raises(SystemExit, match="unknown part"):
         select(gpu_parts(), "methods,step_lever")
+
+
+def test_gpu_plan_kills_a_timed_out_part_with_its_children(tmp_path):
+    """A part's own workers (loader, compiler) die with it: none keeps running or holds the output open."""
+    import sys
+    from benchmarks.gpu_plan import run_with_limit
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+              "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+              "print('started', flush=True)\n"
+              "time.sleep(120)\n")
+    output, rc = run_with_limit([sys.executable, "-c", script], timeout_s=3)
+    assert rc is None and "started" in output
+    child = int(pid_file.read_text())
+    for _ in range(50):   # gone, or a zombie where nothing reaps orphans
+        try:
+            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the part's child process {child} outlived it")
