@@ -95,7 +95,7 @@ def decode_ceiling(b: LoaderBench, decoder: str = "pil") -> float:
 def baseline(b: LoaderBench) -> float:
     loader = build_baseline_loader(b.data_dir, b.batch_size, b.image_size, b.recipe, device=b.device,
                                    num_workers=b.workers, persistent_workers=False)
-    return images_per_second(loader, b.batch_size, b.warmup, b.batches)
+    return images_per_second(loader, b.batch_size, b.warmup, b.batches, b.device)
 
 
 # -- torch ----------------------------------------------------------------------------------
@@ -125,13 +125,13 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     def two_view(recipe=b.recipe, colour="auto"):
         loader = build_torch_loader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device,
                                     num_workers=b.workers, persistent_workers=False, colour=colour)
-        return images_per_second(loader, b.batch_size, b.warmup, b.batches)
+        return images_per_second(loader, b.batch_size, b.warmup, b.batches, b.device)
 
     def stock():
         ds = _StockSingleView(list_images(b.data_dir), b.image_size, b.recipe)
         loader = torch.utils.data.DataLoader(ds, batch_size=b.batch_size, shuffle=True, drop_last=True,
                                              num_workers=b.workers)
-        return images_per_second(loader, b.batch_size, b.warmup, b.batches)
+        return images_per_second(loader, b.batch_size, b.warmup, b.batches, b.device)
 
     rows = {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
             "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}

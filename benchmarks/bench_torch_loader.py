@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.baseline_loader import build_baseline_loader
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import markdown_table, sync, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
@@ -57,14 +57,18 @@ def decode_loader(data_dir, batch_size, num_workers, decoder: str = "pil"):
                                        num_workers=num_workers)
 
 
-def images_per_second(loader, batch_size: int, warmup: int, batches: int) -> float:
-    """Steady-state rate: ``warmup`` batches (workers starting, prefetch queue) are not timed."""
+def images_per_second(loader, batch_size: int, warmup: int, batches: int, device="cpu") -> float:
+    """Steady-state rate: ``warmup`` batches (workers starting, prefetch queue) are not timed.
+    On a GPU the clock stops when the device has finished the batches' work (colour, copies),
+    not when it was queued."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(batches):
         next(it)
+    sync(device)
     elapsed = time.perf_counter() - t0
     del it
     return batches * batch_size / elapsed
@@ -130,7 +134,8 @@ def main(argv=None):
     cpu: dict[str, list[float]] = {k: [] for k in makers}
     for r in range(args.rounds):
         for name, make in makers.items():
-            rates[name].append(images_per_second(make(args.workers), args.batch_size, warmup, args.batches))
+            rates[name].append(images_per_second(make(args.workers), args.batch_size, warmup, args.batches,
+                                                  args.device))
             cpu[name].append(cpu_ms_per_image(make(0), args.batch_size, args.cpu_batches))
             print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.1f} images/s, "
                   f"{cpu[name][-1]:.2f} CPU ms/image", flush=True)

@@ -38,9 +38,15 @@ from pathlib import Path
 from .common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
-# one set of built-in scenes for every loader part (generated once, then reused): enough for the
-# torch loader's pass with 16 workers at batch 128
-IMAGES = "6144"
+LOADER_BATCHES = 12   # timed batches per loader row
+
+
+def scenes_for(workers: int, batch_size: int = 128) -> str:
+    """One set of built-in scenes for every loader part (generated once, then reused): enough
+    for the torch loader's pass (its warm-up drains 2 batches per worker, plus 2) and at least
+    6144, the count earlier GPU rows used."""
+    need = (LOADER_BATCHES + 2 * workers + 2) * batch_size
+    return str(max(6144, -(-need // 512) * 512))
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ def _workers() -> str:
 
 def gpu_parts(device: str = "cuda") -> list[Part]:
     workers = _workers()
+    images = scenes_for(int(workers))
     r50 = ("--arch", "resnet50", "--image-size", "224", "--batch-size", "128")
     return [
         Part("step_levers", "bench_step", ("--device", device, *r50, "--levers", "bf16", "--only", "concat-views",
@@ -72,15 +79,16 @@ def gpu_parts(device: str = "cuda") -> list[Part]:
         Part("methods", "bench_methods", ("--device", device, *r50, "--vit-arch", "vit_small_patch16",
                                           "--methods", "pixpro,loca", "--iters", "10"), 180),
         Part("torch_loader", "bench_torch_loader", ("--device", device, "--batch-size", "128", "--workers", workers,
-                                                    "--batches", "12", "--rounds", "2", "--images", IMAGES), 240),
+                                                    "--batches", str(LOADER_BATCHES), "--rounds", "2",
+                                                    "--images", images), 240),
         Part("end_to_end", "bench_end_to_end", ("--device", device, "--backends", "torch", *r50, "--compile",
                                                 "--steps", "20", "--skip", "5", "--workers", workers,
-                                                "--images", IMAGES), 300),
-        Part("dali_loader", "bench_dali_loader", ("--device", device, "--images", IMAGES, "--batch-size", "128",
+                                                "--images", images), 300),
+        Part("dali_loader", "bench_dali_loader", ("--device", device, "--images", images, "--batch-size", "128",
                                                   "--workers", workers), 240, needs=("nvidia.dali",)),
         Part("dali_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "dali", *r50, "--compile",
                                                      "--steps", "20", "--skip", "5", "--workers", workers,
-                                                     "--images", IMAGES), 300, needs=("nvidia.dali",)),
+                                                     "--images", images), 300, needs=("nvidia.dali",)),
     ]
 
 
@@ -109,12 +117,27 @@ def run_with_limit(cmd: list[str], timeout_s: float) -> tuple[str, int | None]:
         output, _ = proc.communicate(timeout=timeout_s)
         return output, proc.returncode
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(proc)
         output, _ = proc.communicate()
         return output or "", None
+    except BaseException:   # the plan itself stopped (SIGTERM, Ctrl-C): the part must not outlive it
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Stopped(Exception):
+    """The plan received SIGTERM."""
+
+
+def _stop_on_sigterm(signum, frame):
+    raise Stopped(f"signal {signum}")
 
 
 def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 4000) -> dict:
@@ -138,7 +161,14 @@ def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 40
         else:
             log(f"[{part.name}] {record['command']}  (limit {part.timeout_s} s)")
             t0 = time.perf_counter()
-            output, rc = run_with_limit(cmd, part.timeout_s)
+            try:
+                output, rc = run_with_limit(cmd, part.timeout_s)
+            except (Stopped, KeyboardInterrupt) as exc:   # keep what the earlier parts measured
+                record.update(status="interrupted", reason=str(exc) or type(exc).__name__,
+                              seconds=round(time.perf_counter() - t0, 1))
+                records.append(record)
+                save()
+                raise
             record["status"] = "timed out" if rc is None else "ok" if rc == 0 else "failed"
             record.update(returncode=rc, seconds=round(time.perf_counter() - t0, 1), output_tail=output[-tail_chars:])
             log(output[-tail_chars:].rstrip())
@@ -173,7 +203,13 @@ def main(argv=None):
             need = f"  (needs {', '.join(p.needs)})" if p.needs else ""
             print(f"{p.name:18s} {p.timeout_s:4d} s  {' '.join(command(p, Path(args.out))[1:])}{need}")
         return None
-    result = run_plan(parts, args.out)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)   # a job limit's SIGTERM kills the running part too
+    try:
+        result = run_plan(parts, args.out)
+    except (Stopped, KeyboardInterrupt) as exc:
+        print(f"stopped ({exc or type(exc).__name__}); what finished is in {Path(args.out) / 'gpu_plan.json'}",
+              file=sys.stderr)
+        raise SystemExit(143)
     print("wrote", result["path"])
     return result
 

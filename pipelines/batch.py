@@ -36,7 +36,8 @@ class Batch:
             index, skipped = given.get("index", index), given.get("skipped", skipped)
         if views is None or coords is None or index is None:
             raise TypeError("Batch needs views, coords and index")
-        self.views, self.coords = tuple(views), tuple(coords)
+        # contiguous boxes: a compiled step sees the same strides from every loader (no recompilation)
+        self.views, self.coords = tuple(views), tuple(c.contiguous() for c in coords)
         if len(self.views) != len(self.coords) or not self.views:
             raise ValueError(f"{len(self.views)} views but {len(self.coords)} coords")
         self.index, self.skipped = index, int(skipped)

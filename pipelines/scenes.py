@@ -221,7 +221,7 @@ def ensure_scenes(n_images: int = 512, seed: int = 0, root: str | Path | None = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=target.parent))
     try:
         jobs = [(str(tmp), seed, SPLITS[split], i) for i in range(n_images)]
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        workers = min(16, os.cpu_count() or 1) if workers is None else workers
         if workers > 1 and n_images >= 32:
             with ProcessPoolExecutor(workers) as pool:
                 names = list(pool.map(_write_one, jobs, chunksize=8))

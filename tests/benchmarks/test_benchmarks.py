@@ -188,7 +188,9 @@ def test_step_levers_are_rows_beside_the_step_they_change():
     assert set(rows) == {"fp32/contiguous/eager", "fp32/channels-last/eager", "fp32/channels-last/eager +concat-views"}
     assert rows["fp32/channels-last/eager +concat-views"]["concat_views"] is True
     assert rows["fp32/contiguous/eager"]["speedup_vs_fp32_eager"] == 1.0
-    # one view: the concat-views row's supervised step is the plain row's, timed once
+    # one view: the concat-views row's supervised step is the plain row's, timed once; a compile
+    # mode's row is held to the default-mode step
+    assert bench_step.supervised_setting(only[1]) == only[0]
     assert (rows["fp32/channels-last/eager +concat-views"]["supervised_step_s"]
             == rows["fp32/channels-last/eager"]["supervised_step_s"])
 
@@ -353,6 +355,16 @@ def test_every_gpu_plan_part_parses_with_its_benchmark(monkeypatch, tmp_path):
             module.main([*gpu_plan.command(part, tmp_path)[3:]])
         ns = parsed.value.args[0]
         assert ns.device == "cuda" and ns.out == str(tmp_path / part.name)
+        if getattr(ns, "only", None):
+            assert set(ns.only.split(",")) <= set(bench_step.LEVERS)
+    # enough scenes for the torch loader's warm-up and timed batches, however many cores
+    for cores in ("2", "16", "40"):
+        monkeypatch.setattr(gpu_plan, "_workers", lambda: cores)
+        part = next(p for p in gpu_plan.gpu_parts("cuda") if p.name == "torch_loader")
+        with pytest.raises(_Parsed) as parsed:
+            importlib.import_module("benchmarks.bench_torch_loader").main([*gpu_plan.command(part, tmp_path)[3:]])
+        ns = parsed.value.args[0]
+        assert ns.workers == int(cores) and ns.images >= (ns.batches + 2 * ns.workers + 2) * ns.batch_size
 
 
 def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path):
@@ -376,6 +388,18 @@ def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path)
         select(gpu_parts(), "methods,step_lever")
 
 
+def _ended(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie, where nothing reaps orphans) within ``wait_s``."""
+    for _ in range(int(wait_s / 0.1)):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_gpu_plan_kills_a_timed_out_part_with_its_children(tmp_path):
     """A part's own workers (loader, compiler) die with it: none keeps running or holds the output open."""
     import sys
@@ -390,12 +414,36 @@ def test_gpu_plan_kills_a_timed_out_part_with_its_children(tmp_path):
     output, rc = run_with_limit([sys.executable, "-c", script], timeout_s=3)
     assert rc is None and "started" in output
     child = int(pid_file.read_text())
-    for _ in range(50):   # gone, or a zombie where nothing reaps orphans
-        try:
-            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
-                break
-        except (FileNotFoundError, ProcessLookupError):
+    assert _ended(child), f"the part's child process {child} outlived it"
+
+
+def test_gpu_plan_stopped_by_sigterm_kills_the_running_part_and_keeps_the_record(tmp_path):
+    """A job limit that stops the plan (SIGTERM) leaves no part running on the device."""
+    import signal
+    pid_file, out = tmp_path / "child.pid", tmp_path / "out"
+    sleeper = ("import subprocess, sys, time\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+               "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+               f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+               "time.sleep(120)\n")
+    plan = ("import sys\n"
+            "from benchmarks import gpu_plan\n"
+            "gpu_plan.gpu_parts = lambda device='cuda': [gpu_plan.Part('sleeper', 'none', (), 120)]\n"
+            f"gpu_plan.command = lambda part, out: [sys.executable, '-c', {sleeper!r}]\n"
+            f"gpu_plan.main(['--out', {str(out)!r}])\n")
+    proc = subprocess.Popen([sys.executable, "-c", plan], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        if pid_file.exists() and pid_file.read_text():
             break
         time.sleep(0.1)
     else:
-        pytest.fail(f"the part's child process {child} outlived it")
+        proc.kill()
+        pytest.fail(f"the part never started: {proc.communicate()}")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "stopped" in err and "gpu_plan.json" in err
+    record = json.loads((out / "gpu_plan.json").read_text())["parts"]
+    assert [(r["part"], r["status"]) for r in record] == [("sleeper", "interrupted")]
+    child = int(pid_file.read_text())
+    assert _ended(child), f"the part's child process {child} outlived the plan"

@@ -58,7 +58,7 @@ def test_every_view_keeps_the_batch_and_box_contract(backend, preset, planes):
         for k, (view, coords, size) in enumerate(zip(b.views, b.coords, sizes)):
             assert view.shape == (4, 3, size, size) and view.dtype == torch.float32
             assert view.is_contiguous(memory_format=torch.channels_last)
-            assert coords.shape == (4, 4) and coords.dtype == torch.float32
+            assert coords.shape == (4, 4) and coords.dtype == torch.float32 and coords.is_contiguous()
             assert 0 <= coords.min() and coords.max() <= 1
             err = corner_errors(denormalise(view, recipe.mean, recipe.std), coords)
             assert (err <= _tolerance(size)).all(), (backend, preset, k, err.tolist())
