@@ -314,11 +314,13 @@ def main(argv=None):
     only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
     if only is not None and not args.levers:
         ap.error("--only needs --levers")
-    if only is not None and set(only) - set(LEVERS):
-        ap.error(f"--only: unknown lever(s) {', '.join(sorted(set(only) - set(LEVERS)))}; "
-                 f"the levers are {', '.join(LEVERS)}")
-    settings = (lever_settings(args.levers, args.device, only) if args.levers
-                else settings_grid(tuple(args.precisions.split(",")), args.compiled))
+    if args.levers:
+        try:
+            settings = lever_settings(args.levers, args.device, only)
+        except ValueError as e:   # an unknown lever, named by lever_settings
+            ap.error(f"--only: {e}")
+    else:
+        settings = settings_grid(tuple(args.precisions.split(",")), args.compiled)
     result = run(args.arch, args.image_size, args.batch_size, settings, args.device, iters=args.iters,
                  emulated=args.emulated)
     print(table(result, absolute=args.device != "cpu"))

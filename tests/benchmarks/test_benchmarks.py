@@ -388,6 +388,17 @@ def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path)
         select(gpu_parts(), "methods,step_lever")
 
 
+def _part_with_a_child(pid_file: Path) -> str:
+    """A script standing in for a part: it starts a child that does not share its output (as
+    loader or compile workers may), writes the child's pid, says 'started' and sleeps."""
+    return ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+            "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "print('started', flush=True)\n"
+            "time.sleep(120)\n")
+
+
 def _ended(pid: int, wait_s: float = 5.0) -> bool:
     """Whether process ``pid`` is gone (or a zombie, where nothing reaps orphans) within ``wait_s``."""
     for _ in range(int(wait_s / 0.1)):
@@ -402,16 +413,9 @@ def _ended(pid: int, wait_s: float = 5.0) -> bool:
 
 def test_gpu_plan_kills_a_timed_out_part_with_its_children(tmp_path):
     """A part's own workers (loader, compiler) die with it: none keeps running or holds the output open."""
-    import sys
     from benchmarks.gpu_plan import run_with_limit
     pid_file = tmp_path / "child.pid"
-    script = ("import subprocess, sys, time\n"
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
-              "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-              "print('started', flush=True)\n"
-              "time.sleep(120)\n")
-    output, rc = run_with_limit([sys.executable, "-c", script], timeout_s=3)
+    output, rc = run_with_limit([sys.executable, "-c", _part_with_a_child(pid_file)], timeout_s=3)
     assert rc is None and "started" in output
     child = int(pid_file.read_text())
     assert _ended(child), f"the part's child process {child} outlived it"
@@ -421,11 +425,7 @@ def test_gpu_plan_stopped_by_sigterm_kills_the_running_part_and_keeps_the_record
     """A job limit that stops the plan (SIGTERM) leaves no part running on the device."""
     import signal
     pid_file, out = tmp_path / "child.pid", tmp_path / "out"
-    sleeper = ("import subprocess, sys, time\n"
-               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
-               "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-               f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-               "time.sleep(120)\n")
+    sleeper = _part_with_a_child(pid_file)
     plan = ("import sys\n"
             "from benchmarks import gpu_plan\n"
             "gpu_plan.gpu_parts = lambda device='cuda': [gpu_plan.Part('sleeper', 'none', (), 120)]\n"
