@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.baseline_loader import build_baseline_loader
-from benchmarks.common import markdown_table, sync, write_json
+from benchmarks.common import markdown_table, steady_rate, sync, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
@@ -58,20 +58,28 @@ def decode_loader(data_dir, batch_size, num_workers, decoder: str = "pil"):
 
 
 def images_per_second(loader, batch_size: int, warmup: int, batches: int, device="cpu") -> float:
-    """Steady-state rate: ``warmup`` batches (workers starting, prefetch queue) are not timed.
-    On a GPU the clock stops when the device has finished the batches' work (colour, copies),
-    not when it was queued."""
+    """Steady-state rate: ``warmup`` batches (workers starting, prefetch queue) are not timed;
+    the rate is the slope of the start and the next ``batches`` arrival times
+    (:func:`steady_rate`): DataLoader workers deliver in bursts of one batch each, so a clock
+    stopped after a few batches times a burst. For evenly spaced arrivals the slope is the
+    clock's rate. On a GPU each batch's device work (colour, copies) is waited for, not only
+    queued."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
     sync(device)
-    t0 = time.perf_counter()
+    arrivals = [time.perf_counter()]   # the start counts: one batch gives the plain clock's rate
     for _ in range(batches):
         next(it)
-    sync(device)
-    elapsed = time.perf_counter() - t0
+        sync(device)
+        arrivals.append(time.perf_counter())
     del it
-    return batches * batch_size / elapsed
+    return steady_rate(arrivals, batch_size)
+
+
+def timed_batches(batches: int, workers: int) -> int:
+    """At least four bursts of the workers' batches, so the slope spans more than one."""
+    return max(batches, 4 * workers, 2)
 
 
 def cpu_ms_per_image(loader, batch_size: int, batches: int) -> float:
@@ -101,7 +109,8 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    ap.add_argument("--batches", type=int, default=12, help="timed batches per pipeline and round")
+    ap.add_argument("--batches", type=int, default=12,
+                    help="timed batches per pipeline and round (at least 4 per worker)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpu-batches", type=int, default=2, help="batches per in-process CPU-cost measurement")
     ap.add_argument("--device", default="cpu")
@@ -109,7 +118,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     warmup = 2 * args.workers + 2  # drains the prefetch queue (prefetch_factor 2 per worker)
-    need = (args.batches + warmup) * args.batch_size
+    batches = timed_batches(args.batches, args.workers)
+    need = (batches + warmup) * args.batch_size
     data_dir = Path(args.data_dir) if args.data_dir else ensure_scenes(args.images or -(-need // 512) * 512)
     recipe = get_recipe(args.recipe)
     n_files = len(list_images(data_dir))
@@ -134,8 +144,7 @@ def main(argv=None):
     cpu: dict[str, list[float]] = {k: [] for k in makers}
     for r in range(args.rounds):
         for name, make in makers.items():
-            rates[name].append(images_per_second(make(args.workers), args.batch_size, warmup, args.batches,
-                                                  args.device))
+            rates[name].append(images_per_second(make(args.workers), args.batch_size, warmup, batches, args.device))
             cpu[name].append(cpu_ms_per_image(make(0), args.batch_size, args.cpu_batches))
             print(f"round {r + 1}/{args.rounds} {name}: {rates[name][-1]:.1f} images/s, "
                   f"{cpu[name][-1]:.2f} CPU ms/image", flush=True)
@@ -154,7 +163,7 @@ def main(argv=None):
     path = write_json(args.out, "torch_loader.json", {
         "benchmark": "torch_loader", "data_dir": str(data_dir), "images": n_files, "batch_size": args.batch_size,
         "image_size": args.image_size, "recipe": recipe.name, "workers": args.workers, "device": args.device,
-        "batches": args.batches, "rounds": args.rounds, "rates": rates, "median": med,
+        "batches": batches, "rounds": args.rounds, "rates": rates, "median": med,
         "cpu_ms_per_image": cpu, "median_cpu_ms_per_image": med_cpu,
         "speedup_vs_baseline": med["torch backend"] / base,
         "cpu_speedup_vs_baseline": base_cpu / med_cpu["torch backend"]})

@@ -16,6 +16,34 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def batches_forever(loader):
+    """The loader's batches across epoch ends (``set_epoch`` where the loader has it), so a
+    timed run can be longer than one pass over a small folder."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from iter(loader)
+        epoch += 1
+
+
+def steady_rate(arrivals: list[float], batch_size: int) -> float:
+    """Images/sec a loader sustains, from the times its batches arrived: the least-squares
+    slope of arrival time over batch index. Loader workers finish their batches in bursts
+    (each of W workers delivers one at about the same moment), so a clock stopped after a few
+    batches measures a burst, not the rate; the slope over several bursts does not."""
+    n = len(arrivals)
+    if n < 2:
+        raise ValueError("need at least two arrival times")
+    mean_i, mean_t = (n - 1) / 2, sum(arrivals) / n
+    cov = sum((i - mean_i) * (t - mean_t) for i, t in enumerate(arrivals))
+    var = sum((i - mean_i) ** 2 for i in range(n))
+    slope = cov / var   # seconds per batch
+    if slope <= 0:
+        raise ValueError("arrival times must increase")
+    return batch_size / slope
+
+
 def time_call(fn: Callable[[], object], device="cpu", warmup: int = 3, iters: int = 10, min_time: float = 0.0) -> float:
     """Median seconds per call of ``fn`` after ``warmup`` calls (at least ``iters`` timed calls,
     more until ``min_time`` seconds have passed)."""

@@ -35,17 +35,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bench_torch_loader import timed_batches
 from .common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
-LOADER_BATCHES = 12   # timed batches per loader row
+LOADER_BATCHES = 12   # timed batches per loader row (at least 4 per worker)
+# end to end: steps past the start-up (workers starting, the prefetch queue of 2 batches per
+# worker filling, the compiled step's first calls), then enough steps to span many bursts
+E2E_STEPS = ("--steps", "120", "--skip", "40")
 
 
 def scenes_for(workers: int, batch_size: int = 128) -> str:
     """One set of built-in scenes for every loader part (generated once, then reused): enough
-    for the torch loader's pass (its warm-up drains 2 batches per worker, plus 2) and at least
-    6144, the count earlier GPU rows used."""
-    need = (LOADER_BATCHES + 2 * workers + 2) * batch_size
+    for the torch loader's pass (its warm-up drains 2 batches per worker, plus 2, then it times
+    at least 4 batches per worker) and at least 6144, the count earlier GPU rows used."""
+    need = (timed_batches(LOADER_BATCHES, workers) + 2 * workers + 2) * batch_size
     return str(max(6144, -(-need // 512) * 512))
 
 
@@ -82,13 +86,12 @@ def gpu_parts(device: str = "cuda") -> list[Part]:
                                                     "--batches", str(LOADER_BATCHES), "--rounds", "2",
                                                     "--images", images), 240),
         Part("end_to_end", "bench_end_to_end", ("--device", device, "--backends", "torch", *r50, "--compile",
-                                                "--steps", "20", "--skip", "5", "--workers", workers,
-                                                "--images", images), 300),
+                                                *E2E_STEPS, "--workers", workers, "--images", images), 300),
         Part("dali_loader", "bench_dali_loader", ("--device", device, "--images", images, "--batch-size", "128",
                                                   "--workers", workers), 240, needs=("nvidia.dali",)),
         Part("dali_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "dali", *r50, "--compile",
-                                                     "--steps", "20", "--skip", "5", "--workers", workers,
-                                                     "--images", images), 300, needs=("nvidia.dali",)),
+                                                     *E2E_STEPS, "--workers", workers, "--images", images), 300,
+             needs=("nvidia.dali",)),
     ]
 
 

@@ -103,8 +103,19 @@ def sample_colour_params(view: ViewRecipe, batch_size: int,
 # Each works in place on a float (n, 3, H, W) tensor on the 0..1 scale and per-sample (n,)
 # parameters already on its device, and returns it.
 
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CPU tensor on ``device`` without stopping the host: to a GPU through pinned memory,
+    since a copy from pageable memory first waits for all the work queued on the stream (in
+    a training loop, the previous step), which would leave the GPU idle while the host then
+    queues the colour pass and the next step."""
+    t = t if dtype is None else t.to(dtype)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return values.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, 1, 1, 1)
+    return to_device(values, x.device, x.dtype).view(-1, 1, 1, 1)
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
@@ -148,9 +159,8 @@ def adjust_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     chroma = maxc - minc
     # chroma 0 means r = g = b: every numerator below is then 0 too
     inv6 = chroma.clamp(min=1e-12).reciprocal_().mul_(1.0 / 6.0)
-    hue = torch.addcmul(torch.tensor(4.0 / 6.0, device=x.device), r - g, inv6)         # max is b only
-    hue.lerp_(torch.addcmul(torch.tensor(2.0 / 6.0, device=x.device), b - r, inv6),    # max is g (not r)
-              torch.eq(maxc, g, out=torch.empty_like(maxc)))
+    hue = (r - g).mul_(inv6).add_(4.0 / 6.0)                                            # max is b only
+    hue.lerp_((b - r).mul_(inv6).add_(2.0 / 6.0), torch.eq(maxc, g, out=torch.empty_like(maxc)))  # max is g (not r)
     hue.lerp_((g - b).mul_(inv6), torch.eq(maxc, r, out=torch.empty_like(maxc)))        # max is r
     # in turns, shifted; + 1 keeps the argument of frac positive (|shift| <= 0.5, hue >= -1/6)
     hue.add_(_per_sample(shift, x).view(-1, 1, 1) + 1.0)
@@ -174,7 +184,7 @@ def solarize_(x: torch.Tensor, threshold: float) -> torch.Tensor:
 def gaussian_kernels(sigma: torch.Tensor, radius: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """(n, 2 * radius + 1) normalised Gaussian kernels, one per sigma."""
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    s = sigma.to(device=device, dtype=dtype).view(-1, 1)
+    s = to_device(sigma, torch.device("cpu") if device is None else torch.device(device), dtype).view(-1, 1)
     k = torch.exp(-0.5 * (t / s) ** 2)
     return k / k.sum(dim=1, keepdim=True)
 
@@ -218,7 +228,7 @@ def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor, truncate: float = 3.0) 
         if len(members) == len(radii):
             x.copy_(gaussian_blur(x, sigma, radius))
         else:
-            idx = torch.tensor(members, device=x.device)
+            idx = to_device(torch.tensor(members), x.device)
             x.index_copy_(0, idx, gaussian_blur(x.index_select(0, idx), sigma[members], radius))
     return x
 
@@ -233,7 +243,7 @@ def _on_subset(x: torch.Tensor, mask: torch.Tensor, fn) -> None:
     if len(members) == len(mask):
         fn(x, slice(None))
         return
-    idx = members.to(x.device, non_blocking=True)
+    idx = to_device(members, x.device)
     sub = x.index_select(0, idx)
     fn(sub, members)
     x.index_copy_(0, idx, sub)
@@ -268,7 +278,7 @@ def normalise(x01: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
     scale = torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1)
     dev = x01.device
-    torch.addcmul(shift.to(dev, non_blocking=True), x01, scale.to(dev, non_blocking=True), out=out)
+    torch.addcmul(to_device(shift, dev), x01, to_device(scale, dev), out=out)
     return out
 
 

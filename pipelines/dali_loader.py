@@ -73,7 +73,7 @@ from PIL import Image
 
 from . import sampler
 from .batch import Batch, check_loader_options
-from .colour import ColourAugment
+from .colour import ColourAugment, to_device
 from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
@@ -585,8 +585,8 @@ class DaliLoader:
             if self.colour == "device":
                 x = self._colour_steps[v].apply(x, sampler.colour_params(params[:, v]))
             views.append(x)
-        coords = [sampler.coords_of(params[:, v]).to(dev, non_blocking=nb) for v in range(params.shape[1])]
-        index = torch.tensor(fed["index"], dtype=torch.int64).to(dev, non_blocking=nb)
+        coords = [to_device(sampler.coords_of(params[:, v]), dev) for v in range(params.shape[1])]
+        index = to_device(torch.tensor(fed["index"], dtype=torch.int64), dev)
         return (Batch(tuple(views), tuple(coords), index, int(fed["skipped"])),
                 tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1])))
 

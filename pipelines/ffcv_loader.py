@@ -48,7 +48,7 @@ from numba import set_parallel_chunksize
 
 from . import sampler
 from .batch import Batch, check_loader_options, keep_torch_threads
-from .colour import ColourAugment
+from .colour import ColourAugment, to_device
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .ffcv_writer import FFCV_INSTALL_HINT
@@ -475,9 +475,9 @@ class FFCVLoader:
         for v, (aug, size) in enumerate(zip(self.colour, self.sizes)):
             u = host[:, int(offsets[v]):int(offsets[v + 1])].view(-1, 3, size, size)
             views.append(aug.apply(u, sampler.colour_params(params[:, v])))
-        dev, nb = self.device, self.device.type == "cuda"
-        return Batch(tuple(views), tuple(c.to(dev, non_blocking=nb) for c in coords),
-                     torch.from_numpy(index).to(dev, non_blocking=nb), skipped), params
+        dev = self.device
+        return Batch(tuple(views), tuple(to_device(c, dev) for c in coords),
+                     to_device(torch.from_numpy(index), dev), skipped), params
 
     def __iter__(self) -> Iterator[Batch]:
         self._stop_active()

@@ -52,7 +52,7 @@ from .geometry import window_to_coords
 
 from . import resample, sampler
 from .batch import Batch, check_loader_options
-from .colour import ColourAugment, ColourParams
+from .colour import ColourAugment, ColourParams, to_device
 from .colour import apply_colour as apply_batch_colour
 from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
@@ -284,9 +284,19 @@ class _EpochPlan:
     def __len__(self) -> int:
         return max(self.num_batches() - self.cursor.start_batch, 0)
 
+    run_on = False   # set by a loader whose workers outlive a pass: see TorchLoader.__iter__
+
     def __iter__(self):
         # the DataLoader may ask more than once per pass: each call reads the same cursor
+        if self.run_on:
+            return self._from(self.cursor.epoch, self.cursor.start_batch)
         return self._batches(self.cursor.epoch, self.cursor.start_batch)
+
+    def _from(self, epoch: int, start: int):
+        """Epoch ``epoch`` from batch ``start``, then every following epoch from its first batch."""
+        while True:
+            yield from self._batches(epoch, start)
+            epoch, start = epoch + 1, 0
 
     def _batches(self, epoch: int, start: int):
         order = epoch_order(self.n, self.seed, epoch, self.shuffle)
@@ -401,7 +411,7 @@ def normalise_uint8(views: torch.Tensor, mean, std) -> torch.Tensor:
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).repeat(w)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).repeat(w)
     x = views.reshape(b * h, w * c).float()
-    torch.addcmul(shift.to(x.device, non_blocking=True), x, scale.to(x.device, non_blocking=True), out=x)
+    torch.addcmul(to_device(shift, x.device), x, to_device(scale, x.device), out=x)
     return x.view(b, h, w, c).permute(0, 3, 1, 2)  # NHWC memory = channels-last NCHW
 
 
@@ -434,6 +444,11 @@ class TorchLoader:
             collate_fn=_no_collate, pin_memory=pin_memory,
             prefetch_factor=(prefetch_factor or 2) if workers else None,
             persistent_workers=(workers if persistent_workers is None else persistent_workers and workers))
+        # persistent workers read on into the next epoch while this one is consumed: one stream
+        # of batches across passes, so an epoch's end costs no stall (see __iter__)
+        self.plan.run_on = self._loader.persistent_workers
+        self._stream = None
+        self._stream_at: tuple[int, int] | None = None   # (epoch, batch) the stream yields next
         self.corrupt = CorruptFiles(on_corrupt)
         self.device_colour = [ColourAugment(v, recipe.mean, recipe.std, reuse_outputs=True) for v in recipe.views]
         self.last_params: np.ndarray | None = None
@@ -461,11 +476,27 @@ class TorchLoader:
         return Batch(tuple(views), tuple(coords[:, k] for k in range(coords.shape[1])),
                      index.to(dev, non_blocking=nb), int(skipped)), drawn
 
-    def __iter__(self) -> Iterator[Batch]:
-        self.plan.cursor.begin_pass()
+    def _raw_batches(self, epoch: int, start: int) -> Iterator:
+        """The pass's raw batches. With persistent workers they come from one stream that runs
+        on into the following epochs, so the workers prepare the next epoch's first batches
+        while this one ends; a pass that does not start where the stream stands (a
+        ``set_epoch`` elsewhere, an abandoned pass) starts the stream again there."""
         if self.num_workers > 0 and getattr(self._loader, "_iterator", None) is None:
             gc.collect()  # finalise garbage here, not in the workers about to be forked (a finaliser may hang there)
-        made = (self._to_batch(raw) for raw in self._loader)
+        if not self.plan.run_on:
+            yield from self._loader
+            return
+        if self._stream is None or self._stream_at != (epoch, start):
+            self._stream = iter(self._loader)   # (re)starts the sampler at the cursor
+        last = self.plan.num_batches() - 1
+        for b in range(start, last + 1):
+            raw = next(self._stream)
+            self._stream_at = (epoch + 1, 0) if b == last else (epoch, b + 1)
+            yield raw
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.plan.cursor.begin_pass()
+        made = (self._to_batch(raw) for raw in self._raw_batches(epoch, start))
         # on a CPU device the colour pass runs in a thread beside the consumer
         thread = "torch-colour" if self.colour == "device" and self.device.type == "cpu" else None
         try:
@@ -480,6 +511,7 @@ class TorchLoader:
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self._loader._iterator = None
+        self._stream = self._stream_at = None
 
 
 def build_torch_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, chart
+from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, bench_torch_loader, chart
+from benchmarks.common import batches_forever, steady_rate
 from pixpro_fast.hardware import native_precisions
 from sample_data import jpeg_folder
 from pixpro_fast.metrics import verdict
@@ -147,6 +148,66 @@ def test_summarise_synthetic_timings():
         bench_end_to_end.summarise([0.1], [0.2, 0.3], 4)
     with pytest.raises(ValueError):
         bench_end_to_end.summarise([], [], 4)
+
+
+def test_steady_rate_is_the_slope_not_the_first_burst():
+    # even arrivals: the rate is exact
+    assert close(steady_rate([0.5 + 0.1 * i for i in range(10)], 8), 80.0)
+    # 4 workers finishing together every 0.4 s: 10 batches/s. A clock stopped after the first
+    # burst (3 batches in 0 s) would say infinity; the slope over five bursts is within 10%
+    bursts = [0.4 * (i // 4) + 1e-4 * (i % 4) for i in range(20)]
+    assert abs(steady_rate(bursts, 1) / 10.0 - 1) < 0.1
+    with pytest.raises(ValueError):
+        steady_rate([1.0], 8)
+    with pytest.raises(ValueError):
+        steady_rate([2.0, 1.0, 0.0], 8)
+
+
+def test_batches_forever_runs_across_epochs_with_their_own_order():
+    class Loader:
+        def __init__(self):
+            self.epochs = []
+
+        def set_epoch(self, e):
+            self.epochs.append(e)
+
+        def __iter__(self):
+            e = self.epochs[-1]
+            return iter([(e, 0), (e, 1)])
+
+    loader = Loader()
+    stream = batches_forever(loader)
+    got = [next(stream) for _ in range(5)]
+    assert got == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)] and loader.epochs == [0, 1, 2]
+    assert [next(batches_forever([1, 2])) for _ in range(2)] == [1, 1]   # no set_epoch: a plain iterable
+
+
+def test_end_to_end_runs_past_an_epoch_and_reports_the_feed_rate(tmp_path):
+    """More steps than one pass holds: the run goes on into the next epoch instead of being
+    skipped, and the loader's own rate (no step) stands beside the step's."""
+    data = image_folder(tmp_path / "data", n=12)
+    result = bench_end_to_end.run(data, ("torch",), arch="resnet18", image_size=32, batch_size=4, steps=5, skip=1,
+                                  precision="fp32", workers=1, proj_hidden_dim=64, log=lambda *a: None)
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert not result["skipped"] and set(rows) == {"synthetic", "torch"}
+    torch_row = rows["torch"]
+    assert len(torch_row["waits"]) == 5   # 6 batches from a folder of 3
+    assert torch_row["feed_images_per_s"] > 0 and "feed_images_per_s" not in rows["synthetic"]
+    assert close(torch_row["feed_vs_compute_ceiling"],
+                 torch_row["feed_images_per_s"] / rows["synthetic"]["images_per_s"])
+    assert "feed_vs_compute_ceiling" in bench_end_to_end.table(result)
+
+
+def test_epoch_turn_benchmark_counts_each_wait_once_per_mode(tmp_path):
+    from benchmarks import bench_epoch_turn
+    data = image_folder(tmp_path / "data", n=12)
+    result = bench_epoch_turn.run(data, batch_size=4, image_size=32, workers=1, epochs=2, rounds=1, log=lambda *a: None)
+    assert result["batches_per_epoch"] == 3 and result["step_s"] > 0
+    assert [r["mode"] for r in result["rows"]] == list(bench_epoch_turn.MODES)
+    for r in result["rows"]:
+        assert len(r["turn_waits_s"]) == 2 and len(r["inside_waits_s"]) == 2 * 2
+        waited = sum(r["turn_waits_s"]) + sum(r["inside_waits_s"])
+        assert close(r["wait_fraction"], waited / (waited + 6 * result["step_s"]))
 
 
 # -- FLOP counting ----------------------------------------------------------------------------
@@ -364,7 +425,9 @@ def test_every_gpu_plan_part_parses_with_its_benchmark(monkeypatch, tmp_path):
         with pytest.raises(_Parsed) as parsed:
             importlib.import_module("benchmarks.bench_torch_loader").main([*gpu_plan.command(part, tmp_path)[3:]])
         ns = parsed.value.args[0]
-        assert ns.workers == int(cores) and ns.images >= (ns.batches + 2 * ns.workers + 2) * ns.batch_size
+        timed = bench_torch_loader.timed_batches(ns.batches, ns.workers)
+        assert timed >= 4 * ns.workers
+        assert ns.workers == int(cores) and ns.images >= (timed + 2 * ns.workers + 2) * ns.batch_size
 
 
 def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path):

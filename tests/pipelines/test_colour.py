@@ -156,6 +156,27 @@ def test_full_view_matches_torchvision_chain(device, engine, dtype_in):
     close(got, want, 4 * TOL / min(IMAGENET_STD))  # normalisation scales errors by 1/std
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_colour_pass_copies_only_from_pinned_memory(monkeypatch):
+    """Every host-to-GPU copy of the pass (per-sample factors, subsets, blur sigmas,
+    normalisation constants) comes from pinned memory: a copy from pageable memory would
+    first wait for all the GPU work queued before it (the previous training step)."""
+    src = (images(b=16, h=32, w=40, seed=1) * 255).round().to(torch.uint8).cuda()
+    copies = []
+    to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        out = to(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type == "cuda":
+            copies.append(self.is_pinned())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    apply_colour(src, mixed_params(16), 128, IMAGENET_MEAN, IMAGENET_STD, engine="torch")
+    torch.cuda.synchronize()
+    assert copies and all(copies), copies
+
+
 def test_chunking_and_input_layout_do_not_change_the_result():
     b = 11
     x = (images(b=b, seed=2) * 255).round().to(torch.uint8)

@@ -343,6 +343,50 @@ def test_resume_continues_the_sequence(small_dir):
         loader.set_epoch(0, 6)
 
 
+class _CountedStarts:
+    """A DataLoader stand-in that counts how often a pass (re)starts its batch stream."""
+
+    def __init__(self, loader):
+        object.__setattr__(self, "loader", loader)
+        object.__setattr__(self, "starts", 0)
+
+    def __iter__(self):
+        object.__setattr__(self, "starts", self.starts + 1)
+        return iter(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.loader, name, value)
+
+
+def test_persistent_workers_read_on_into_the_next_epoch(small_dir):
+    """With persistent workers one stream of batches runs across passes (the workers start the
+    next epoch while this one ends); the batches are those of separate passes, and a pass that
+    starts elsewhere (set_epoch, after an abandoned pass) restarts the stream there."""
+    kw = dict(batch_size=2, image_size=32, seed=1)
+    ref = build_loader("torch", small_dir, num_workers=0, **kw)
+    loader = build_loader("torch", small_dir, num_workers=2, **kw)
+    assert loader.plan.run_on and not ref.plan.run_on
+    spy = loader._loader = _CountedStarts(loader._loader)
+    starts = []
+    for step in ("pass", "pass", (1, 3), "pass", "partial", "pass"):
+        if isinstance(step, tuple):
+            loader.set_epoch(*step)
+            ref.set_epoch(*step)
+        if step == "partial":
+            got, want = [next(iter(loader))], [next(iter(ref))]
+        else:
+            got, want = list(loader), list(ref)
+        assert len(got) == len(want) > 0 and all(_same(x, y) for x, y in zip(got, want)), step
+        starts.append(spy.starts)
+    # epoch 0, epoch 1 read on; set_epoch(1, 3) restarts; epoch 2 reads on; the partial pass of
+    # epoch 3 reads on; the pass after it (epoch 4) restarts (an abandoned pass stops the workers)
+    assert starts == [1, 1, 2, 2, 2, 3]
+    assert ref.plan.cursor.epoch == loader.plan.cursor.epoch == 4
+
+
 def test_resume_offset_holds_on_a_fresh_loader_with_workers(small_dir):
     """A resumed run's first pass is the first pass of a new DataLoader, which asks its
     sampler for an iterator twice: the offset must survive both calls."""
