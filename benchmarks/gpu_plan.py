@@ -4,6 +4,7 @@ limit, so that one part that hangs, fails or lacks its library costs only itself
     python -m benchmarks.gpu_plan --out gpu_out                 # every part, in the order below
     python -m benchmarks.gpu_plan --parts step_levers,methods   # a subset (one call per GPU lease)
     python -m benchmarks.gpu_plan --list                        # the parts, their commands and limits
+    python -m benchmarks.gpu_plan --budget-s 540                # every part that fits in 9 minutes
 
 Parts (ResNet-50 and ViT-S/16 at 224 px, batch 128, as in RESULTS.md's GPU section):
 
@@ -143,9 +144,17 @@ def _stop_on_sigterm(signum, frame):
     raise Stopped(f"signal {signum}")
 
 
-def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 4000) -> dict:
+MIN_PART_S = 60   # under this much of the budget left, a part is not started
+
+
+def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 4000,
+             budget_s: float | None = None) -> dict:
     """Run ``parts`` one after another, each in its own process with its own limit; never raises
-    for a part's failure. Returns (and writes to ``out/gpu_plan.json``) one record per part."""
+    for a part's failure. Returns (and writes to ``out/gpu_plan.json``) one record per part.
+
+    ``budget_s``: the plan's whole time (a device lease): a part's limit is cut to what is
+    left of it, and once less than ``MIN_PART_S`` is left the remaining parts are skipped."""
+    start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -158,14 +167,20 @@ def run_plan(parts: list[Part], out: str | Path, log=print, tail_chars: int = 40
         cmd = command(part, out)
         record = {"part": part.name, "command": " ".join(cmd[1:]), "timeout_s": part.timeout_s}
         lib = missing_library(part)
+        left = None if budget_s is None else budget_s - (time.perf_counter() - start)
         if lib:
             record.update(status="skipped", reason=f"{lib} is not installed")
             log(f"[{part.name}] skipped: {lib} is not installed")
+        elif left is not None and left < MIN_PART_S:
+            record.update(status="skipped", reason=f"{max(left, 0):.0f} s of the {budget_s:.0f} s budget left")
+            log(f"[{part.name}] skipped: {record['reason']}")
         else:
-            log(f"[{part.name}] {record['command']}  (limit {part.timeout_s} s)")
+            limit = part.timeout_s if left is None else min(part.timeout_s, int(left))
+            record["timeout_s"] = limit
+            log(f"[{part.name}] {record['command']}  (limit {limit} s)")
             t0 = time.perf_counter()
             try:
-                output, rc = run_with_limit(cmd, part.timeout_s)
+                output, rc = run_with_limit(cmd, limit)
             except (Stopped, KeyboardInterrupt) as exc:   # keep what the earlier parts measured
                 record.update(status="interrupted", reason=str(exc) or type(exc).__name__,
                               seconds=round(time.perf_counter() - t0, 1))
@@ -199,6 +214,9 @@ def main(argv=None):
     ap.add_argument("--parts", default=None, help="comma-separated subset, in the order given (default: all)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--list", action="store_true", help="print the parts and their commands, run nothing")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="the whole plan's seconds (a device lease): each part's limit is cut to what is left, "
+                         f"and parts are skipped once under {MIN_PART_S} s remain")
     args = ap.parse_args(argv)
     parts = select(gpu_parts(args.device), args.parts)
     if args.list:
@@ -208,7 +226,7 @@ def main(argv=None):
         return None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)   # a job limit's SIGTERM kills the running part too
     try:
-        result = run_plan(parts, args.out)
+        result = run_plan(parts, args.out, budget_s=args.budget_s)
     except (Stopped, KeyboardInterrupt) as exc:
         print(f"stopped ({exc or type(exc).__name__}); what finished is in {Path(args.out) / 'gpu_plan.json'}",
               file=sys.stderr)

@@ -451,6 +451,22 @@ def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path)
         select(gpu_parts(), "methods,step_lever")
 
 
+def test_gpu_plan_budget_cuts_the_last_limit_and_skips_what_no_longer_fits(tmp_path, monkeypatch):
+    from benchmarks import gpu_plan
+    sleeper = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"]
+    monkeypatch.setattr(gpu_plan, "command", lambda part, out: sleeper)
+    monkeypatch.setattr(gpu_plan, "MIN_PART_S", 1)
+    parts = [gpu_plan.Part("first", "none", (), 2), gpu_plan.Part("cut", "none", (), 120),
+             gpu_plan.Part("late", "none", (), 120)]
+    t0 = time.perf_counter()
+    result = gpu_plan.run_plan(parts, tmp_path, log=lambda *a: None, budget_s=4.5)
+    status = {r["part"]: r for r in result["parts"]}
+    assert status["first"]["status"] == "timed out" and status["first"]["timeout_s"] == 2
+    assert status["cut"]["status"] == "timed out" and status["cut"]["timeout_s"] in (1, 2)   # what was left
+    assert status["late"]["status"] == "skipped" and "budget left" in status["late"]["reason"]
+    assert time.perf_counter() - t0 < 15
+
+
 def _part_with_a_child(pid_file: Path) -> str:
     """A script standing in for a part: it starts a child that does not share its output (as
     loader or compile workers may), writes the child's pid, says 'started' and sleeps."""
