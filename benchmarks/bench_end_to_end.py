@@ -27,7 +27,8 @@ from pixpro_fast.engine import Trainer
 from pixpro_fast.hardware import native_precisions, resolve_precision
 from pixpro_fast.metrics import verdict
 
-from .common import batches_forever, steady_rate, sync, table_with_skips, write_json
+from .bench_torch_loader import images_per_second
+from .common import batches_forever, sync, table_with_skips, write_json
 
 
 def summarise(waits: list[float], computes: list[float], batch_size: int, loader: str | None = None,
@@ -66,21 +67,6 @@ def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], l
     return waits, computes
 
 
-def feed_rate(loader, batches: int, skip: int, batch_size: int, device="cpu") -> float:
-    """Images/sec the loader alone sustains (no step; on a GPU each batch's device work, the
-    colour pass included, is waited for): the slope of the arrival times after ``skip``
-    batches (:func:`~benchmarks.common.steady_rate`)."""
-    stream = batches_forever(loader)
-    arrivals = []
-    for i in range(skip + batches):
-        next(stream)
-        sync(device)
-        if i >= skip:
-            arrivals.append(time.perf_counter())
-    stream.close()
-    return steady_rate(arrivals, batch_size)
-
-
 def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", image_size: int = 128,
         batch_size: int = 32, steps: int = 8, skip: int = 2, precision: str = "auto", channels_last: bool = True,
         compiled: bool = False, workers: int | None = None, device: str = "cpu", proj_hidden_dim: int = 4096,
@@ -116,7 +102,7 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
                    "waits": waits,
                    "computes": computes}
             if backend != "synthetic":   # the same loader without the step: what it could deliver
-                row["feed_images_per_s"] = feed_rate(loader, steps, skip, batch_size, device)
+                row["feed_images_per_s"] = images_per_second(loader, batch_size, skip, steps, device)
             rows.append(row)
             log(f"  end-to-end {backend}: {row['verdict'].split(' (')[0]}")
             del trainer, loader

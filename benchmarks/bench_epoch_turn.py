@@ -30,20 +30,13 @@ def consume(loader, epochs: int, step_s: float, device="cpu") -> tuple[list[floa
     turns, inside = [], []
     for epoch in range(epochs + 1):
         loader.set_epoch(epoch)
-        it = iter(loader)
-        first = True
-        while True:
-            t0 = time.perf_counter()
-            try:
-                next(it)
-            except StopIteration:
-                break
+        t0 = time.perf_counter()
+        for i, _ in enumerate(loader):
             sync(device)
-            wait = time.perf_counter() - t0
             if epoch > 0:
-                (turns if first else inside).append(wait)
-            first = False
+                (inside if i else turns).append(time.perf_counter() - t0)
             time.sleep(step_s)
+            t0 = time.perf_counter()
     return turns, inside
 
 

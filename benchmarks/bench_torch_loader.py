@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.baseline_loader import build_baseline_loader
-from benchmarks.common import markdown_table, steady_rate, sync, write_json
+from benchmarks.common import batches_forever, markdown_table, steady_rate, sync, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
@@ -64,7 +64,7 @@ def images_per_second(loader, batch_size: int, warmup: int, batches: int, device
     stopped after a few batches times a burst. For evenly spaced arrivals the slope is the
     clock's rate. On a GPU each batch's device work (colour, copies) is waited for, not only
     queued."""
-    it = iter(loader)
+    it = batches_forever(loader)
     for _ in range(warmup):
         next(it)
     sync(device)
@@ -73,7 +73,7 @@ def images_per_second(loader, batch_size: int, warmup: int, batches: int, device
         next(it)
         sync(device)
         arrivals.append(time.perf_counter())
-    del it
+    it.close()
     return steady_rate(arrivals, batch_size)
 
 

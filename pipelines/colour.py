@@ -184,7 +184,7 @@ def solarize_(x: torch.Tensor, threshold: float) -> torch.Tensor:
 def gaussian_kernels(sigma: torch.Tensor, radius: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """(n, 2 * radius + 1) normalised Gaussian kernels, one per sigma."""
     t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    s = to_device(sigma, torch.device("cpu") if device is None else torch.device(device), dtype).view(-1, 1)
+    s = to_device(sigma, torch.device(device or "cpu"), dtype).view(-1, 1)
     k = torch.exp(-0.5 * (t / s) ** 2)
     return k / k.sum(dim=1, keepdim=True)
 

@@ -573,7 +573,6 @@ class DaliLoader:
 
     def _to_batch(self, out: dict, fed: dict) -> tuple[Batch, tuple[torch.Tensor, ...]]:
         dev = self.device
-        nb = dev.type == "cuda"
         params = fed["params"]
         views = []
         cut = self._cut_views(out, fed) if self.host_crop else None
@@ -581,7 +580,7 @@ class DaliLoader:
             # NHWC memory seen as NCHW = channels-last, no copy
             x = cut[v] if cut is not None else out[name].permute(0, 3, 1, 2)
             if x.device != dev:
-                x = x.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last)
+                x = to_device(x, dev).contiguous(memory_format=torch.channels_last)
             if self.colour == "device":
                 x = self._colour_steps[v].apply(x, sampler.colour_params(params[:, v]))
             views.append(x)

@@ -463,18 +463,18 @@ class TorchLoader:
         views, coords, index, skipped, bad, drawn = raw
         for path, reason in bad:
             self.corrupt.report(path, reason)
-        dev, nb = self.device, self.device.type == "cuda"
+        dev = self.device
         mean, std = self.recipe.mean, self.recipe.std
-        coords = coords.to(dev, non_blocking=nb)
+        coords = to_device(coords, dev)   # already pinned where the DataLoader pins: then no copy
         if self.colour == "device":  # uint8 crops: colour work batched on the training device
-            views = [aug.apply(v.to(dev, non_blocking=nb), sampler.colour_params(drawn[:, k]))
+            views = [aug.apply(to_device(v, dev), sampler.colour_params(drawn[:, k]))
                      for k, (v, aug) in enumerate(zip(views, self.device_colour))]
         elif views[0].dtype == torch.uint8:
-            views = [normalise_uint8(v.to(dev, non_blocking=nb), mean, std) for v in views]
+            views = [normalise_uint8(to_device(v, dev), mean, std) for v in views]
         else:  # colour work and normalisation done in the worker; channels-last kept (a no-op copy-wise)
-            views = [v.to(dev, non_blocking=nb).contiguous(memory_format=torch.channels_last) for v in views]
+            views = [to_device(v, dev).contiguous(memory_format=torch.channels_last) for v in views]
         return Batch(tuple(views), tuple(coords[:, k] for k in range(coords.shape[1])),
-                     index.to(dev, non_blocking=nb), int(skipped)), drawn
+                     to_device(index, dev), int(skipped)), drawn
 
     def _raw_batches(self, epoch: int, start: int) -> Iterator:
         """The pass's raw batches. With persistent workers they come from one stream that runs
