@@ -35,6 +35,7 @@ from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTENTION_KERNELS = ("auto", "math")
 VIT_METHODS = ("loca",)        # the methods whose encoder is a ViT; every other one takes a ResNet
 PRESETS_DIR = Path(__file__).parent / "configs"
 RESUME_RULES = ("refuse", "apply")
@@ -171,6 +172,9 @@ class TrainConfig:
     precision: str = _opt("auto", "auto (bf16 where this GPU or CPU has native bf16, else fp32), fp32, bf16 or fp16",
                           choices=PRECISIONS)
     channels_last: bool = _opt(True, "channels-last memory format for the model and views", "apply")
+    attention: str = _opt("auto", "attention kernel of the ViTs: auto (torch's choice) or math (matmul, softmax, "
+                          "matmul; faster on a CPU for short token sequences in bf16)", "apply",
+                          choices=ATTENTION_KERNELS)
     compile: bool = _opt(False, "torch.compile the model (slow first steps, faster later)", "apply")
     compile_mode: str = _opt("default", "torch.compile mode when compiling; the other two tune kernels (much longer "
                              "compilation) or capture CUDA graphs", "apply",

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import ATTENTION_KERNELS, ConfigError, TrainConfig
 from .hardware import resolve_precision
 from .methods import build_method
 from .momentum import momentum_at
@@ -50,6 +50,27 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def attention_kernel(name: str):
+    """The context that picks the kernel of every ``scaled_dot_product_attention`` inside it
+    (timm's ViT blocks, ``nn.MultiheadAttention``): ``auto`` leaves torch's choice, ``math``
+    forces the plain matmul-softmax-matmul path. On a CPU torch's choice is its flash kernel,
+    whose backward in bf16 is slow for the short sequences of small views (LOCA at 128 px:
+    the whole step 1.4x faster with ``math``; ``benchmarks.bench_attention``)."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; expected one of {ATTENTION_KERNELS}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+@contextlib.contextmanager
+def forward_context(device: torch.device, precision: str, attention: str = "auto"):
+    """Where a training forward runs: the run's autocast precision and attention kernel."""
+    with autocast(device, precision), attention_kernel(attention):
+        yield
 
 
 def build_loader_for(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1, log=None):
@@ -115,8 +136,9 @@ class Training:
         self.method.update_target(self.momentum_at(step))
 
     def autocast(self):
-        """The autocast context of this run's precision (none for fp32)."""
-        return autocast(self.device, self.precision)
+        """The context of this run's forward: its autocast precision (none for fp32) and its
+        attention kernel (``cfg.attention``)."""
+        return forward_context(self.device, self.precision, self.cfg.attention)
 
     def loss(self, batch) -> torch.Tensor:
         """The method's loss on one batch of the loader (call inside :meth:`autocast`)."""
