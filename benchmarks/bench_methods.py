@@ -29,13 +29,14 @@ MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 
 
 def method_step(method: str, arch: str, image_size: int, batch_size: int, device: str, precision: str,
-                channels_last: bool = True, vit_arch: str = "vit_tiny_patch16"):
-    """A closure running one engine training step of ``method`` on a fixed synthetic batch."""
+                channels_last: bool = True, vit_arch: str = "vit_tiny_patch16", **settings):
+    """A closure running one engine training step of ``method`` on a fixed synthetic batch
+    (``settings``: further config fields, e.g. ``attention="math"``)."""
     arch = vit_arch if method in VIT_METHODS else arch
     cfg = TrainConfig.from_file(method).replace(
         arch=arch, image_size=image_size, batch_size=batch_size, device=device, precision=precision,
         channels_last=channels_last, tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False,
-        out="bench_out/unused")
+        out="bench_out/unused", **settings)
     loader = SyntheticLoader(batch_size, image_size, get_recipe(cfg.recipe), device=device, batches_per_epoch=1)
     trainer = Trainer(cfg, loader=loader)
     batch = next(iter(loader))

@@ -526,3 +526,15 @@ def test_gpu_plan_stopped_by_sigterm_kills_the_running_part_and_keeps_the_record
     assert [(r["part"], r["status"]) for r in record] == [("sleeper", "interrupted")]
     child = int(pid_file.read_text())
     assert _ended(child), f"the part's child process {child} outlived the plan"
+
+
+def test_bench_attention_times_both_kernels_side_by_side(tmp_path):
+    from benchmarks import bench_attention
+    result = bench_attention.main(["--image-sizes", "32", "--precisions", "fp32,fp32", "--batch-size", "2",
+                                   "--iters", "1", "--device", "cpu", "--out", str(tmp_path)])
+    [row] = result["rows"]                      # a precision asked twice is timed once
+    assert (row["arch"], row["image_size"], row["tokens"], row["precision"]) == ("vit_tiny_patch16", 32, 4, "fp32")
+    assert row["auto_s"] > 0 and row["math_s"] > 0
+    assert row["math_speedup"] == pytest.approx(row["auto_s"] / row["math_s"])
+    saved = json.loads((tmp_path / "attention.json").read_text())
+    assert saved["rows"] == result["rows"] and "machine" in saved

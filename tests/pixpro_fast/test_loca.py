@@ -318,3 +318,42 @@ def test_export_of_a_loca_checkpoint_loads_into_timm(tmp_path):
     model.load_state_dict(torch.load(paths[0], weights_only=True), strict=True)   # no missing backbone keys
     trained = torch.load(res.checkpoint, weights_only=False)["model"]
     assert torch.equal(model.pos_embed, trained["online.encoder.vit.pos_embed"])
+
+
+# ---------------------------------------------------------------- attention kernel
+
+def test_math_attention_gives_the_same_loss_and_gradients():
+    from pixpro_fast.training import attention_kernel
+    torch.manual_seed(0)
+    model = LOCA(stochastic_depth=0.0, **SMALL)
+    views, coords = small_batch(2)
+    masks = model.draw_masks(2, 16, generator=torch.Generator().manual_seed(5))
+    loss, grads = _loss_and_grads(model, views, coords, masks)
+    with attention_kernel("math"):
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        loss_math, grads_math = _loss_and_grads(model, views, coords, masks)
+    assert torch.backends.cuda.flash_sdp_enabled()           # restored on leaving
+    torch.testing.assert_close(loss_math, loss, rtol=1e-5, atol=1e-6)
+    assert grads_math.keys() == grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_math[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        attention_kernel("flash")
+
+
+@pytest.mark.parametrize("attention", ["auto", "math"])
+def test_the_engine_runs_the_forward_under_the_configured_attention_kernel(attention, tmp_path):
+    from pipelines.recipe import get_recipe
+    from pipelines.synthetic import SyntheticLoader
+    from pixpro_fast.config import TrainConfig
+    from pixpro_fast.engine import Trainer
+    cfg = TrainConfig.from_file("loca").replace(
+        arch="vit_tiny_patch16", image_size=64, batch_size=2, device="cpu", precision="fp32", attention=attention,
+        proj_hidden_dim=32, num_prototypes=64, tensorboard=False, resume=False,
+        out=str(tmp_path))
+    loader = SyntheticLoader(2, 64, get_recipe(cfg.recipe), device="cpu", batches_per_epoch=1)
+    trainer = Trainer(cfg, loader=loader)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.flash_sdp_enabled()))
+    trainer._train_step([next(iter(loader))])
+    assert seen == [attention == "auto"]

@@ -1,0 +1,74 @@
+"""The LOCA training step with each attention kernel (``--attention auto`` against ``math``),
+timed side by side in one run on the same synthetic batch: which kernel a ViT should use on
+this device, at each image size and precision.
+
+On a CPU, ``auto`` is torch's flash kernel. Small views give short token sequences (a 128 px
+view is 64 tokens, a focal view 9-16), where its bf16 backward costs more than the plain
+matmul-softmax-matmul path. ``tokens`` is the token count of a full view at that size.
+
+    python -m benchmarks.bench_attention --vit-archs vit_tiny_patch16 --image-sizes 128,224
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from pixpro_fast.config import ATTENTION_KERNELS
+from pixpro_fast.hardware import resolve_precision
+
+from .bench_methods import method_step
+from .common import markdown_table, time_interleaved, write_json
+
+PATCH = 16
+
+
+def run(vit_archs=("vit_tiny_patch16",), image_sizes=(128, 224), precisions=("auto", "fp32"), batch_size=32,
+        device="cpu", iters=5, log=print) -> dict:
+    # "auto" resolves to fp32 on a CPU without native bf16: time each resolved precision once
+    resolved = list(dict.fromkeys(resolve_precision(p, device, warn=False) for p in precisions))
+    rows = []
+    for arch in vit_archs:
+        for size in image_sizes:
+            for precision in resolved:
+                steps = {k: method_step("loca", arch, size, batch_size, device, precision, vit_arch=arch, attention=k)
+                         for k in ATTENTION_KERNELS}
+                times = time_interleaved(steps, device, warmup=2, iters=iters)
+                row = {"arch": arch, "image_size": size, "tokens": (size // PATCH) ** 2, "precision": precision,
+                       **{f"{k}_s": times[k] for k in ATTENTION_KERNELS},
+                       "math_speedup": times["auto"] / times["math"]}
+                rows.append(row)
+                log(f"{arch} {size} px {precision}: auto {times['auto']:.3f} s, math {times['math']:.3f} s "
+                    f"({row['math_speedup']:.2f}x)")
+    return {"device": device, "batch_size": batch_size, "iters": iters, "rows": rows}
+
+
+def table(result: dict) -> str:
+    return markdown_table(result["rows"], ["arch", "image_size", "tokens", "precision", "auto_s", "math_s",
+                                           "math_speedup"])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_attention", description=__doc__.splitlines()[0])
+    ap.add_argument("--vit-archs", default="vit_tiny_patch16", help="comma-separated ViTs")
+    ap.add_argument("--image-sizes", default="128,224", help="comma-separated view sizes (reference and query 0)")
+    ap.add_argument("--precisions", default="auto,fp32", help="comma-separated: auto, fp32, bf16, fp16")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(tuple(args.vit_archs.split(",")), tuple(int(s) for s in args.image_sizes.split(",")),
+                 tuple(args.precisions.split(",")), args.batch_size, args.device, args.iters)
+    print(f"LOCA step, batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads; "
+          "math_speedup = auto seconds / math seconds")
+    print(table(result))
+    print("wrote", write_json(args.out, "attention.json", result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
