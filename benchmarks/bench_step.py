@@ -221,9 +221,11 @@ def matmul_flops_per_sec(device: str = "cpu", dtype: torch.dtype = torch.bfloat1
 
 def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, settings: list[StepSetting] | None = None,
         device: str = "cpu", warmup: int = 2, iters: int = 5, proj_hidden_dim: int = 4096,
-        matmul_n: int | None = None, emulated: bool = False, log=print) -> dict:
+        matmul_n: int | None = None, emulated: bool = False, log=print, on_partial=None) -> dict:
     """Time every setting's PixPro and supervised steps in one interleaved run; one row per setting.
-    A precision this device only emulates is listed as skipped, with why, unless ``emulated``."""
+    A precision this device only emulates is listed as skipped, with why, unless ``emulated``.
+    ``on_partial`` gets the result of the rounds timed so far after each round but the last
+    (marked ``"partial": true``, with ``"rounds"``)."""
     settings = list(settings or settings_grid())
     if BASELINE not in settings:
         settings.insert(0, BASELINE)
@@ -257,8 +259,21 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
         fns[sup_key] = sup
     if ("pixpro", BASELINE) not in fns:
         raise RuntimeError(f"the fp32 eager baseline step failed on {device}: {skipped}")
-    times = time_interleaved(fns, device, warmup=warmup, iters=iters)
+    def result(times: dict) -> dict:
+        return {"device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
+                "proj_hidden_dim": proj_hidden_dim, "warmup": warmup, "iters": iters,
+                "flops_per_image": {"pixpro": flops_pix, "supervised": flops_sup, "ratio": flops_pix / flops_sup},
+                "matmul_flops_per_s": matmul, "skipped": skipped,
+                "rows": _rows(times, settings, arch, image_size, batch_size, device, flops_pix, flops_sup, matmul)}
 
+    def partial(times: dict, rounds: int) -> None:
+        if on_partial is not None:
+            on_partial({**result(times), "partial": True, "rounds": rounds})
+
+    return result(time_interleaved(fns, device, warmup=warmup, iters=iters, on_round=partial))
+
+
+def _rows(times, settings, arch, image_size, batch_size, device, flops_pix, flops_sup, matmul) -> list[dict]:
     base = times[("pixpro", BASELINE)]
     rows = []
     for s in settings:
@@ -279,10 +294,7 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
             "mfu_vs_bf16_matmul": pix_rate / matmul["bf16"],
             "supervised_mfu_vs_bf16_matmul": sup_rate / matmul["bf16"],
         })
-    return {"device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
-            "proj_hidden_dim": proj_hidden_dim, "warmup": warmup, "iters": iters,
-            "flops_per_image": {"pixpro": flops_pix, "supervised": flops_sup, "ratio": flops_pix / flops_sup},
-            "matmul_flops_per_s": matmul, "rows": rows, "skipped": skipped}
+    return rows
 
 
 def table(result: dict, absolute: bool = False) -> str:
@@ -322,7 +334,7 @@ def main(argv=None):
     else:
         settings = settings_grid(tuple(args.precisions.split(",")), args.compiled)
     result = run(args.arch, args.image_size, args.batch_size, settings, args.device, iters=args.iters,
-                 emulated=args.emulated)
+                 emulated=args.emulated, on_partial=lambda partial: write_json(args.out, "step.json", partial))
     print(table(result, absolute=args.device != "cpu"))
     print("wrote", write_json(args.out, "step.json", result))
     return result

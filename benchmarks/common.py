@@ -62,20 +62,28 @@ def time_call(fn: Callable[[], object], device="cpu", warmup: int = 3, iters: in
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device="cpu", warmup: int = 2,
-                     iters: int = 10) -> dict[str, float]:
+                     iters: int = 10, on_round: Callable[[dict, int], None] | None = None) -> dict[str, float]:
     """Median seconds per call of each function, timed in alternation (A, B, A, B, ...) so
-    that a noisy machine slows every contender alike: the ratios stay fair."""
+    that a noisy machine slows every contender alike: the ratios stay fair. ``on_round``
+    gets the medians so far and the rounds done after each round, so that a long run cut
+    off part-way still leaves its numbers."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(iters):
+    for done in range(1, iters + 1):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+        if on_round is not None and done < iters:
+            on_round(_medians(times), done)
+    return _medians(times)
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 

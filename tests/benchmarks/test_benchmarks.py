@@ -256,6 +256,27 @@ def test_step_levers_are_rows_beside_the_step_they_change():
             == rows["fp32/channels-last/eager"]["supervised_step_s"])
 
 
+def test_bench_step_writes_its_json_after_every_round(tmp_path, monkeypatch):
+    """A run cut off part-way (a lease's end) keeps the rounds it timed: step.json is written
+    after each round, marked partial, and the last write is the whole result."""
+    writes = []
+    real_write = bench_step.write_json
+
+    def recording_write(out, name, payload):
+        writes.append(json.loads(json.dumps(payload)))
+        return real_write(out, name, payload)
+    monkeypatch.setattr(bench_step, "write_json", recording_write)
+    monkeypatch.setattr(bench_step, "pixpro_flops_per_image", lambda *a, **k: 3e9)
+    monkeypatch.setattr(bench_step, "supervised_flops_per_image", lambda *a, **k: 1e9)
+    result = bench_step.main(["--image-size", "32", "--batch-size", "2", "--precisions", "fp32", "--compiled", "none",
+                              "--iters", "3", "--out", str(tmp_path)])
+    assert [w.get("partial") for w in writes] == [True, True, None]
+    assert [w["rounds"] for w in writes[:2]] == [1, 2]
+    assert all(w["rows"] and w["rows"][0]["setting"] == "fp32/contiguous/eager" for w in writes)
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert "partial" not in saved and saved["rows"] == json.loads(json.dumps(result["rows"]))
+
+
 def test_bench_step_only_needs_levers_and_known_names(capsys):
     for argv, needle in [(["--only", "max-autotune"], "--only needs --levers"),
                          (["--levers", "bf16", "--only", "max-autotune,graphs"], "unknown lever(s) graphs")]:
