@@ -173,7 +173,7 @@ class TrainConfig:
                           choices=PRECISIONS)
     channels_last: bool = _opt(True, "channels-last memory format for the model and views", "apply")
     attention: str = _opt("auto", "attention kernel of the ViTs: auto (torch's choice) or math (matmul, softmax, "
-                          "matmul; faster on a CPU for short token sequences in bf16)", "apply",
+                          "matmul; on a CPU faster for small views in bf16, see benchmarks.bench_attention)", "apply",
                           choices=ATTENTION_KERNELS)
     compile: bool = _opt(False, "torch.compile the model (slow first steps, faster later)", "apply")
     compile_mode: str = _opt("default", "torch.compile mode when compiling; the other two tune kernels (much longer "

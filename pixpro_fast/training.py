@@ -57,7 +57,8 @@ def attention_kernel(name: str):
     (timm's ViT blocks, ``nn.MultiheadAttention``): ``auto`` leaves torch's choice, ``math``
     forces the plain matmul-softmax-matmul path. On a CPU torch's choice is its flash kernel,
     whose backward in bf16 is slow for the short sequences of small views (LOCA at 128 px:
-    the whole step 1.4x faster with ``math``; ``benchmarks.bench_attention``)."""
+    the whole step 1.25-1.4x faster with ``math``; at 224 px slower; measure with
+    ``benchmarks.bench_attention``)."""
     if name == "auto":
         return contextlib.nullcontext()
     if name not in ATTENTION_KERNELS:
