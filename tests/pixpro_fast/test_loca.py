@@ -263,14 +263,27 @@ def _loss_and_grads(model, views, coords, masks):
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.online.named_parameters() if p.grad is not None}
 
 
+def _model_and_batch(b: int):
+    """A seeded small LOCA without stochastic depth, a batch of ``b`` and fixed masks."""
+    torch.manual_seed(0)
+    model = LOCA(stochastic_depth=0.0, **SMALL)
+    views, coords = small_batch(b)
+    return model, views, coords, model.draw_masks(b, 16, generator=torch.Generator().manual_seed(5))
+
+
+def _assert_same_loss_and_grads(got, want):
+    (loss, grads), (want_loss, want_grads) = got, want
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def _rank_worker(rank, world_size, init_file, result_file):
     import torch.distributed as dist
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    torch.manual_seed(0)
-    model = LOCA(stochastic_depth=0.0, **SMALL)
-    views, coords = small_batch(4)
-    masks = model.draw_masks(4, 16, generator=torch.Generator().manual_seed(5))
+    model, views, coords, masks = _model_and_batch(4)
     rows = slice(2 * rank, 2 * rank + 2)
     loss, grads = _loss_and_grads(model, [v[rows] for v in views], [c[rows] for c in coords], masks[rows])
     dist.all_reduce(loss)
@@ -284,19 +297,13 @@ def _rank_worker(rank, world_size, init_file, result_file):
 
 def test_two_processes_match_one_process_on_the_concatenated_batch():
     import torch.multiprocessing as mp
-    torch.manual_seed(0)
-    model = LOCA(stochastic_depth=0.0, **SMALL)
-    views, coords = small_batch(4)
-    masks = model.draw_masks(4, 16, generator=torch.Generator().manual_seed(5))
+    model, views, coords, masks = _model_and_batch(4)
     loss, grads = _loss_and_grads(model, views, coords, masks)
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result.pt")
         mp.spawn(_rank_worker, args=(2, init_file, result_file), nprocs=2, join=True)
         result = torch.load(result_file)
-    torch.testing.assert_close(result["loss"], loss, rtol=1e-5, atol=1e-6)
-    assert result["grads"].keys() == grads.keys()
-    for name, g in grads.items():
-        torch.testing.assert_close(result["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_grads((result["loss"], result["grads"]), (loss, grads))
 
 
 def test_export_of_a_loca_checkpoint_loads_into_timm(tmp_path):
@@ -324,19 +331,13 @@ def test_export_of_a_loca_checkpoint_loads_into_timm(tmp_path):
 
 def test_math_attention_gives_the_same_loss_and_gradients():
     from pixpro_fast.training import attention_kernel
-    torch.manual_seed(0)
-    model = LOCA(stochastic_depth=0.0, **SMALL)
-    views, coords = small_batch(2)
-    masks = model.draw_masks(2, 16, generator=torch.Generator().manual_seed(5))
-    loss, grads = _loss_and_grads(model, views, coords, masks)
+    model, views, coords, masks = _model_and_batch(2)
+    by_default = _loss_and_grads(model, views, coords, masks)
     with attention_kernel("math"):
         assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
-        loss_math, grads_math = _loss_and_grads(model, views, coords, masks)
+        by_math = _loss_and_grads(model, views, coords, masks)
     assert torch.backends.cuda.flash_sdp_enabled()           # restored on leaving
-    torch.testing.assert_close(loss_math, loss, rtol=1e-5, atol=1e-6)
-    assert grads_math.keys() == grads.keys()
-    for name, g in grads.items():
-        torch.testing.assert_close(grads_math[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_grads(by_math, by_default)
     with pytest.raises(ValueError, match="unknown attention kernel"):
         attention_kernel("flash")
 
