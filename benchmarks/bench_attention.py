@@ -16,11 +16,10 @@ import torch
 
 from pixpro_fast.config import ATTENTION_KERNELS
 from pixpro_fast.hardware import resolve_precision
+from pixpro_fast.vit import PATCH
 
 from .bench_methods import method_step
 from .common import markdown_table, time_interleaved, write_json
-
-PATCH = 16
 
 
 def run(vit_archs=("vit_tiny_patch16",), image_sizes=(128, 224), precisions=("auto", "fp32"), batch_size=32,

@@ -259,42 +259,38 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
         fns[sup_key] = sup
     if ("pixpro", BASELINE) not in fns:
         raise RuntimeError(f"the fp32 eager baseline step failed on {device}: {skipped}")
+
     def result(times: dict) -> dict:
+        base = times[("pixpro", BASELINE)]
+        rows = []
+        for s in settings:
+            if ("pixpro", s) not in times:
+                continue
+            t_pix, t_sup = times[("pixpro", s)], times[("supervised", supervised_setting(s))]
+            pix_rate = flops_pix * batch_size / t_pix
+            sup_rate = flops_sup * batch_size / t_sup
+            rows.append({
+                "device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
+                "setting": s.name, "precision": s.precision, "memory_format": s.memory_format, "mode": s.mode,
+                "compile_mode": s.compile_mode if s.compiled else None, "concat_views": s.concat_views,
+                "pixpro_step_s": t_pix, "supervised_step_s": t_sup, "supervised_setting": supervised_setting(s).name,
+                "pixpro_images_per_s": batch_size / t_pix, "supervised_images_per_s": batch_size / t_sup,
+                "speedup_vs_fp32_eager": base / t_pix,
+                "flop_throughput_ratio": pix_rate / sup_rate,
+                "pixpro_flops_per_s": pix_rate, "supervised_flops_per_s": sup_rate,
+                "mfu_vs_bf16_matmul": pix_rate / matmul["bf16"],
+                "supervised_mfu_vs_bf16_matmul": sup_rate / matmul["bf16"],
+            })
         return {"device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
                 "proj_hidden_dim": proj_hidden_dim, "warmup": warmup, "iters": iters,
                 "flops_per_image": {"pixpro": flops_pix, "supervised": flops_sup, "ratio": flops_pix / flops_sup},
-                "matmul_flops_per_s": matmul, "skipped": skipped,
-                "rows": _rows(times, settings, arch, image_size, batch_size, device, flops_pix, flops_sup, matmul)}
+                "matmul_flops_per_s": matmul, "rows": rows, "skipped": skipped}
 
     def partial(times: dict, rounds: int) -> None:
         if on_partial is not None:
             on_partial({**result(times), "partial": True, "rounds": rounds})
 
     return result(time_interleaved(fns, device, warmup=warmup, iters=iters, on_round=partial))
-
-
-def _rows(times, settings, arch, image_size, batch_size, device, flops_pix, flops_sup, matmul) -> list[dict]:
-    base = times[("pixpro", BASELINE)]
-    rows = []
-    for s in settings:
-        if ("pixpro", s) not in times:
-            continue
-        t_pix, t_sup = times[("pixpro", s)], times[("supervised", supervised_setting(s))]
-        pix_rate = flops_pix * batch_size / t_pix
-        sup_rate = flops_sup * batch_size / t_sup
-        rows.append({
-            "device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
-            "setting": s.name, "precision": s.precision, "memory_format": s.memory_format, "mode": s.mode,
-            "compile_mode": s.compile_mode if s.compiled else None, "concat_views": s.concat_views,
-            "pixpro_step_s": t_pix, "supervised_step_s": t_sup, "supervised_setting": supervised_setting(s).name,
-            "pixpro_images_per_s": batch_size / t_pix, "supervised_images_per_s": batch_size / t_sup,
-            "speedup_vs_fp32_eager": base / t_pix,
-            "flop_throughput_ratio": pix_rate / sup_rate,
-            "pixpro_flops_per_s": pix_rate, "supervised_flops_per_s": sup_rate,
-            "mfu_vs_bf16_matmul": pix_rate / matmul["bf16"],
-            "supervised_mfu_vs_bf16_matmul": sup_rate / matmul["bf16"],
-        })
-    return rows
 
 
 def table(result: dict, absolute: bool = False) -> str:

@@ -28,7 +28,7 @@ from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolv
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
 from .training import (apply_optimizer_settings, autocast, build_loader_for, build_training,  # noqa: F401
-                       forward_context, resolve_device)
+                       resolve_device)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -207,7 +207,7 @@ class Trainer:
             sync_ctx = (self.ddp.no_sync() if self.ddp is not None and i < len(micro_batches) - 1
                         else contextlib.nullcontext())
             with sync_ctx:
-                with forward_context(self.device, self.precision, cfg.attention):
+                with self.training.autocast():   # the run's precision and attention kernel
                     out = self.forward(batch.views, batch.coords)
                 loss = out.loss / len(micro_batches)
                 self.scaler.scale(loss).backward()

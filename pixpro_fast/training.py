@@ -67,13 +67,6 @@ def attention_kernel(name: str):
     return sdpa_kernel(SDPBackend.MATH)
 
 
-@contextlib.contextmanager
-def forward_context(device: torch.device, precision: str, attention: str = "auto"):
-    """Where a training forward runs: the run's autocast precision and attention kernel."""
-    with autocast(device, precision), attention_kernel(attention):
-        yield
-
-
 def build_loader_for(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1, log=None):
     """The loader ``cfg`` names (the built-in scenes when ``cfg.data`` is None). A missing or
     wrong ``--data``, a backend that cannot run here or a batch larger than the dataset is a
@@ -136,10 +129,12 @@ class Training:
         """The momentum update of the method's target after optimiser step ``step``."""
         self.method.update_target(self.momentum_at(step))
 
+    @contextlib.contextmanager
     def autocast(self):
         """The context of this run's forward: its autocast precision (none for fp32) and its
         attention kernel (``cfg.attention``)."""
-        return forward_context(self.device, self.precision, self.cfg.attention)
+        with autocast(self.device, self.precision), attention_kernel(self.cfg.attention):
+            yield
 
     def loss(self, batch) -> torch.Tensor:
         """The method's loss on one batch of the loader (call inside :meth:`autocast`)."""
