@@ -31,12 +31,15 @@ def consume(loader, epochs: int, step_s: float, device="cpu") -> tuple[list[floa
     for epoch in range(epochs + 1):
         loader.set_epoch(epoch)
         t0 = time.perf_counter()
-        for i, _ in enumerate(loader):
+        it = iter(loader)
+        for i in range(len(loader)):   # as the training engine: the epoch's batches by count
+            next(it)
             sync(device)
             if epoch > 0:
                 (inside if i else turns).append(time.perf_counter() - t0)
             time.sleep(step_s)
             t0 = time.perf_counter()
+        it.close()
     return turns, inside
 
 

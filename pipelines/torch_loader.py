@@ -499,8 +499,17 @@ class TorchLoader:
         made = (self._to_batch(raw) for raw in self._raw_batches(epoch, start))
         # on a CPU device the colour pass runs in a thread beside the consumer
         thread = "torch-colour" if self.colour == "device" and self.device.type == "cpu" else None
+        remaining = self.plan.num_batches() - start
         try:
-            yield from hand_over(self, made, thread)  # stops the colour thread before the workers below
+            for batch in hand_over(self, made, thread):  # stops the colour thread before the workers below
+                remaining -= 1
+                yield batch
+        except GeneratorExit:
+            # a consumer that takes the pass's last batch and then drops the iterator (a training
+            # loop counting its steps) has finished the pass: the workers read on
+            if remaining > 0:
+                self.close()
+            raise
         except BaseException:
             self.close()  # a failed or abandoned pass leaves no half-read persistent workers behind
             raise

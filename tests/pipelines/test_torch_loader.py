@@ -371,19 +371,24 @@ def test_persistent_workers_read_on_into_the_next_epoch(small_dir):
     assert loader.plan.run_on and not ref.plan.run_on
     spy = loader._loader = _CountedStarts(loader._loader)
     starts = []
-    for step in ("pass", "pass", (1, 3), "pass", "partial", "pass"):
+    for step in ("pass", "pass", "counted", (1, 3), "pass", "partial", "pass"):
         if isinstance(step, tuple):
             loader.set_epoch(*step)
             ref.set_epoch(*step)
         if step == "partial":
             got, want = [next(iter(loader))], [next(iter(ref))]
+        elif step == "counted":   # a training loop's way: take len(loader) batches, drop the iterator
+            it = iter(loader)
+            got, want = [next(it) for _ in range(len(loader))], list(ref)
+            it.close()
         else:
             got, want = list(loader), list(ref)
         assert len(got) == len(want) > 0 and all(_same(x, y) for x, y in zip(got, want)), step
         starts.append(spy.starts)
-    # epoch 0, epoch 1 read on; set_epoch(1, 3) restarts; epoch 2 reads on; the partial pass of
-    # epoch 3 reads on; the pass after it (epoch 4) restarts (an abandoned pass stops the workers)
-    assert starts == [1, 1, 2, 2, 2, 3]
+    # epochs 0, 1 and 2 (its last batch taken, the iterator then dropped) read on; set_epoch(1, 3)
+    # restarts; epoch 2 reads on; the partial pass of epoch 3 reads on; the pass after it
+    # (epoch 4) restarts (an abandoned pass stops the workers)
+    assert starts == [1, 1, 1, 2, 2, 2, 3]
     assert ref.plan.cursor.epoch == loader.plan.cursor.epoch == 4
 
 

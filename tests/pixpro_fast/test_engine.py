@@ -297,3 +297,22 @@ def test_unreadable_encoder_weights_or_an_out_that_is_a_file_end_before_training
         assert stop.value.code == 2 and message in err and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].count(message) == 1
     assert not (tmp_path / "o").exists() and (tmp_path / "a_file").read_text() == "x"
+
+
+def test_the_loader_workers_live_through_the_epochs_of_a_run(tmp_path, monkeypatch):
+    """The engine takes each epoch's batches by count and then drops the pass's iterator. That
+    finishes the pass: the torch loader's persistent workers read on into the next epoch
+    instead of being stopped and forked again at every epoch's start (a fork that also turns
+    the training process's memory copy-on-write for the steps after it)."""
+    data = image_folder(tmp_path / "data", n=8)   # batch 4: 2 steps per epoch
+    cfg = TrainConfig(**{**TINY, "num_workers": 1}, data=str(data), loader="torch", epochs=3, precision="fp32",
+                      ckpt_every=0, out=str(tmp_path / "run"))
+    trainer = Trainer(cfg)
+    starts, stops = [], []
+    real_iter, close = torch.utils.data.DataLoader.__iter__, trainer.loader.close
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__",
+                        lambda self: (starts.append(trainer.step), real_iter(self))[1])
+    monkeypatch.setattr(trainer.loader, "close", lambda: (stops.append(trainer.step), close())[1])
+    res = trainer.fit()
+    assert res.steps == 6 and res.status == "finished"
+    assert starts == [0] and stops == []      # one stream of batches, started once, never stopped
