@@ -559,3 +559,27 @@ def test_bench_attention_times_both_kernels_side_by_side(tmp_path):
     assert row["math_speedup"] == pytest.approx(row["auto_s"] / row["math_s"])
     saved = json.loads((tmp_path / "attention.json").read_text())
     assert saved["rows"] == result["rows"] and "machine" in saved
+
+
+def test_bench_attention_compile_adds_a_compiled_step_per_kernel(tmp_path, monkeypatch):
+    """With --compile every kernel is timed eager and compiled; each variant gets the config
+    fields that select it, and its speedup is the eager auto step's seconds over its own."""
+    import time
+    from benchmarks import bench_attention
+    asked = {}
+    cost = {("auto", False): 0.004, ("math", False): 0.003, ("auto", True): 0.002, ("math", True): 0.001}
+
+    def fake_step(method, arch, size, batch, device, precision, vit_arch, attention, compile=False):
+        asked[(attention, compile)] = (method, size, precision)
+        return lambda: time.sleep(cost[(attention, compile)])
+
+    monkeypatch.setattr(bench_attention, "method_step", fake_step)
+    result = bench_attention.main(["--image-sizes", "32", "--precisions", "fp32", "--iters", "3", "--device", "cpu",
+                                   "--compile", "--out", str(tmp_path)])
+    assert set(asked) == set(cost) and set(asked.values()) == {("loca", 32, "fp32")}
+    [row] = result["rows"]
+    assert result["variants"] == ["auto", "math", "auto_compiled", "math_compiled"]
+    for name in result["variants"][1:]:
+        assert row[f"{name}_speedup"] == pytest.approx(row["auto_s"] / row[f"{name}_s"])
+    assert row["auto_s"] > row["math_compiled_s"]   # 4 ms against 1 ms a step
+    assert "math_compiled_speedup" in bench_attention.table(result)
