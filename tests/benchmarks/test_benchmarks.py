@@ -583,3 +583,29 @@ def test_bench_attention_compile_adds_a_compiled_step_per_kernel(tmp_path, monke
         assert row[f"{name}_speedup"] == pytest.approx(row["auto_s"] / row[f"{name}_s"])
     assert row["auto_s"] > row["math_compiled_s"]   # 4 ms against 1 ms a step
     assert "math_compiled_speedup" in bench_attention.table(result)
+
+
+def test_bench_hugepages_runs_each_mode_in_its_own_process_with_its_tunable(tmp_path, monkeypatch):
+    """Each mode's child process gets the glibc tunable of its mode (and keeps the user's
+    other tunables); the child's own measurement counts page faults; rows keep the modes' order."""
+    from benchmarks import bench_hugepages
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
+    seen = []
+    real_run = bench_hugepages.subprocess.run
+
+    def spy(cmd, *args, **kw):
+        if "--child" in cmd:
+            seen.append(kw["env"]["GLIBC_TUNABLES"])
+        return real_run(cmd, *args, **kw)
+
+    monkeypatch.setattr(bench_hugepages.subprocess, "run", spy)
+    result = bench_hugepages.main(["--arch", "resnet18", "--image-size", "32", "--batch-size", "2", "--iters", "1",
+                                   "--warmup", "1", "--precision", "fp32", "--threads", "1", "--rounds", "1",
+                                   "--out", str(tmp_path)])
+    assert seen == ["glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"]
+    assert [r["mode"] for r in result["rows"]] == list(bench_hugepages.MODES)
+    assert result["rows"][0]["faults_per_step"] > 0     # the default malloc faults pages in at every step
+    for row in result["rows"]:
+        assert row["step_s"] > 0 and row["faults_per_step"] >= 0
+        assert row["speedup"] == pytest.approx(result["rows"][0]["step_s"] / row["step_s"])
+    assert json.loads((tmp_path / "hugepages.json").read_text())["rows"] == result["rows"]
