@@ -55,7 +55,7 @@ def run(vit_archs=("vit_tiny_patch16",), image_sizes=(128, 224), precisions=("au
 
 
 def table(result: dict) -> str:
-    names = result.get("variants", list(ATTENTION_KERNELS))
+    names = result["variants"]
     return markdown_table(result["rows"], ["arch", "image_size", "tokens", "precision"] + [f"{n}_s" for n in names]
                           + [f"{n}_speedup" for n in names if n != "auto"])
 

@@ -112,9 +112,7 @@ def main(argv=None) -> dict | None:
     if args.child:
         print(json.dumps(child(args)))
         return None
-    passed = [a for i, a in enumerate(argv)
-              if a not in ("--rounds", "--out") and (i == 0 or argv[i - 1] not in ("--rounds", "--out"))]
-    result = run(passed, args.rounds)
+    result = run(argv, args.rounds)   # the children parse the same arguments (and ignore --rounds, --out)
     result.update(method=args.method, image_size=args.image_size, batch_size=args.batch_size, precision=args.precision)
     print(f"{args.method} step, batch {args.batch_size}, {args.image_size} px, {args.precision}; glibc "
           f"{result['glibc']}, transparent huge pages: {result['transparent_hugepage']}; medians of {args.rounds} "
