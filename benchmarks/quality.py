@@ -64,9 +64,9 @@ from pathlib import Path
 import torch
 
 from pixpro_fast import probe
-from pixpro_fast.checkpoint import list_checkpoints
+from pixpro_fast.checkpoint import UnsafeCheckpointError, list_checkpoints
 from pixpro_fast.config import VIT_METHODS, TrainConfig, field_optional, field_type
-from pixpro_fast.engine import NonFiniteLossError, Trainer
+from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.methods import METHODS
 from pixpro_fast.vit import PATCH
 
@@ -221,6 +221,9 @@ def pretrain(cfg: TrainConfig) -> dict:
         fit = TimedTrainer(cfg).fit()
     except NonFiniteLossError as e:
         return {"diverged": str(e), "seconds_this_run": time.perf_counter() - t0}
+    except (UnsafeCheckpointError, ResumeMismatchError) as e:   # a file in --out it must not or cannot resume
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     seconds = time.perf_counter() - t0
     if fit.status not in ("finished", "max_steps"):
         raise SystemExit(f"pretraining of {cfg.method} stopped early ({fit.status}); run again to resume it")

@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,14 +157,66 @@ def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> P
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
+class UnsafeCheckpointError(ValueError):
+    """A file holds pickled objects beyond tensors, numbers, strings and plain containers:
+    unpickling them could run code, so it is never loaded."""
+
+
+def _legacy_numpy_globals() -> list:
+    """What a NumPy array inside a checkpoint needs to be rebuilt: the array and dtype types
+    and NumPy's reconstructor, none of which runs code. Checkpoints written before the RNG
+    state was stored as tensors hold NumPy's generator state as an array."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:   # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (a library's reason, without its advice)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _refused_global(message: str) -> str | None:
+    """The ``module.name`` torch's weights-only unpickler refused, from its message."""
+    m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"[Uu]nsupported class ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+def safe_load(path: str | Path, what: str = "checkpoint"):
+    """``torch.load`` of a file someone else may have made, with no code run from it: only
+    tensors, numbers, strings, plain containers (and NumPy arrays) are rebuilt.
+
+    FileNotFoundError when missing; :class:`UnsafeCheckpointError` for a file that carries
+    other pickled objects (naming the first one); ValueError for a truncated or foreign file.
+    Each message is one line naming ``what`` and the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        with torch.serialization.safe_globals(_legacy_numpy_globals()), warnings.catch_warnings():
+            # a foreign file's odd pickle protocol: the error that follows says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
+        message = str(e)
+        found = _refused_global(message) if "Weights only load failed" in message else None
+        if found:
+            raise UnsafeCheckpointError(
+                f"refusing to load {what} {path}: it holds pickled Python objects ({found}), not only tensors, "
+                f"numbers, strings and plain containers; loading them could run code the file carries. "
+                f"pixpro_fast writes and loads weights only: ask for the file as a pixpro_fast checkpoint or "
+                f"export (.pt, .safetensors)") from None
+        reason = next((part.strip() for part in message.split("\n\n")[1:] if part.strip()), None) \
+            if "Weights only load failed" in message else None   # the reason, not torch's advice
+        raise ValueError(f"cannot read {what} {path}: {(reason or first_line(e)).splitlines()[0]}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint, loaded with :func:`safe_load` (nothing in it can run code)."""
+    state = safe_load(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"cannot read checkpoint {path}: it holds no training state")
     return state
@@ -172,10 +225,13 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_newest_intact(out_dir: str | Path) -> tuple[Path, dict] | None:
     """The newest checkpoint of ``out_dir`` that loads. A damaged one (truncated under its final
     name by a full disk or an interrupted copy) is renamed ``*.damaged`` with a warning, and the
-    next older one is tried; None when no checkpoint is left."""
+    next older one is tried; None when no checkpoint is left. A file that would run code
+    when loaded is not stepped over: :class:`UnsafeCheckpointError`."""
     for path in reversed(list_checkpoints(out_dir)):
         try:
             return path, load_checkpoint(path)
+        except UnsafeCheckpointError:
+            raise   # not damaged: someone else's file, which the user must look at
         except ValueError as e:
             aside = path.with_name(path.name + ".damaged")
             os.replace(path, aside)
@@ -221,15 +277,29 @@ def archive_previous_run(out_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and numbers, so a checkpoint loads weights-only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state`'s generators; also reads the tuples older checkpoints hold."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"])
+    if isinstance(npy, dict):
+        npy = (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+               npy["cached_gaussian"])
+    random.setstate(py)
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         resolve_device(cfg.device)
     except (ValueError, FileNotFoundError) as e:
         ap.error(error_line(e))
-    from .checkpoint import CheckpointWriteError
+    from .checkpoint import CheckpointWriteError, UnsafeCheckpointError
     from .engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
     try:
         trainer = Trainer(cfg)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         ap.error(error_line(e))
     try:
         result = trainer.fit()
-    except (NonFiniteLossError, ResumeMismatchError, FileNotFoundError) as e:
+    except (NonFiniteLossError, ResumeMismatchError, UnsafeCheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except CheckpointWriteError as e:

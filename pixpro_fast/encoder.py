@@ -40,15 +40,17 @@ class ResNetTrunk(nn.Module):
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict saved with torch.save, unwrapping the usual containers and prefixes."""
+    """Read a state_dict (a safetensors file, or one saved with torch.save, unwrapping the usual
+    containers and prefixes); nothing in the file can run code."""
+    from .checkpoint import first_line, safe_load
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or pickled objects beyond tensors and containers
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read encoder weights {path}: {first}") from None
+    if path.suffix == ".safetensors" and path.is_file():   # an export of this project, or any safetensors file
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a bad file
+            raise ValueError(f"cannot read encoder weights file {path}: {first_line(e)}") from None
+    obj = safe_load(path, "encoder weights file")
     for key in ("state_dict", "model", "encoder"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -1,17 +1,27 @@
-"""Export the online encoder for downstream use: for a ResNet a torchvision state_dict and a
-Detectron2-style pickle (``stem.conv1``, ``res2..res5``, ``.norm``, ``.shortcut``); for a ViT
-a timm state_dict. ``encoder_info.json`` says what loads it (and, for the colorization
-encoder, that it takes one input channel, the L of CIE Lab)."""
+"""The encoder a run shares, written and read back.
+
+``export_checkpoint`` writes the online encoder as ``encoder.safetensors`` (torchvision
+ResNet or timm ViT key names; the header's metadata says what it is, what it takes and the
+call that builds it), beside a torch state_dict and, for a ResNet, a Detectron2-style pickle
+(``stem.conv1``, ``res2..res5``, ``.norm``, ``.shortcut``); ``encoder_info.json`` repeats the
+metadata. ``load_encoder`` returns the ready module from an export or a training checkpoint.
+Nothing here unpickles objects: checkpoints load weights-only, exports are safetensors."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import first_line, load_checkpoint, save_atomic
+
+SAFETENSORS_NAME = "encoder.safetensors"
+FORMAT = "pixpro_fast-encoder-1"
+LIGHTNESS_INPUT = "the L of CIE Lab, (L - 50) / 50"
 
 
 def encoder_state_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -66,37 +76,87 @@ def detectron2_settings(arch: str, weights: Path) -> dict:
     return out
 
 
+def timm_export_kwargs(image_size: int) -> dict:
+    """``timm.create_model`` arguments for an exported ViT: the training layout (no class token),
+    and ``model(x)`` pooling the patch tokens into one (B, D) vector through the final norm."""
+    from .vit import timm_kwargs
+    return {**timm_kwargs(image_size), "global_pool": "avg", "fc_norm": False}
+
+
+def model_call(meta: dict) -> str:
+    """The Python that builds the module ``meta`` describes, before its weights are loaded."""
+    if meta["library"] == "timm":
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in json.loads(meta["timm_kwargs"]).items())
+        return f"timm.create_model({meta['model']!r}, pretrained=False, {kwargs})"
+    call = f"torchvision.models.{meta['model']}(weights=None); model.fc = torch.nn.Identity()"
+    if int(meta["in_channels"]) != 3:
+        call += (f"; model.conv1 = torch.nn.Conv2d({meta['in_channels']}, model.conv1.out_channels, "
+                 f"kernel_size=7, stride=2, padding=3, bias=False)")
+    return "model = " + call
+
+
+def encoder_export(ckpt: dict, path: str | Path = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A training checkpoint's online encoder as (tensors under torchvision's or timm's key
+    names, metadata of string values, as a safetensors header holds them)."""
+    from pipelines.recipe import get_recipe
+
+    from .encoder import ARCHS
+    from .vit import VIT_ARCHS, timm_name
+    state = encoder_state_from_checkpoint(ckpt, path)
+    cfg = ckpt.get("config") or {}
+    arch = cfg.get("arch")
+    if arch not in VIT_ARCHS and arch not in ARCHS:
+        raise ValueError(f"{path} does not record a known encoder arch (config 'arch': {arch!r}; "
+                         f"known: {', '.join(ARCHS + tuple(VIT_ARCHS))})")
+    try:
+        recipe = get_recipe(cfg.get("recipe", "byol"))
+    except ValueError:
+        raise ValueError(f"{path} records an unknown recipe {cfg.get('recipe')!r}") from None
+    size = int(cfg.get("image_size", 224))
+    meta = {"format": FORMAT, "arch": arch, "method": str(cfg.get("method")), "image_size": str(size),
+            "mean": json.dumps(list(recipe.mean)), "std": json.dumps(list(recipe.std))}
+    if arch in VIT_ARCHS:
+        tensors = {k[len("vit."):]: v for k, v in state.items() if k.startswith("vit.")}
+        meta.update(library="timm", model=timm_name(arch), in_channels="3",
+                    timm_kwargs=json.dumps(timm_export_kwargs(size)))
+    else:
+        tensors = dict(state)
+        in_channels = int(state["conv1.weight"].shape[1]) if "conv1.weight" in state else 3
+        meta.update(library="torchvision", model=arch, in_channels=str(in_channels))
+    meta["input"] = (LIGHTNESS_INPUT if meta["in_channels"] == "1"
+                     else "RGB on 0..1, normalised by mean and std")
+    meta["model_call"] = model_call(meta)
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta
+
+
+def parsed_metadata(meta: dict[str, str]) -> dict:
+    """The header's string values as data: numbers as numbers, lists and kwargs as JSON."""
+    out = dict(meta, mean=json.loads(meta["mean"]), std=json.loads(meta["std"]), image_size=int(meta["image_size"]),
+               in_channels=int(meta["in_channels"]))
+    if "timm_kwargs" in meta:
+        out["timm_kwargs"] = json.loads(meta["timm_kwargs"])
+    return out
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the online encoder's files into ``out_dir``; returns their paths. Everything is
     checked and built in memory first, so bad input writes nothing."""
-    from .encoder import ARCHS
-    from .vit import VIT_ARCHS, timm_kwargs, timm_name
+    from safetensors.torch import save as safetensors_bytes
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder")
     ckpt = load_checkpoint(checkpoint)
-    state = encoder_state_from_checkpoint(ckpt, checkpoint)
-    cfg = ckpt.get("config") or {}
-    arch = cfg.get("arch")
-    if arch not in VIT_ARCHS and arch not in ARCHS:
-        raise ValueError(f"{checkpoint} does not record a known encoder arch (config 'arch': {arch!r}; "
-                         f"known: {', '.join(ARCHS + tuple(VIT_ARCHS))})")
-    files: dict[str, object] = {}   # name -> what to write
-    if arch in VIT_ARCHS:
-        files["encoder_timm.pth"] = {k[len("vit."):]: v.contiguous() for k, v in state.items() if k.startswith("vit.")}
-        info = {"format": "timm", "model": timm_name(arch), "kwargs": timm_kwargs(cfg.get("image_size", 224)),
-                "load": "timm.create_model(model, pretrained=False, **kwargs).load_state_dict(torch.load(path))"}
+    tensors, meta = encoder_export(ckpt, checkpoint)
+    files: dict[str, object] = {SAFETENSORS_NAME: safetensors_bytes(tensors, metadata=meta)}
+    info = dict(parsed_metadata(meta), load=f"pixpro_fast.load_encoder('{SAFETENSORS_NAME}') returns the module "
+                                             f"ready; README, 'Sharing weights', shows the plain {meta['library']} call")
+    if meta["library"] == "timm":
+        files["encoder_timm.pth"] = tensors
     else:
-        files["encoder_torchvision.pth"] = {k: v.contiguous() for k, v in state.items()}
-        files["encoder_detectron2.pkl"] = to_detectron2(state)
-        in_channels = int(state["conv1.weight"].shape[1]) if "conv1.weight" in state else 3
-        info = {"format": "torchvision", "model": arch, "in_channels": in_channels,
-                "load": f"torchvision.models.{arch}().load_state_dict(state, strict=False) (only fc.* missing)"
-                        if in_channels == 3 else
-                        f"a torchvision {arch} whose conv1 takes {in_channels} channel(s) (the L of CIE Lab)"}
-        if in_channels == 3 and arch.startswith("resnet"):
-            info["detectron2_config"] = detectron2_settings(arch, out_dir / "encoder_detectron2.pkl")
-    info["method"] = cfg.get("method")
+        files["encoder_torchvision.pth"] = tensors
+        if info["in_channels"] == 3:
+            files["encoder_detectron2.pkl"] = to_detectron2(tensors)
+            info["detectron2_config"] = detectron2_settings(meta["arch"], out_dir / "encoder_detectron2.pkl")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, payload in files.items():
@@ -104,10 +164,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
             paths.append(save_atomic(payload, out_dir / name))
             continue
         path = out_dir / name
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
-                pickle.dump(payload, f)
+                if isinstance(payload, bytes):
+                    f.write(payload)
+                else:
+                    pickle.dump(payload, f)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -115,3 +178,70 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
     path = out_dir / "encoder_info.json"
     path.write_text(json.dumps(info, indent=1) + "\n")
     return paths + [path]
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header metadata of an exported encoder; one-line errors for a file that
+    is not one."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a bad file
+        raise ValueError(f"cannot read encoder file {path}: {first_line(e)}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pixpro_fast encoder export (its header has no "
+                         f"format={FORMAT!r}); load it with the library that wrote it")
+    return tensors, meta
+
+
+def build_exported(meta: dict[str, str], image_size: int | None = None) -> nn.Module:
+    """The module ``meta`` describes, randomly initialised: a torchvision ResNet whose ``fc`` is
+    an identity, or a timm ViT built for ``image_size`` (default: the size trained at)."""
+    from .encoder import ARCHS
+    from .vit import VIT_ARCHS, timm_name
+    library, model = meta.get("library"), meta.get("model")
+    if library == "timm" and model in {timm_name(a) for a in VIT_ARCHS}:
+        import timm
+        kwargs = json.loads(meta["timm_kwargs"])
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        return timm.create_model(model, pretrained=False, **kwargs)
+    if library == "torchvision" and model in ARCHS:
+        import torchvision
+        net = getattr(torchvision.models, model)(weights=None)
+        net.fc = nn.Identity()
+        in_channels = int(meta.get("in_channels", 3))
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        return net
+    raise ValueError(f"unknown encoder in the export's metadata: library {library!r}, model {model!r}")
+
+
+def load_encoder(path: str | Path, image_size: int | None = None) -> nn.Module:
+    """The encoder of an export (``encoder.safetensors``, or the folder holding it) or of a
+    training checkpoint, as a ready torchvision ResNet (``fc`` an identity: ``model(x)`` gives
+    the pooled features) or timm ViT (``model(x)`` gives the mean patch token), in eval mode.
+    Its ``pixpro_meta`` attribute holds the metadata (input, mean/std, trained size). A ViT
+    for another ``image_size`` gets its position embedding resampled by timm's own rule."""
+    from .encoder import state_dict_mismatch
+    path = Path(path)
+    if path.is_dir():
+        path = path / SAFETENSORS_NAME
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder file not found: {path}")
+        tensors, meta = read_safetensors(path)
+    else:
+        tensors, meta = encoder_export(load_checkpoint(path), path)
+    model = build_exported(meta, image_size)
+    if meta["library"] == "timm":
+        from timm.models.vision_transformer import checkpoint_filter_fn
+        tensors = checkpoint_filter_fn(tensors, model)
+    mismatch = state_dict_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise ValueError(f"the weights in {path} do not fit {meta['model']}: {mismatch}")
+    model.load_state_dict(tensors)
+    model.pixpro_meta = parsed_metadata(meta)
+    return model.eval()

@@ -182,7 +182,7 @@ def test_export_of_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert (tmp_path / "a_file").read_text() == "x"
     assert cli_main(["export", "--checkpoint", str(good), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "encoder_detectron2.pkl", "encoder_info.json", "encoder_torchvision.pth"]
+        "encoder.safetensors", "encoder_detectron2.pkl", "encoder_info.json", "encoder_torchvision.pth"]
 
 
 def test_config_errors_name_the_problem(tmp_path):

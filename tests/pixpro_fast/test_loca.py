@@ -306,27 +306,6 @@ def test_two_processes_match_one_process_on_the_concatenated_batch():
     _assert_same_loss_and_grads((result["loss"], result["grads"]), (loss, grads))
 
 
-def test_export_of_a_loca_checkpoint_loads_into_timm(tmp_path):
-    import json
-    import timm
-    from pixpro_fast.config import TrainConfig
-    from pixpro_fast.engine import Trainer
-    from pixpro_fast.export import export_checkpoint
-    from pipelines import build_loader
-    cfg = TrainConfig.from_file("loca").replace(arch="vit_tiny_patch16", image_size=64, batch_size=2, max_steps=1,
-                                                proj_hidden_dim=32, proj_dim=16, num_prototypes=16, loader="synthetic",
-                                                tensorboard=False, precision="fp32", out=str(tmp_path / "run"))
-    loader = build_loader("synthetic", None, 2, 64, "loca", batches_per_epoch=2)
-    res = Trainer(cfg, loader=loader).fit()
-    paths = export_checkpoint(res.checkpoint, tmp_path / "export")
-    info = json.loads((tmp_path / "export" / "encoder_info.json").read_text())
-    assert info["format"] == "timm" and info["method"] == "loca"
-    model = timm.create_model(info["model"], pretrained=False, **info["kwargs"])
-    model.load_state_dict(torch.load(paths[0], weights_only=True), strict=True)   # no missing backbone keys
-    trained = torch.load(res.checkpoint, weights_only=False)["model"]
-    assert torch.equal(model.pos_embed, trained["online.encoder.vit.pos_embed"])
-
-
 # ---------------------------------------------------------------- attention kernel
 
 def test_math_attention_gives_the_same_loss_and_gradients():
