@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixpro_fast.config import VIT_METHODS, TrainConfig
+from pixpro_fast.config import TrainConfig
 from pipelines.recipe import get_recipe
 from pixpro_fast.engine import Trainer
 from pixpro_fast.methods import METHODS
@@ -32,7 +32,7 @@ def method_step(method: str, arch: str, image_size: int, batch_size: int, device
                 channels_last: bool = True, vit_arch: str = "vit_tiny_patch16", **settings):
     """A closure running one engine training step of ``method`` on a fixed synthetic batch
     (``settings``: further config fields, e.g. ``attention="math"``)."""
-    arch = vit_arch if method in VIT_METHODS else arch
+    arch = vit_arch if METHODS[method].encoder == "vit" else arch
     cfg = TrainConfig.from_file(method).replace(
         arch=arch, image_size=image_size, batch_size=batch_size, device=device, precision=precision,
         channels_last=channels_last, tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False,
@@ -61,7 +61,7 @@ def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="
     rows = []
     for m in methods:
         rate = flops[m] * batch_size / times[m]
-        rows.append({"method": m, "arch": vit_arch if m in VIT_METHODS else arch, "description": METHODS[m][1],
+        rows.append({"method": m, "arch": vit_arch if METHODS[m].encoder == "vit" else arch, "description": METHODS[m].description,
                      "gflops_per_image": flops[m] / 1e9, "step_time_vs_pixpro": times[m] / times[ref],
                      "images_per_sec_vs_pixpro": times[ref] / times[m], "images_per_sec": batch_size / times[m],
                      "tflops_per_sec": rate / 1e12, "mfu": rate / peak})

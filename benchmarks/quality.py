@@ -65,7 +65,7 @@ import torch
 
 from pixpro_fast import probe
 from pixpro_fast.checkpoint import UnsafeCheckpointError, list_checkpoints
-from pixpro_fast.config import VIT_METHODS, TrainConfig, field_optional, field_type
+from pixpro_fast.config import TrainConfig, field_optional, field_type
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.methods import METHODS
 from pixpro_fast.vit import PATCH
@@ -140,16 +140,13 @@ def probe_steps_for(budget: float) -> int:
 
 
 def method_config(method: str, args, out: Path) -> TrainConfig:
-    """``method``'s bundled preset with the shared budget and the short-run changes of the
+    """``method``'s reference settings with the shared budget and the short-run changes of the
     module docstring."""
-    try:
-        preset = TrainConfig.from_file(method)
-    except FileNotFoundError:
-        preset = TrainConfig(method=method)
+    preset = TrainConfig(method=method)
     epochs = epochs_for(args.budget)
     steps_per_epoch = args.scenes // args.batch_size
     changes = dict(
-        method=method, arch=args.vit_arch if method in VIT_METHODS else args.arch, image_size=args.image_size,
+        method=method, arch=args.vit_arch if METHODS[method].encoder == "vit" else args.arch, image_size=args.image_size,
         batch_size=args.batch_size, epochs=epochs, warmup_epochs=preset.warmup_epochs / preset.epochs * epochs,
         max_steps=None, scenes_images=args.scenes, data=None, loader="torch", lars_trust=args.lars_trust,
         proj_hidden_dim=min(preset.proj_hidden_dim, args.proj_hidden_dim), precision=args.precision,
@@ -160,7 +157,7 @@ def method_config(method: str, args, out: Path) -> TrainConfig:
         changes["queue_size"] = min(preset.queue_size, quarter)
     if preset.freeze_prototypes_steps:
         changes["freeze_prototypes_steps"] = min(preset.freeze_prototypes_steps, steps_per_epoch)
-    if method in VIT_METHODS:
+    if METHODS[method].encoder == "vit":
         # query 0's kept tokens count at the preset's size (70 of 196): keep the same fraction of
         # the scaled grid, or a smaller query view would keep every token and lose its masking
         scale = (args.image_size // PATCH) ** 2 / (preset.image_size // PATCH) ** 2
@@ -238,7 +235,7 @@ def pretrain(cfg: TrainConfig) -> dict:
 
 def encoder_kind(arch: str, method: str) -> str:
     """What a random-init baseline must match: the arch, and the input when it is not RGB."""
-    return f"{arch} (L channel)" if METHODS[method][0].encoder_input is not None else arch
+    return f"{arch} (L channel)" if METHODS[method].encoder == "resnet_l" else arch
 
 
 def cached_probe(path: Path, key: dict, run) -> dict:
@@ -374,7 +371,7 @@ def main(argv=None) -> dict:
         if "diverged" in run:
             print(f"  {m}: diverged ({run['diverged']})", file=sys.stderr, flush=True)
             results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, m),
-                            "description": METHODS[m][1], **run, "config": cfg.to_dict()})
+                            "description": METHODS[m].description, **run, "config": cfg.to_dict()})
             continue
         pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
         shape = probe.trunk_shape(pretrained.state_dict(), arch)
@@ -399,7 +396,7 @@ def main(argv=None) -> dict:
         print(f"  {m}: mIoU {100 * result['miou']:.2f} (random init {100 * baselines[kind]['miou']:.2f}), "
               f"step {run['step_seconds']:.3f} s, weights turned {sum(turn.values()) / max(len(turn), 1):.1f} deg",
               file=sys.stderr, flush=True)
-        results.append({"method": m, "arch": arch, "kind": kind, "description": METHODS[m][1], **run,
+        results.append({"method": m, "arch": arch, "kind": kind, "description": METHODS[m].description, **run,
                         "weight_turn_degrees": turn,
                         "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
                         "config": cfg.to_dict(), "probe": result})

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import sys
 
-from .config import PRESETS_DIR, ConfigError, TrainConfig, field_type
+from .config import PRESETS_DIR, ConfigError, TrainConfig, field_owners, field_type
 
 SUBCOMMANDS = ("train", "export", "eval")
 
@@ -33,13 +33,13 @@ def flag_help(f: dataclasses.Field) -> str:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON file of TrainConfig fields, or a bundled preset name "
                                          f"({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))}); "
-                                         "flags given here override it; the defaults below are TrainConfig's, "
-                                         "a preset may set others")
+                                         "flags given here override it; what neither sets comes from the "
+                                         "method's reference settings, then the defaults below")
     groups: dict[tuple, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(TrainConfig):
-        owners = f.metadata.get("methods")
+        owners = field_owners(f.name)
         target = parser
-        if owners is not None:  # a method's own settings: listed under it
+        if owners:  # a method's own settings: listed under it
             if owners not in groups:
                 groups[owners] = parser.add_argument_group(f"settings of --method {', '.join(owners)}")
             target = groups[owners]
@@ -61,16 +61,14 @@ def error_line(exc: Exception) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """--config (file or bundled preset), else the bundled defaults of --method, then the flags."""
-    if args.config:
-        cfg = TrainConfig.from_file(args.config)
-    elif args.method and (PRESETS_DIR / f"{args.method}.json").is_file():
-        cfg = TrainConfig.from_file(args.method)
-    else:
-        cfg = TrainConfig()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if getattr(args, f.name, None) is not None}
-    return cfg.replace(**changes)
+    """The layers --config (a file, a bundled preset or a method's name), then the flags; the
+    method's reference settings fill the rest, exactly as ``TrainConfig(**flags)`` does."""
+    layers = [TrainConfig.preset_layer(args.config)] if args.config else []
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if flags:
+        layers.append(("the command line", flags))
+    return TrainConfig.layered(layers).validate()
 
 
 def main(argv=None) -> int:
@@ -81,10 +79,13 @@ def main(argv=None) -> int:
         return eval_command(argv)
     if command == "export":
         ap = _Parser(prog="train.py export",
-                     description="Write the online encoder of a checkpoint as a torchvision "
-                                 "ResNet state_dict and a Detectron2 pickle.")
-        ap.add_argument("--checkpoint", required=True)
-        ap.add_argument("--out", required=True, help="output folder")
+                     description="Write the online encoder of a checkpoint: encoder.safetensors (its metadata "
+                                 "in the header: arch, method, input, mean/std, trained size, the call that "
+                                 "builds it), the same tensors as a torchvision or timm state_dict, a "
+                                 "Detectron2 pickle for a ResNet, and encoder_info.json. "
+                                 "pixpro_fast.load_encoder() reads the folder back.")
+        ap.add_argument("--checkpoint", required=True, help="training checkpoint (ckpt_<step>.pt), loaded weights-only")
+        ap.add_argument("--out", required=True, help="output folder (created; the files in it are replaced)")
         args = ap.parse_args(argv)
         from .export import export_checkpoint
         try:

@@ -7,9 +7,14 @@ Each field carries its own description in ``dataclasses.field(metadata=...)``: `
 another value cannot be continued (shapes, data order or schedule differ), ``"apply"`` when
 the new value simply takes effect on resume (workers, logging, output, ...).
 
-A method's own settings are grouped under it and say so in ``methods``: the methods that
-read the field. Setting one away from its default for a method that does not read it is an
-error (it would do nothing), and ``--help`` lists them under their method.
+A config is built in layers: a preset file, then flags (or keyword arguments); every field
+no layer names comes from the method's registry entry (its reference settings), else from
+the field's default, so ``TrainConfig(method="simclr")`` and ``train.py --method simclr``
+are the same run and an explicit value always wins. :meth:`TrainConfig.provenance` says
+which value came from where. Which fields belong to which method is the methods' own
+declaration (``settings`` of their entries): setting one away from its default for a
+method that does not read it is an error (it would do nothing), and ``--help`` lists them
+under their method.
 """
 from __future__ import annotations
 
@@ -25,30 +30,23 @@ from pipelines.recipe import PRESETS as RECIPES
 from pipelines.recipe import get_recipe
 
 from .encoder import ARCHS as RESNET_ARCHS
-from .vit import VIT_ARCHS
-
-ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
-from .methods import METHODS
+from .methods import METHODS, method_entry, methods_reading
 from .methods.colorization import MODES as COLORIZATION_MODES
 from .methods.denoising_ae import NOISES as DENOISING_NOISES
 from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES
+from .vit import VIT_ARCHS
 
+ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION_KERNELS = ("auto", "math")
-VIT_METHODS = ("loca",)        # the methods whose encoder is a ViT; every other one takes a ResNet
 PRESETS_DIR = Path(__file__).parent / "configs"
-RESUME_RULES = ("refuse", "apply")
+DEFAULT_METHOD = "pixpro"
 
 
-PIXEL_METHODS = ("pixpro", "pixpro_ins", "pixcontrast")
-
-
-def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max=None, methods=None):
+def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max=None):
     """A TrainConfig field with its description (see the module docstring)."""
     meta = {"help": help, "resume": resume}
-    if methods is not None:
-        meta["methods"] = tuple(methods)
     if choices is not None:
         meta["choices"] = tuple(choices)
     if min is not None:
@@ -66,8 +64,20 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config: {key} {detail}" if key else f"invalid config: {detail}")
 
 
-@dataclass
+NOT_PRESETS = ("given", "the command line")
+
+
+def default_out(method: str, labels: list[str]) -> str:
+    """``runs/METHOD``, or ``runs/PRESET-METHOD`` for a run from a preset file: each method and
+    preset trains in a folder of its own, so one never resumes (or stops on) another's run."""
+    presets = [Path(label).stem for label in labels if label not in NOT_PRESETS and not label.endswith("'s defaults")]
+    return f"runs/{presets[0]}-{method}" if presets else f"runs/{method}"
+
+
+@dataclass(init=False)
 class TrainConfig:
+    """``TrainConfig(**fields)``: what is not given comes from the method's reference settings
+    (its registry entry), then from the field defaults below."""
     # data
     data: str | None = _opt(None, "image folder (or a .beton file for --loader ffcv); none: the built-in scenes")
     loader: str = _opt("torch", "data loader backend", choices=LOADERS)
@@ -84,64 +94,48 @@ class TrainConfig:
     encoder_weights: str | None = _opt(None, "torchvision state_dict to start the encoder from; none: random init")
     proj_hidden_dim: int = _opt(4096, "hidden width of the projector (and predictor) MLP", min=1)
     proj_dim: int = _opt(256, "output width of the projector", min=1)
-    concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)",
-                              methods=PIXEL_METHODS)
+    concat_views: bool = _opt(False, "run both views through the encoder in one call (shared BatchNorm statistics)")
     temperature: float = _opt(0.3, "softmax temperature (PixContrast, SimCLR, MoCo v2, SwAV; LOCA's student); "
-                                   "must be positive", methods=PIXEL_METHODS + ("simclr", "mocov2", "swav", "loca"))
+                                   "must be positive")
     # PixPro, PixPro + instance branch, PixContrast
-    ppm_layers: int = _opt(1, "PixPro: layers of the pixel propagation module's transform", min=0,
-                           methods=PIXEL_METHODS)
-    ppm_gamma: float = _opt(2.0, "PixPro: sharpness exponent of the propagation similarities", min=0,
-                            methods=PIXEL_METHODS)
-    ppm_clamp: float = _opt(0.0, "PixPro: similarities below this are set to zero before the exponent",
-                            methods=PIXEL_METHODS)
-    pos_ratio: float = _opt(0.7, "pixel pairs closer than this fraction of a feature cell are positives", min=0,
-                            methods=PIXEL_METHODS)
-    ins_loss_weight: float = _opt(0.0, "weight of the BYOL-style instance branch (pixpro_ins)", min=0,
-                                  methods=PIXEL_METHODS)
-    pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0, methods=PIXEL_METHODS)
-    pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0,
-                                     methods=PIXEL_METHODS)
-    neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0,
-                            methods=PIXEL_METHODS)
+    ppm_layers: int = _opt(1, "PixPro: layers of the pixel propagation module's transform", min=0)
+    ppm_gamma: float = _opt(2.0, "PixPro: sharpness exponent of the propagation similarities", min=0)
+    ppm_clamp: float = _opt(0.0, "PixPro: similarities below this are set to zero before the exponent")
+    pos_ratio: float = _opt(0.7, "pixel pairs closer than this fraction of a feature cell are positives", min=0)
+    ins_loss_weight: float = _opt(0.0, "weight of the BYOL-style instance branch (pixpro_ins)", min=0)
+    pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0)
+    pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0)
+    neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0)
     # MoCo v2
-    queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1, methods=("mocov2",))
-    moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views", methods=("mocov2",))
+    queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1)
+    moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views")
     # SwAV (and LOCA's cluster targets)
-    num_prototypes: int = _opt(3000, "SwAV, LOCA: number of prototypes", min=1, methods=("swav", "loca"))
-    sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0,
-                               methods=("swav",))
-    sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1, methods=("swav", "loca"))
-    swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0, methods=("swav",))
-    freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0,
-                                        methods=("swav",))
+    num_prototypes: int = _opt(3000, "SwAV, LOCA: number of prototypes", min=1)
+    sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0)
+    sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1)
+    swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0)
+    freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0)
     # LOCA
-    teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0,
-                                      methods=("loca",))
-    query_keep: int = _opt(70, "LOCA: patch tokens of query 0 the student keeps (of 196 at 224 px)", min=1,
-                           methods=("loca",))
+    teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0)
+    query_keep: int = _opt(70, "LOCA: patch tokens of query 0 the student keeps (of 196 at 224 px)", min=1)
     reference_keep: float = _opt(0.2, "LOCA: fraction of the reference's tokens kept, as one contiguous run",
-                                 min=0, max=1, methods=("loca",))
-    stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1,
-                                   methods=VIT_METHODS)
+                                 min=0, max=1)
+    stochastic_depth: float = _opt(0.1, "ViT encoders: stochastic depth rate of the last block", min=0, max=1)
     # the pretext tasks
     jigsaw_permutations: int = _opt(1000, "jigsaw: size of the permutation set, chosen by maximal Hamming distance "
-                                          "(the paper also tries 100)", min=2, methods=("jigsaw",))
+                                          "(the paper also tries 100)", min=2)
     tile_grayscale_p: float = _opt(0.66, "jigsaw, relative_location: probability that a view's tiles are made grey "
-                                         "(against chromatic aberration shortcuts)", min=0, max=1,
-                                   methods=("jigsaw", "relative_location"))
+                                         "(against chromatic aberration shortcuts)", min=0, max=1)
     relative_location_colour: str = _opt("grayscale", "relative_location: grayscale (tiles grey with "
                                          "probability tile_grayscale_p) or drop (one colour channel kept, noise in the others)",
-                                         choices=RELATIVE_LOCATION_COLOURS, methods=("relative_location",))
+                                         choices=RELATIVE_LOCATION_COLOURS)
     colorization_mode: str = _opt("classification", "colorization: classification over the in-gamut ab bins with "
                                   "soft targets and rebalancing, or plain ab regression",
-                                  choices=COLORIZATION_MODES, methods=("colorization",))
+                                  choices=COLORIZATION_MODES)
     denoising_noise: str = _opt("masking", "denoising_ae: masking (drop pixels) or gaussian (additive noise)",
-                                choices=DENOISING_NOISES, methods=("denoising_ae",))
-    denoising_mask_p: float = _opt(0.3, "denoising_ae: probability that masking noise drops a pixel", min=0, max=0.99,
-                                   methods=("denoising_ae",))
-    denoising_sigma: float = _opt(0.1, "denoising_ae: standard deviation of the gaussian noise", min=0,
-                                  methods=("denoising_ae",))
+                                choices=DENOISING_NOISES)
+    denoising_mask_p: float = _opt(0.3, "denoising_ae: probability that masking noise drops a pixel", min=0, max=0.99)
+    denoising_sigma: float = _opt(0.1, "denoising_ae: standard deviation of the gaussian noise", min=0)
     # optimisation
     optimizer: str = _opt("lars", "lars, sgd (SGD with momentum and weight decay on every parameter), or adamw "
                           "(no decay on 1-D parameters)", choices=("lars", "sgd", "adamw"))
@@ -179,9 +173,11 @@ class TrainConfig:
     compile_mode: str = _opt("default", "torch.compile mode when compiling; the other two tune kernels (much longer "
                              "compilation) or capture CUDA graphs", "apply",
                              choices=("default", "max-autotune", "reduce-overhead"))
-    sync_bn: bool = _opt(False, "synchronise BatchNorm statistics across processes (torchrun)")
+    sync_bn: bool | None = _opt(None, "synchronise BatchNorm statistics across GPU processes (torchrun); none: as "
+                                      "the method's reference does, in multi-GPU runs only; CUDA devices only")
     seed: int = _opt(0, "seed of the model initialisation and the data order")
-    out: str = _opt("runs/pixpro", "output folder: checkpoints, metrics.jsonl, tb/", "apply")
+    out: str | None = _opt(None, "output folder: checkpoints, metrics.jsonl, tb/; none: runs/METHOD (runs/PRESET-METHOD "
+                           "with --config PRESET)", "apply")
     log_every: int = _opt(10, "optimiser steps between metric lines", "apply", min=1)
     ckpt_every: int = _opt(500, "optimiser steps between checkpoints (0: epoch ends only)", "apply", min=0)
     keep_ckpts: int = _opt(3, "newest checkpoints kept in --out", "apply", min=1)
@@ -190,6 +186,77 @@ class TrainConfig:
     profile: int = _opt(0, "record this many steps with torch.profiler, then stop (0: no profiling)", "apply", min=0)
     probe_every: int = _opt(0, "dense linear probe of the online encoder every N steps (0: never)", "apply", min=0)
     probe_images: int = _opt(64, "scenes per split (train and val) for that probe", "apply", min=1)
+
+    def __init__(self, **values):
+        self._fill([("given", values)])
+
+    @classmethod
+    def layered(cls, layers: list[tuple[str, dict]]) -> "TrainConfig":
+        """A config from ``(label, fields)`` layers, later ones winning (a preset, then flags);
+        the labels are what :meth:`provenance` names. Unknown keys name their layer."""
+        cfg = cls.__new__(cls)
+        cfg._fill(layers)
+        return cfg
+
+    def _fill(self, layers: list[tuple[str, dict]]) -> None:
+        names = [f.name for f in fields(self)]
+        given, source = {}, {}
+        for label, values in layers:
+            if not isinstance(values, dict):
+                raise ValueError(f"{label}: a config must be a JSON object of TrainConfig fields, got a "
+                                 f"{type(values).__name__}")
+            unknown = [k for k in values if k not in names]
+            if unknown:
+                hints = []
+                for k in unknown:
+                    close = difflib.get_close_matches(k, names, n=1)
+                    hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                where = "" if label == "given" else f" in {label}"
+                raise ValueError(f"unknown config key(s){where}: {', '.join(hints)}")
+            given.update(values)
+            source.update(dict.fromkeys(values, label))
+        method = given.get("method", DEFAULT_METHOD)
+        entry = METHODS.get(method) if isinstance(method, str) else None
+        reference = dict(entry.defaults) if entry is not None else {}
+        for f in fields(self):
+            if f.name in given:
+                value = given[f.name]
+            elif f.name in reference:
+                value = reference[f.name]
+                source[f.name] = f"{method}'s defaults"
+            elif f.name == "out":
+                value = default_out(method, [label for label, _ in layers])
+            else:
+                value = f.default
+            setattr(self, f.name, value)
+        self._layers = [(label, dict(values)) for label, values in layers]
+        self._source = source
+
+    def source(self, key: str) -> str:
+        """Where field ``key``'s value came from: a layer's label, the method's defaults, or
+        ``default``."""
+        return self._source.get(key, "default")
+
+    def provenance(self) -> str | None:
+        """One line naming what presets and flags set, with the method's reference value beside
+        each one they replaced; None when they replaced none (the run is the method's own)."""
+        entry = METHODS.get(self.method)
+        reference = dict(entry.defaults) if entry is not None else {}
+        groups: dict[str, list[str]] = {}
+        replaced = False
+        for f in fields(self):
+            label = self.source(f.name)
+            if label == "default" or label.endswith("'s defaults") or f.name == "method":
+                continue
+            text = f.name
+            if f.name in reference and reference[f.name] != getattr(self, f.name):
+                text += f" ({self.method}'s reference: {reference[f.name]!r})"
+                replaced = True
+            groups.setdefault(label, []).append(text)
+        if not replaced:
+            return None
+        return ("settings: " + "; ".join(f"from {label}: {', '.join(names)}" for label, names in groups.items())
+                + f"; everything else: {self.method}'s reference settings, then the defaults")
 
     def validate(self) -> "TrainConfig":
         for f in fields(self):
@@ -211,18 +278,22 @@ class TrainConfig:
              "must be > 0 for method 'pixcontrast' (start from --config pixcontrast)")
         need(self.method != "pixpro_ins" or self.ins_loss_weight > 0, "ins_loss_weight",
              "must be > 0 for method 'pixpro_ins' (start from --config pixpro_ins)")
+        entry = method_entry(self.method)
         views = len(get_recipe(self.recipe).views)
-        wants = METHODS[self.method][0]
+        wants = entry.cls
         need((wants.num_views is None or views == wants.num_views) and views >= wants.min_views, "recipe",
              f"{self.recipe!r} has {views} view(s); method {self.method!r} needs "
              + (f"{wants.num_views}" if wants.num_views is not None else f"at least {wants.min_views}")
-             + f" (its own plan is {wants.recipe!r})")
+             + f" (its own plan is {entry.recipe!r})")
         for f in fields(self):
-            owners = f.metadata.get("methods")
-            need(owners is None or self.method in owners or getattr(self, f.name) == f.default, f.name,
-                 f"{getattr(self, f.name)!r} is a setting of {', '.join(owners or ())} only; method "
-                 f"{self.method!r} does not read it (leave it at its default, {f.default!r})")
-        vit_method = self.method in VIT_METHODS
+            owners = field_owners(f.name)
+            if owners and self.method not in owners and getattr(self, f.name) != f.default:
+                came = self.source(f.name)
+                raise ConfigError(f.name, f"{getattr(self, f.name)!r} is a setting of {', '.join(owners)} only; "
+                                          f"method {self.method!r} does not read it (leave it at its default, "
+                                          f"{f.default!r})" + ("" if came in ("given", "default") else
+                                                               f"; it came from {came}, made for another method"))
+        vit_method = entry.encoder == "vit"
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "
              + (f"it needs a ViT encoder ({', '.join(VIT_ARCHS)})" if vit_method
@@ -233,31 +304,29 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, label: str = "given") -> "TrainConfig":
         if not isinstance(d, dict):
             raise ValueError(f"a config must be a JSON object of TrainConfig fields, got a {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, names, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown config key(s): {', '.join(hints)}")
-        return cls(**d).validate()
+        return cls.layered([(label, d)]).validate()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
-        """A JSON file, or the name of a bundled preset (see :data:`PRESETS_DIR`)."""
+    def preset_layer(cls, path: str | Path) -> tuple[str, dict]:
+        """``(label, fields)`` of a JSON file, of a bundled preset (named with or without
+        .json), or of a method's name (its reference settings: ``{"method": name}``)."""
         path = Path(path)
         if not path.is_file() and len(path.parts) == 1:   # a bundled preset, named with or without .json
             for preset in (PRESETS_DIR / f"{path.name}.json", PRESETS_DIR / path.name):
                 if preset.is_file():
                     path = preset
                     break
+            else:
+                if path.name.removesuffix(".json") in METHODS:
+                    name = path.name.removesuffix(".json")
+                    return f"{name}'s defaults", {"method": name}
         if not path.is_file():
             presets = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-            raise FileNotFoundError(f"config file not found: {path} (bundled presets: {', '.join(presets)})")
+            raise FileNotFoundError(f"config file not found: {path} (bundled presets: {', '.join(presets)}; "
+                                    f"or a method's name: {', '.join(METHODS)})")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -265,10 +334,18 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"config file {path} must hold a JSON object of TrainConfig fields "
                              f'(e.g. {{"batch_size": 64}}), not a {type(d).__name__}')
-        return cls.from_dict(d)
+        label = path.stem if path.parent == PRESETS_DIR else str(path)
+        return label, d
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """A JSON file, a bundled preset's name (see :data:`PRESETS_DIR`) or a method's name."""
+        return cls.layered([cls.preset_layer(path)]).validate()
 
     def replace(self, **changes) -> "TrainConfig":
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        """This config with ``changes`` as one more layer: fields it did not set follow a changed
+        method's reference settings."""
+        return TrainConfig.layered(self._layers + [("given", changes)]).validate()
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -312,9 +389,14 @@ def check_field(f: dataclasses.Field, value) -> None:
         raise ConfigError(f.name, f"must be at most {hi}, got {value!r}")
 
 
+def field_owners(name: str) -> tuple[str, ...]:
+    """The methods that declare field ``name`` as their own (empty: every method reads it)."""
+    return methods_reading(name)
+
+
 def method_fields(method: str) -> tuple[str, ...]:
     """The fields that only some methods read and ``method`` is one of them."""
-    return tuple(f.name for f in fields(TrainConfig) if method in f.metadata.get("methods", ()))
+    return tuple(method_entry(method).settings)
 
 
 def _fields_by_rule(rule: str) -> tuple[str, ...]:

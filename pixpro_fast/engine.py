@@ -273,6 +273,12 @@ class Trainer:
                   f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
                   f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
                   + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
+            if self.training.sync_bn and cfg.sync_bn is None:
+                print(f"SyncBatchNorm on: {cfg.method}'s reference synchronises BatchNorm across GPUs "
+                      f"(--no-sync-bn turns it off)", file=self.log_stream)
+            provenance = cfg.provenance()
+            if provenance:
+                print(provenance, file=self.log_stream)
             if self.resume_changes:
                 print("settings changed since the checkpoint, applied from here on:\n  - "
                       + "\n  - ".join(self.resume_changes), file=self.log_stream)

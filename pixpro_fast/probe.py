@@ -465,7 +465,7 @@ def probe_ready(encoder: nn.Module, method: str | None) -> nn.Module:
         return encoder
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    encoder_input = METHODS[method][0].encoder_input
+    encoder_input = METHODS[method].cls.encoder_input
     return encoder if encoder_input is None else MethodInput(encoder, encoder_input)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from .config import ATTENTION_KERNELS, ConfigError, TrainConfig
 from .hardware import resolve_precision
-from .methods import build_method
+from .methods import build_method, method_entry
 from .momentum import momentum_at
 from .optim import LARS, adamw_param_groups, lr_at, scaled_lr
 
@@ -107,6 +107,7 @@ class Training:
     global_batch: int
     peak_lr: float
     warmup_steps: int
+    sync_bn: bool = False        # resolved: BatchNorm statistics synchronised across the processes
 
     def lr_at(self, step: int) -> float:
         """Linear warmup to ``peak_lr``, then cosine to ``cfg.final_lr`` at ``total_steps``."""
@@ -144,6 +145,17 @@ class Training:
         """The loader's batches, epoch after epoch, without end (each pass reads the next epoch)."""
         while True:
             yield from self.loader
+
+
+def resolve_sync_bn(cfg: TrainConfig, device: torch.device, world_size: int) -> bool:
+    """Whether BatchNorm is synchronised across processes: ``--sync-bn``/``--no-sync-bn`` as
+    given (only where there is more than one process); unset, on for a multi-GPU CUDA run of
+    a method whose reference implementation syncs it (its registry entry), off otherwise."""
+    if world_size < 2:
+        return False
+    if cfg.sync_bn is not None:
+        return cfg.sync_bn
+    return device.type == "cuda" and method_entry(cfg.method).sync_bn
 
 
 def build_optimizer(cfg: TrainConfig, online: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -190,11 +202,12 @@ def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | N
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     method = build_method(cfg)
-    if cfg.sync_bn and world_size > 1:
+    sync_bn = resolve_sync_bn(cfg, device, world_size)
+    if sync_bn:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
     optimizer = build_optimizer(cfg, method.online, peak_lr)
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
     return Training(cfg, method, loader, optimizer, device, precision, steps_per_epoch, total_steps, stop_step,
-                    global_batch, peak_lr, warmup_steps)
+                    global_batch, peak_lr, warmup_steps, sync_bn)

@@ -2,49 +2,40 @@
 and training engine, fulfilling the contract of :mod:`.contract` (``forward(views, coords)
 -> MethodOutput``, ``online``, ``target``, ``update_target``, optimiser hooks).
 
-A new method is one module, one line in :data:`METHODS` and one bundled preset
-(``configs/NAME.json``)."""
+A new method is one module whose class carries a :func:`~.registry.register_method` entry
+(its description, reference settings, own settings, encoder kind), imported below."""
 from __future__ import annotations
 
-from .byol import BYOL
-from .colorization import Colorization
 from .contract import Method, MethodOutput
-from .denoising_ae import DenoisingAE
-from .jigsaw import Jigsaw
-from .loca import LOCA
-from .mocov2 import MoCoV2
-from .pixpro import PixPro
-from .relative_location import RelativeLocation
-from .rotation import Rotation
-from .simclr import SimCLR
-from .simsiam import SimSiam
-from .swav import SwAV
+from .registry import METHODS, MethodEntry, methods_reading, register_method
 
-# name -> (class, one-line description). The pixel-level family shares the PixPro module;
-# its members differ by loss weights, set in their bundled presets.
-METHODS: dict[str, tuple[type[Method], str]] = {
-    "pixpro": (PixPro, "pixel propagation consistency (PixPro)"),
-    "pixpro_ins": (PixPro, "PixPro plus the BYOL-style instance branch"),
-    "pixcontrast": (PixPro, "pixel-level InfoNCE between views (PixContrast)"),
-    "byol": (BYOL, "instance-level: predictor regresses a momentum target"),
-    "simsiam": (SimSiam, "instance-level: predictor + stop-gradient, no target"),
-    "simclr": (SimCLR, "instance-level: NT-Xent with negatives from every rank"),
-    "mocov2": (MoCoV2, "instance-level: momentum keys and a queue of negatives"),
-    "swav": (SwAV, "instance-level: swapped prediction of Sinkhorn cluster codes"),
-    "loca": (LOCA, "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)"),
-    "rotation": (Rotation, "pretext: which of four rotations a view shows"),
-    "jigsaw": (Jigsaw, "pretext: the permutation of a 3 x 3 grid of tiles"),
-    "relative_location": (RelativeLocation, "pretext: where a neighbouring tile sits around the centre tile"),
-    "colorization": (Colorization, "pretext: the ab colour channels from the L channel (1-channel encoder)"),
-    "denoising_ae": (DenoisingAE, "pretext: reconstruct the clean view from a corrupted one"),
-}
+# imported in the order the registry lists them (--help, the quality table)
+from .pixpro import PixPro  # noqa: E402,I001
+from .byol import BYOL  # noqa: E402
+from .simsiam import SimSiam  # noqa: E402
+from .simclr import SimCLR  # noqa: E402
+from .mocov2 import MoCoV2  # noqa: E402
+from .swav import SwAV  # noqa: E402
+from .loca import LOCA  # noqa: E402
+from .rotation import Rotation  # noqa: E402
+from .jigsaw import Jigsaw  # noqa: E402
+from .relative_location import RelativeLocation  # noqa: E402
+from .colorization import Colorization  # noqa: E402
+from .denoising_ae import DenoisingAE  # noqa: E402
+
+
+def method_entry(name: str) -> MethodEntry:
+    """The registry entry of ``name``; a ValueError listing the methods when there is none."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def build_method(cfg) -> Method:
     """The objective named by ``cfg.method`` (a TrainConfig)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
-    return METHODS[cfg.method][0].from_config(cfg)
+    return method_entry(cfg.method).cls.from_config(cfg)
 
 
-__all__ = ["METHODS", "Method", "MethodOutput", "build_method"]
+__all__ = ["METHODS", "MethodEntry", "Method", "MethodOutput", "build_method", "method_entry", "methods_reading",
+           "register_method", "PixPro", "BYOL", "SimSiam", "SimCLR", "MoCoV2", "SwAV", "LOCA", "Rotation", "Jigsaw",
+           "RelativeLocation", "Colorization", "DenoisingAE"]

@@ -27,7 +27,6 @@ class InstanceMethod(Method):
     accepted, as every method takes the same batch, and ignored.
     """
 
-    recipe = "byol"
     num_views = 2
 
     def __init__(self, cfg):

@@ -6,8 +6,15 @@ import torch
 from ..heads import MLP1d
 from ..loss import instance_loss
 from .base import InstanceMethod, mean_cosine, pooled
+from .registry import register_method
 
 
+@register_method(
+    "byol", "instance-level: predictor regresses a momentum target",
+    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=0.2,
+                  weight_decay=1.5e-06, warmup_epochs=10, epochs=300, ema_momentum=0.996,
+                  proj_hidden_dim=4096, proj_dim=256),
+    sync_bn=True)
 class BYOL(InstanceMethod):
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -15,6 +15,7 @@ from pipelines.colour import rgb_to_lab
 
 from .contract import MethodOutput
 from .pretext import PretextMethod, accuracy
+from .registry import register_method
 
 # The paper's schedule (ImageNet): Adam, 450k iterations of 40 images (about 14 epochs),
 # lr lowered to 1e-5 at 200k and 3e-6 at 375k iterations.
@@ -121,6 +122,12 @@ class ColorizationDecoder(nn.Module):
         return self.out(self.refine(x))
 
 
+@register_method(
+    "colorization", "pretext: the ab colour channels from the L channel (1-channel encoder)",
+    defaults=dict(arch='resnet50', recipe='single', optimizer='adamw', base_lr=0.000192,
+                  weight_decay=0.001, epochs=14, warmup_epochs=0, sgd_momentum=0.9, final_lr=0.0),
+    settings=('colorization_mode',),
+    encoder="resnet_l")
 class Colorization(PretextMethod):
     encoder_input = staticmethod(lightness_input)
 

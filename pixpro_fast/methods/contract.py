@@ -5,8 +5,8 @@ A method is an ``nn.Module`` with
 - ``online``: a ModuleDict, everything the optimiser trains;
 - ``target``: a ModuleDict of momentum (EMA) copies of some online modules, possibly empty,
   updated only by :meth:`Method.update_target`;
-- ``recipe``: the name of the view-plan preset it trains on by default, and ``num_views``:
-  how many views it needs (``None``: any number of at least ``min_views``);
+- ``num_views``: how many views it needs (``None``: any number of at least ``min_views``);
+  the view plan it trains on by default is its registry entry's (:mod:`.registry`);
 - ``forward(views, coords)``: the views of one batch (a tuple, one (B, 3, H, W) tensor per
   view of the plan, possibly of different sizes) and their crop boxes (a tuple of (B, 4)
   tensors, the box contract of ``pipelines.geometry``); returns a :class:`MethodOutput`;
@@ -43,7 +43,6 @@ class MethodOutput:
 class Method(nn.Module):
     """Base class: empty online/target dicts, the momentum update, no-op hooks, a view check."""
 
-    recipe: str = "byol"
     num_views: int | None = 2
     min_views: int = 1
     encoder_input = None

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .contract import MethodOutput
 from .pretext import PretextMethod
+from .registry import register_method
 
 # The paper trains by plain stochastic gradient descent without weight decay; on images this
 # engine's schedule is used at that lr.
@@ -55,6 +56,11 @@ class UpsamplingDecoder(nn.Module):
         return out
 
 
+@register_method(
+    "denoising_ae", "pretext: reconstruct the clean view from a corrupted one",
+    defaults=dict(arch='resnet50', recipe='single', optimizer='sgd', base_lr=0.01,
+                  weight_decay=0.0, epochs=100, warmup_epochs=0, sgd_momentum=0.9, final_lr=0.0),
+    settings=('denoising_noise', 'denoising_mask_p', 'denoising_sigma'))
 class DenoisingAE(PretextMethod):
     @classmethod
     def options_from(cls, cfg) -> dict:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .contract import MethodOutput
 from .pretext import (PAPER_GRID, PretextMethod, TileGrid, accuracy, encode_tiles, gather_tiles, grid_for,
                       normalise_each_tile, random_grayscale, tile_origins)
+from .registry import register_method
 
 # The paper's schedule (ImageNet, Caffe): 350k iterations of 256 images (about 70 epochs),
 # lr divided by 10 every 100k iterations.
@@ -98,6 +99,11 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, grid: TileGrid, generator
     return tiles, labels, origins
 
 
+@register_method(
+    "jigsaw", "pretext: the permutation of a 3 x 3 grid of tiles",
+    defaults=dict(arch='resnet50', recipe='single', optimizer='sgd', base_lr=0.01,
+                  weight_decay=0.0005, epochs=70, warmup_epochs=0, sgd_momentum=0.9, final_lr=0.0),
+    settings=('jigsaw_permutations', 'tile_grayscale_p'))
 class Jigsaw(PretextMethod):
     @classmethod
     def options_from(cls, cfg) -> dict:

@@ -56,6 +56,7 @@ from ..distributed import all_reduce_sum, gather_with_grad, world
 from ..vit import PATCH, VIT_ARCHS, ViTEncoder
 from ..optim import adamw_param_groups  # noqa: F401  (LOCA's optimiser groups)
 from .contract import Method, MethodOutput
+from .registry import register_method
 
 # The shipped 100-epoch ImageNet-1k recipe, for wiring into a config.
 TRAINING_DEFAULTS: dict = {
@@ -182,8 +183,17 @@ class LOCAMasks:
         return LOCAMasks(self.query_keep[rows], self.reference_start[rows])
 
 
+@register_method(
+    "loca", "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)",
+    defaults=dict(arch='vit_base_patch16', recipe='loca', image_size=224, optimizer='adamw',
+                  base_lr=0.00025, final_lr=1e-05, weight_decay=0.1, clip_grad_norm=1.0,
+                  warmup_epochs=15, epochs=100, ema_momentum=0.996, ema_schedule='cosine',
+                  temperature=0.1, teacher_temperature=0.05, num_prototypes=4096, sinkhorn_iters=3,
+                  proj_hidden_dim=2048, proj_dim=256, query_keep=70, reference_keep=0.2,
+                  stochastic_depth=0.1, lr_schedule='warmup_times_cosine'),
+    settings=('temperature', 'num_prototypes', 'sinkhorn_iters', 'teacher_temperature', 'query_keep', 'reference_keep', 'stochastic_depth'),
+    encoder="vit")
 class LOCA(Method):
-    recipe = "loca"
     num_views = 11
 
     def __init__(self, arch: str = "vit_base_patch16", reference_size: int = 224, num_focal: int = 9,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..distributed import broadcast, gather_no_grad, world
 from ..heads import MLP1d
 from .base import InstanceMethod, mean_cosine, pooled
+from .registry import register_method
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -19,6 +20,13 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+@register_method(
+    "mocov2", "instance-level: momentum keys and a queue of negatives",
+    defaults=dict(arch='resnet50', recipe='mocov2', optimizer='sgd', base_lr=0.03,
+                  weight_decay=0.0001, sgd_momentum=0.9, warmup_epochs=0, epochs=200,
+                  ema_momentum=0.999, ema_schedule='constant', temperature=0.2, queue_size=65536,
+                  proj_hidden_dim=2048, proj_dim=128),
+    settings=('temperature', 'queue_size', 'moco_symmetric'))
 class MoCoV2(InstanceMethod):
     def __init__(self, cfg):
         super().__init__(cfg)

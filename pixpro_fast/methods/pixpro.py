@@ -11,8 +11,35 @@ from ..encoder import build_encoder
 from ..heads import MLP2d, PixelPropagation
 from ..loss import instance_loss, pixcontrast_loss, pixpro_loss_with_stats
 from .contract import Method, MethodOutput
+from .registry import register_method
+
+# what the pixel-level family reads beyond the shared settings; its members differ by loss weights
+PIXEL_SETTINGS = ("concat_views", "temperature", "ppm_layers", "ppm_gamma", "ppm_clamp", "pos_ratio", "ins_loss_weight",
+                  "pixpro_weight", "pixcontrast_weight", "neg_ratio")
 
 
+@register_method(
+    "pixcontrast", "pixel-level InfoNCE between views (PixContrast)",
+    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
+                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
+                  pos_ratio=0.7, neg_ratio=0.7, temperature=0.3, pixpro_weight=0.0,
+                  pixcontrast_weight=1.0),
+    settings=PIXEL_SETTINGS,
+    sync_bn=True)
+@register_method(
+    "pixpro_ins", "PixPro plus the BYOL-style instance branch",
+    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
+                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
+                  pos_ratio=0.7, ppm_layers=1, ppm_gamma=2.0, ins_loss_weight=1.0),
+    settings=PIXEL_SETTINGS,
+    sync_bn=True)
+@register_method(
+    "pixpro", "pixel propagation consistency (PixPro)",
+    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
+                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
+                  pos_ratio=0.7, ppm_layers=1, ppm_gamma=2.0, proj_hidden_dim=4096, proj_dim=256),
+    settings=PIXEL_SETTINGS,
+    sync_bn=True)
 class PixPro(Method):
     """``forward((view1, view2), (coords1, coords2))`` returns a :class:`MethodOutput`.
 
@@ -30,7 +57,6 @@ class PixPro(Method):
     pixpro_weight, pixcontrast_weight, neg_ratio, temperature, concat_views.
     """
 
-    recipe = "byol"
     num_views = 2
 
     def __init__(self, cfg):

@@ -27,7 +27,6 @@ class PretextMethod(Method):
     view plan used, so a task that needs pixel values (grayscale, Lab, noise on 0..1) can undo it.
     """
 
-    recipe = "single"
     num_views = 1
 
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3,

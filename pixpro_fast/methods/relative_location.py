@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .contract import MethodOutput
 from .pretext import (PAPER_GRID, PretextMethod, TileGrid, accuracy, encode_tiles, gather_tiles, grid_for,
                       random_grayscale, tile_origins)
+from .registry import register_method
 
 # ImageNet schedule of the reference setting: 512 images a step, head decay 5x the trunk's.
 TRAINING_DEFAULTS = {
@@ -63,6 +64,12 @@ def drop_colour(tiles: torch.Tensor, noise_scale: float = 0.01, generator=None) 
     return torch.where(is_kept, kept.expand_as(tiles), noise)
 
 
+@register_method(
+    "relative_location", "pretext: where a neighbouring tile sits around the centre tile",
+    defaults=dict(arch='resnet50', recipe='single', optimizer='sgd', base_lr=0.1,
+                  weight_decay=0.0001, epochs=70, warmup_epochs=5, sgd_momentum=0.9,
+                  clip_grad_norm=1.0, final_lr=0.0),
+    settings=('tile_grayscale_p', 'relative_location_colour'))
 class RelativeLocation(PretextMethod):
     @classmethod
     def options_from(cls, cfg) -> dict:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from .base import pooled
 from .contract import MethodOutput
 from .pretext import PretextMethod, accuracy
+from .registry import register_method
 
 # ImageNet schedule of the reference setting: 128 images a step (512 rotated views).
 TRAINING_DEFAULTS = {
@@ -32,6 +33,10 @@ def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, labels
 
 
+@register_method(
+    "rotation", "pretext: which of four rotations a view shows",
+    defaults=dict(arch='resnet50', recipe='single', optimizer='sgd', base_lr=0.4,
+                  weight_decay=0.0001, epochs=70, warmup_epochs=5, sgd_momentum=0.9, final_lr=0.0))
 class Rotation(PretextMethod):
     def __init__(self, arch: str = "resnet50", encoder_weights: str | None = None, **view_stats):
         super().__init__(arch, encoder_weights, **view_stats)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ..distributed import gather_with_grad, world
 from ..heads import MLP1d
 from .base import InstanceMethod, mean_cosine, pooled
+from .registry import register_method
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,6 +33,13 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     return F.cross_entropy(logits, pos_idx)
 
 
+@register_method(
+    "simclr", "instance-level: NT-Xent with negatives from every rank",
+    defaults=dict(arch='resnet50', recipe='simclr', optimizer='lars', base_lr=0.3,
+                  weight_decay=1e-06, warmup_epochs=10, epochs=100, temperature=0.1,
+                  proj_hidden_dim=2048, proj_dim=128),
+    settings=('temperature',),
+    sync_bn=True)
 class SimCLR(InstanceMethod):
     def __init__(self, cfg):
         super().__init__(cfg)

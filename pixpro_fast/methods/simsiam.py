@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ..heads import MLP1d
 from .base import InstanceMethod, mean_cosine, pooled
+from .registry import register_method
 
 PREDICTOR_HIDDEN = 512  # the paper's bottleneck
 
@@ -15,6 +16,12 @@ def simsiam_loss(p1, p2, z1, z2):
     return -0.5 * (d(p1, z2) + d(p2, z1))
 
 
+@register_method(
+    "simsiam", "instance-level: predictor + stop-gradient, no target",
+    defaults=dict(arch='resnet50', recipe='mocov2', optimizer='sgd', base_lr=0.05,
+                  weight_decay=0.0001, sgd_momentum=0.9, warmup_epochs=0, epochs=100,
+                  proj_hidden_dim=2048, proj_dim=2048),
+    sync_bn=True)
 class SimSiam(InstanceMethod):
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -13,6 +13,7 @@ from ..distributed import all_reduce_sum, world
 from ..heads import MLP1d
 from .base import InstanceMethod, mean_cosine, pooled
 from .contract import MethodOutput
+from .registry import register_method
 
 
 @torch.no_grad()
@@ -53,6 +54,14 @@ def multicrop_swapped_loss(scores: list[torch.Tensor], codes: list[torch.Tensor]
     return total / len(codes)
 
 
+@register_method(
+    "swav", "instance-level: swapped prediction of Sinkhorn cluster codes",
+    defaults=dict(arch='resnet50', recipe='simclr', optimizer='lars', base_lr=0.3, final_lr=0.0006,
+                  weight_decay=1e-06, warmup_epochs=10, epochs=200, temperature=0.1,
+                  num_prototypes=3000, sinkhorn_eps=0.05, sinkhorn_iters=3, swav_queue=0,
+                  freeze_prototypes_steps=313, proj_hidden_dim=2048, proj_dim=128),
+    settings=('temperature', 'num_prototypes', 'sinkhorn_eps', 'sinkhorn_iters', 'swav_queue', 'freeze_prototypes_steps'),
+    sync_bn=True)
 class SwAV(InstanceMethod):
     num_views = None       # two views, or the multi-crop plan: codes from the first two
     min_views = 2
