@@ -174,7 +174,8 @@ class TrainConfig:
                              "compilation) or capture CUDA graphs", "apply",
                              choices=("default", "max-autotune", "reduce-overhead"))
     sync_bn: bool | None = _opt(None, "synchronise BatchNorm statistics across GPU processes (torchrun); none: as "
-                                      "the method's reference does, in multi-GPU runs only; CUDA devices only")
+                                      "the method's reference does, in multi-GPU runs only; CUDA devices only",
+                                "apply")
     seed: int = _opt(0, "seed of the model initialisation and the data order")
     out: str | None = _opt(None, "output folder: checkpoints, metrics.jsonl, tb/; none: runs/METHOD (runs/PRESET-METHOD "
                            "with --config PRESET)", "apply")
