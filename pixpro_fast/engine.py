@@ -242,7 +242,7 @@ class Trainer:
         if cfg.optimizer != "lars":
             return None
         travel = lars_travel(self.total_steps, self.warmup_steps, self.peak_lr, cfg.lars_trust, cfg.sgd_momentum,
-                             cfg.final_lr)
+                             cfg.final_lr, cfg.lr_schedule, cfg.final_lr_fraction)
         if travel >= 1.0:
             return None
         return (f"note: with lars_trust={cfg.lars_trust:g} and peak lr {self.peak_lr:.4g}, {self.total_steps} steps can move "

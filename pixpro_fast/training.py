@@ -109,8 +109,12 @@ class Training:
     warmup_steps: int
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup to ``peak_lr``, then cosine to ``cfg.final_lr`` at ``total_steps``."""
-        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.final_lr, self.cfg.lr_schedule)
+        """Linear warmup to ``peak_lr``, then cosine to the end of ``total_steps``: down to
+        ``cfg.final_lr`` (``warmup_cosine``) or to ``cfg.final_lr_fraction * peak_lr``
+        (``warmup_cosine_relative``); see :func:`pixpro_fast.optim.lr_at`."""
+        cfg = self.cfg
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.final_lr, cfg.lr_schedule,
+                     cfg.final_lr_fraction)
 
     def set_lr(self, step: int) -> float:
         """Put the lr of ``step`` into every parameter group; returns it."""

@@ -25,8 +25,10 @@ differs from a plain reading of the paper's recipe:
 - Sinkhorn: 3 rounds of (divide by global per-prototype sums, then per-row sums) on
   softmax(teacher logits / 0.05) over every rank's ``B * reference_grid**2`` rows; rows end
   summing to 1 (no extra K / B scaling).
-- Learning rate: linear warm-up over 15 epochs MULTIPLIED by a cosine that runs over the
-  whole 100 epochs from step 0 (to 1% of peak), not a cosine that starts after warm-up.
+- Learning rate: scenic's ``constant * cosine_decay * linear_warmup``: a linear warm-up
+  from 0 over 15 epochs, then a cosine over the remaining 85 epochs down to 1% of the peak
+  (scenic's ``cosine_decay`` starts after ``warmup_steps`` and its cycle is shortened by
+  them): ``--lr-schedule warmup_cosine_relative --final-lr-fraction 0.01``.
   Momentum ``1 - (1 - 0.996) * cos_factor``: 0.996 rising to 1 on a cosine.
 - The reference's per-device losses are normalised by the local valid count; here the
   position and cluster cross-entropies are normalised by the GLOBAL count, so that the
@@ -64,9 +66,9 @@ TRAINING_DEFAULTS: dict = {
     "lr_reference_batch": 1024,
     "weight_decay": 0.1,             # not on 1-D parameters (biases, norms, ...)
     "betas": (0.9, 0.999),           # optax.adamw defaults
-    "warmup_epochs": 15,             # linear warm-up factor ...
-    "lr_schedule": "warmup * cosine over the whole run",   # ... times a cosine from step 0
-    "final_lr_fraction": 0.01,
+    "warmup_epochs": 15,             # linear warm-up from 0 ...
+    "lr_schedule": "warmup_cosine_relative",   # ... then a cosine over the remaining steps ...
+    "final_lr_fraction": 0.01,       # ... down to 1% of the peak
     "clip_grad_norm": 1.0,
     "momentum": 0.996,               # EMA teacher, rising to 1 on a cosine
     "final_momentum": 1.0,
