@@ -24,7 +24,8 @@ differs from a plain reading of the paper's recipe:
   over ALL query patches, valid or not, across ranks; its weight is 1.
 - Sinkhorn: 3 rounds of (divide by global per-prototype sums, then per-row sums) on
   softmax(teacher logits / 0.05) over every rank's ``B * reference_grid**2`` rows; rows end
-  summing to 1 (no extra K / B scaling).
+  summing to 1 (no extra K / B scaling). The rounds are SwAV's (:mod:`pixpro_fast.sinkhorn`
+  serves both); only the start differs.
 - Learning rate: scenic's ``constant * cosine_decay * linear_warmup``: a linear warm-up
   from 0 over 15 epochs, then a cosine over the remaining 85 epochs down to 1% of the peak
   (scenic's ``cosine_decay`` starts after ``warmup_steps`` and its cycle is shortened by
@@ -55,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum, gather_with_grad, world
+from ..sinkhorn import sinkhorn
 from ..vit import PATCH, VIT_ARCHS, ViTEncoder
 from ..optim import adamw_param_groups  # noqa: F401  (LOCA's optimiser groups)
 from .contract import Method, MethodOutput
@@ -95,17 +97,6 @@ def patch_position_labels(query_coords: torch.Tensor, reference_coords: torch.Te
     row = torch.floor(v * reference_grid).long()
     inside = (col >= 0) & (col < reference_grid) & (row >= 0) & (row < reference_grid)
     return torch.where(inside, row * reference_grid + col, torch.full_like(col, -1))
-
-
-@torch.no_grad()
-def sinkhorn(probs: torch.Tensor, iters: int = 3) -> torch.Tensor:
-    """Balanced assignments (M, K): ``iters`` rounds of dividing each prototype column by its
-    sum over every rank's rows, then each row by its sum (rows end summing to 1)."""
-    x = probs.float().clone()
-    for _ in range(iters):
-        x /= all_reduce_sum(x.sum(dim=0, keepdim=True))
-        x /= x.sum(dim=1, keepdim=True)
-    return x
 
 
 def _lecun_normal_(w: torch.Tensor) -> None:
@@ -252,7 +243,7 @@ class LOCA(Method):
         with torch.no_grad():
             t_tokens = self.target["encoder"](ref)                                   # (B, R, D)
             t_probs = F.softmax(self.target["cluster"](t_tokens).float() / self.teacher_temperature, dim=-1)
-            targets = sinkhorn(t_probs.flatten(0, 1), self.sinkhorn_iters).view(b, rg * rg, -1)
+            targets = sinkhorn(t_probs.flatten(0, 1), iters=self.sinkhorn_iters).view(b, rg * rg, -1)
             run = masks.reference_start[:, None] + torch.arange(self.reference_keep, device=ref.device)
             kv = t_tokens.gather(1, run[..., None].expand(-1, -1, t_tokens.shape[-1]))
 

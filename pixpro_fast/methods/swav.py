@@ -9,29 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..distributed import all_reduce_sum, world
 from ..heads import MLP1d
+from ..sinkhorn import sinkhorn
 from .base import InstanceMethod, mean_cosine, pooled
 from .contract import MethodOutput
-
-
-@torch.no_grad()
-def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
-    """Equipartitioned soft codes (B, K) for prototype scores (B, K), over every rank's batch.
-
-    Alternately normalises prototype rows (sums over all ranks) to 1/K and sample columns
-    to 1/B_total, starting from exp(scores / eps); each returned row sums to 1.
-    """
-    q = torch.exp(scores.float() / eps).t()                   # (K, B)
-    k_protos = q.shape[0]
-    b_total = q.shape[1] * world()[1]
-    q /= all_reduce_sum(q.sum())
-    for _ in range(iters):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q /= k_protos
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b_total
-    return (q * b_total).t()
 
 
 def swapped_prediction_loss(scores1, scores2, codes1, codes2, temperature: float) -> torch.Tensor:
@@ -86,12 +67,13 @@ class SwAV(InstanceMethod):
         if cfg.swav_queue > 0:
             if int(self.queue_fill) >= cfg.swav_queue:    # the queue is full: use it for the codes
                 queued = self.queue[view_index].to(scores.dtype) @ self.online["prototypes"].weight.t().to(scores.dtype)
-                codes = sinkhorn(torch.cat([queued, scores.detach()]), cfg.sinkhorn_eps, cfg.sinkhorn_iters)[-n:]
+                codes = sinkhorn(torch.cat([queued, scores.detach()]), iters=cfg.sinkhorn_iters,
+                                 eps=cfg.sinkhorn_eps)[-n:]
             else:
-                codes = sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+                codes = sinkhorn(scores.detach(), iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
             self.queue[view_index] = torch.cat([z.detach().to(self.queue.dtype), self.queue[view_index, :-n]])
             return codes
-        return sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+        return sinkhorn(scores.detach(), iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
 
     def _embed(self, views) -> list[torch.Tensor]:
         """L2-normalised projections of every view; views of one size pass the encoder together

@@ -14,7 +14,8 @@ from pixpro_fast.methods import METHODS, build_method
 from pixpro_fast.methods.mocov2 import moco_loss
 from pixpro_fast.methods.simclr import nt_xent_loss
 from pixpro_fast.methods.simsiam import simsiam_loss
-from pixpro_fast.methods.swav import sinkhorn, swapped_prediction_loss
+from pixpro_fast.methods.swav import swapped_prediction_loss
+from pixpro_fast.sinkhorn import sinkhorn
 from reference import cell_centre
 from sample_data import installed_backends
 
@@ -110,11 +111,28 @@ def sinkhorn_reference(scores, eps, iters):
 def test_sinkhorn_matches_plain_loop_and_balances_prototypes():
     gen = torch.Generator().manual_seed(4)
     scores = torch.randn(12, 5, generator=gen).clamp(-1, 1)
-    codes = sinkhorn(scores, 0.05, 3)
+    codes = sinkhorn(scores, iters=3, eps=0.05)
     torch.testing.assert_close(codes.double(), sinkhorn_reference(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(codes.sum(1), torch.ones(12), atol=1e-5, rtol=0)
-    many = sinkhorn(scores, 0.5, 50)   # converged: every prototype gets an equal share
+    many = sinkhorn(scores, iters=50, eps=0.5)   # converged: every prototype gets an equal share
     torch.testing.assert_close(many.sum(0), torch.full((5,), 12 / 5), atol=1e-3, rtol=0)
+
+
+def test_one_sinkhorn_serves_swav_and_loca():
+    """SwAV's start exp(s / eps) and LOCA's start (weights, the teacher's softmax) run the
+    same rounds: weights w given directly equal scores log(w) with eps 1. A per-sample scale
+    of the start changes a few rounds' result, so the two starts stay distinct. A small eps
+    whose plain exp(s / eps) overflows fp32 still gives the float64 reference's codes."""
+    gen = torch.Generator().manual_seed(6)
+    probs = torch.softmax(torch.randn(20, 7, generator=gen) / 0.3, dim=1)
+    torch.testing.assert_close(sinkhorn(probs, iters=3), sinkhorn(probs.log(), iters=3, eps=1.0), atol=1e-6, rtol=1e-5)
+    rescaled = probs * torch.linspace(0.5, 2.0, 20)[:, None]
+    assert not torch.allclose(sinkhorn(probs, iters=3), sinkhorn(rescaled, iters=3), atol=1e-3)
+    scores = 0.3 + 0.7 * torch.rand(12, 5, generator=gen)
+    scores[0, 0] = 1.0
+    assert not torch.isfinite(torch.exp(scores / 0.01)).all()
+    torch.testing.assert_close(sinkhorn(scores, iters=3, eps=0.01).double(), sinkhorn_reference(scores, 0.01, 3),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_swapped_prediction_matches_plain_loop():
@@ -198,7 +216,7 @@ import os, sys, torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[2])
 from pixpro_fast.methods.simclr import nt_xent_loss
-from pixpro_fast.methods.swav import sinkhorn
+from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.methods.mocov2 import MoCoV2
 from pixpro_fast.config import TrainConfig
 dist.init_process_group("gloo")
@@ -209,7 +227,7 @@ mine = slice(rank * 4, rank * 4 + 4)
 a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
 loss = nt_xent_loss(a, b, 0.2)
 loss.backward()
-codes = sinkhorn(scores[mine], 0.05, 3)
+codes = sinkhorn(scores[mine], iters=3, eps=0.05)
 torch.manual_seed(0)
 moco = MoCoV2(TrainConfig(method="mocov2", arch="resnet18", proj_hidden_dim=32, proj_dim=16, queue_size=16))
 moco.enqueue(z1[mine])
@@ -238,7 +256,8 @@ def test_gathering_methods_across_two_ranks_equal_single_process_on_concatenated
     # DDP averages gradients over ranks: (sum of each rank's gradient) / 2 == full-batch gradient
     torch.testing.assert_close(torch.cat([r[0]["grad_a"], r[1]["grad_a"]]) / 2, a.grad, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(torch.cat([r[0]["grad_b"], r[1]["grad_b"]]) / 2, b.grad, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, iters=3, eps=0.05),
+                               atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r[0]["queue"], r[1]["queue"])
     torch.testing.assert_close(r[0]["queue"][:, :8].t(), z1)
 
@@ -260,7 +279,8 @@ def test_method_flag_trains_from_the_command_line(tmp_path):
 def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
     """Eight views of two sizes: codes from the two large views, every other view predicts
     them; written per sample from the formula against the module's batched loss."""
-    from pixpro_fast.methods.swav import multicrop_swapped_loss, sinkhorn
+    from pixpro_fast.methods.swav import multicrop_swapped_loss
+    from pixpro_fast.sinkhorn import sinkhorn
     torch.manual_seed(0)
     cfg = small_config("swav").replace(swav_queue=0)
     model = build_method(cfg)
@@ -272,7 +292,7 @@ def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
         assert [zi.shape for zi in z] == [(3, cfg.proj_dim)] * 8
         s = [on["prototypes"](zi) for zi in z]
         for a in range(2):
-            q = sinkhorn(s[a], cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+            q = sinkhorn(s[a], iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
             per_view = []
             for v in range(8):
                 if v == a:
@@ -281,8 +301,8 @@ def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
                 per_view.append(sum(per_sample) / 3)
             ref_terms.append(sum(per_view) / 7)
     assert float(sum(ref_terms) / 2) == pytest.approx(float(out.loss.detach()), rel=1e-5)
-    two = multicrop_swapped_loss(s[:2], [sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)], 0.1)
-    q0, q1 = sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)
+    two = multicrop_swapped_loss(s[:2], [sinkhorn(s[0], iters=3, eps=0.05), sinkhorn(s[1], iters=3, eps=0.05)], 0.1)
+    q0, q1 = sinkhorn(s[0], iters=3, eps=0.05), sinkhorn(s[1], iters=3, eps=0.05)
     assert float(two) == pytest.approx(float(swapped_prediction_loss(s[0], s[1], q0, q1, 0.1)), rel=1e-6)
     with pytest.raises(ValueError, match="at least 2 views"):
         model(views[:1], None)
