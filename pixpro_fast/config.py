@@ -113,6 +113,9 @@ class TrainConfig:
                                methods=("swav",))
     sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1, methods=("swav", "loca"))
     swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0, methods=("swav",))
+    swav_queue_start_epoch: int = _opt(15, "SwAV: the epoch (from 0) from which the queue is filled, and used once "
+                                       "full; before it the codes come from the batch alone", min=0,
+                                       methods=("swav",))
     freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0,
                                         methods=("swav",))
     # LOCA
@@ -338,16 +341,20 @@ def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
     """Human-readable list of the differences that make resuming from ``saved`` unsafe
     (fields whose metadata says ``resume: refuse``)."""
     cur = current.to_dict()
+    # a field a checkpoint predates had its default value then, except SwAV's queue start:
+    # a queue was filled and used from the first step
     default = {f.name: f.default for f in fields(TrainConfig)}
+    if saved.get("method") == "swav" and saved.get("swav_queue", 0):
+        default["swav_queue_start_epoch"] = 0
 
     def same(key, was, now):
         if key == "data" and was is not None and now is not None:   # one folder, named two ways
             return Path(was).resolve() == Path(now).resolve()
         return was == now
+
     def note(key, was):
         retired = key == "lr_schedule" and isinstance(was, str) and was in RETIRED_LR_SCHEDULES
         return f" ({RETIRED_LR_SCHEDULES[was]})" if retired else ""
-    # a field a checkpoint predates had its default value then
     return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, config has {cur[k]!r}" + note(k, saved.get(k))
             for k in _fields_by_rule("refuse") if not same(k, saved.get(k, default[k]), cur[k])]
 

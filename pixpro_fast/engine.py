@@ -291,6 +291,7 @@ class Trainer:
         try:
             while self.step < stop_at and self.epoch < cfg.epochs:
                 self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                self.model.set_epoch(self.epoch)
                 it = iter(self.loader)
                 for _ in range(self.steps_per_epoch - self.batch_in_epoch // cfg.accum_steps):
                     if self.step >= stop_at:

@@ -145,9 +145,13 @@ class Training:
         return self.method(batch.views, batch.coords).loss
 
     def batches(self) -> Iterator:
-        """The loader's batches, epoch after epoch, without end (each pass reads the next epoch)."""
+        """The loader's batches, epoch after epoch, without end (each pass reads the next epoch);
+        before each pass the method is told its epoch (counted from 0, ``method.set_epoch``)."""
+        epoch = 0
         while True:
+            self.method.set_epoch(epoch)
             yield from self.loader
+            epoch += 1
 
 
 def build_optimizer(cfg: TrainConfig, online: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -2,7 +2,10 @@
 and the swapped prediction of a view's code from every other view. With the
 ``swav_multicrop`` view plan (2 x 224 + 6 x 96) the codes come from the two large views and
 all eight views predict them; with two views it is the plain swapped prediction. A queue of
-past embeddings is optional."""
+past embeddings is optional: as the reference's (``epoch_queue_starts``), it is neither
+filled nor used before epoch ``swav_queue_start_epoch``; from then on each step pushes the
+batch's embeddings in, and once it is full the codes are computed over the queue and the
+batch together."""
 from __future__ import annotations
 
 import torch
@@ -46,6 +49,11 @@ class SwAV(InstanceMethod):
         self.normalize_prototypes()
         self.register_buffer("queue", torch.zeros(2, cfg.swav_queue, cfg.proj_dim))
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The queue (if any) is filled and used from epoch ``swav_queue_start_epoch`` on."""
+        self.queue_on = self.cfg.swav_queue > 0 and epoch >= self.cfg.swav_queue_start_epoch
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -64,7 +72,7 @@ class SwAV(InstanceMethod):
     def _codes(self, view_index: int, scores: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         n = scores.shape[0]
-        if cfg.swav_queue > 0:
+        if self.queue_on:
             if int(self.queue_fill) >= cfg.swav_queue:    # the queue is full: use it for the codes
                 queued = self.queue[view_index].to(scores.dtype) @ self.online["prototypes"].weight.t().to(scores.dtype)
                 codes = sinkhorn(torch.cat([queued, scores.detach()]), iters=cfg.sinkhorn_iters,
@@ -94,7 +102,7 @@ class SwAV(InstanceMethod):
         z = self._embed(views)
         scores = [self.online["prototypes"](zi) for zi in z]
         codes = [self._codes(a, scores[a], z[a]) for a in range(self.coded_views)]
-        if self.cfg.swav_queue > 0:
+        if self.queue_on:
             self.queue_fill.add_(z[0].shape[0])
         loss = multicrop_swapped_loss(scores, codes, self.cfg.temperature)
         return MethodOutput(loss, {"positive_cosine": mean_cosine(z[0], z[1])})

@@ -150,7 +150,8 @@ def test_swapped_prediction_matches_plain_loop():
 
 def small_config(method):
     from pixpro_fast.config import method_fields
-    own = {k: v for k, v in dict(queue_size=16, num_prototypes=10, swav_queue=8).items() if k in method_fields(method)}
+    own = {k: v for k, v in dict(queue_size=16, num_prototypes=10, swav_queue=8, swav_queue_start_epoch=0).items()
+           if k in method_fields(method)}
     return TrainConfig.from_file(method).replace(arch="resnet18", image_size=64, proj_hidden_dim=64,
                                                  proj_dim=64 if method == "simsiam" else 32, **own)
 
@@ -200,6 +201,65 @@ def test_moco_queue_wraps_and_swav_prototypes_stay_normalised():
         swav.online["prototypes"].weight.mul_(3.0)
     swav.after_optimizer_step()
     torch.testing.assert_close(swav.online["prototypes"].weight.norm(dim=1), torch.ones(10))
+
+
+def test_swav_queue_is_neither_filled_nor_used_before_its_start_epoch(monkeypatch):
+    """As the reference (epoch_queue_starts): before the start epoch the codes come from the
+    batch alone and the queue stays empty; from it each step pushes the batch in, and once
+    the queue is full (here 8 = two batches of 4) the codes are balanced over queue + batch."""
+    import pixpro_fast.methods.swav as swav_module
+    rows = []
+    real = swav_module.sinkhorn
+    monkeypatch.setattr(swav_module, "sinkhorn", lambda x, **kw: rows.append(x.shape[0]) or real(x, **kw))
+    torch.manual_seed(0)
+    model = build_method(small_config("swav").replace(swav_queue_start_epoch=2))
+    views = (torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
+    with torch.no_grad():
+        model(views)                                  # no set_epoch yet: epoch 0
+        model.set_epoch(1)
+        model(views)
+        assert rows == [4, 4, 4, 4] and int(model.queue_fill) == 0 and not model.queue.any()
+        model.set_epoch(2)
+        rows.clear()
+        model(views)
+        assert int(model.queue_fill) == 4 and model.queue[:, :4].any(dim=2).all() and not model.queue[:, 4:].any()
+        model(views)                                  # the queue fills up, still unused
+        model(views)                                  # full: 8 queued rows + the batch
+        assert rows == [4, 4, 4, 4, 12, 12]
+
+
+def test_swav_queue_start_follows_the_engine_epoch_through_a_resume(tmp_path):
+    """One step an epoch, queue from epoch 1: a run stopped after epoch 0 has an empty queue;
+    resumed, epoch 1 pushes its batch of 4."""
+    from pipelines import build_loader
+    from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
+    from pixpro_fast.engine import Trainer
+    cfg = small_config("swav").replace(swav_queue_start_epoch=1, image_size=32, batch_size=4, epochs=2, num_workers=0,
+                                       loader="synthetic", tensorboard=False, warmup_epochs=0.0, precision="fp32",
+                                       device="cpu", freeze_prototypes_steps=0, out=str(tmp_path))
+
+    def run(max_steps):
+        loader = build_loader("synthetic", None, 4, 32, cfg.recipe, batches_per_epoch=1, seed=0)
+        return Trainer(cfg.replace(max_steps=max_steps), loader=loader).fit()
+    assert run(1).steps == 1
+    assert int(load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]["queue_fill"]) == 0
+    assert run(None).steps == 2
+    assert int(load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]["queue_fill"]) == 4
+
+
+def test_a_swav_checkpoint_from_before_the_queue_start_epoch_resumes_only_as_it_ran():
+    """Before swav_queue_start_epoch existed a queue ran from step 0: such a checkpoint is
+    refused under the default start (15) and resumes with 0; other checkpoints are unaffected."""
+    from pixpro_fast.config import resume_differences
+    swav = small_config("swav")
+    old = {k: v for k, v in swav.to_dict().items() if k != "swav_queue_start_epoch"}
+    assert resume_differences(old, swav) == []                             # small_config starts it at 0
+    assert resume_differences(old, swav.replace(swav_queue_start_epoch=15)) == [
+        "swav_queue_start_epoch: checkpoint has 0, config has 15"]
+    no_queue = dict(old, swav_queue=0)
+    assert resume_differences(no_queue, swav.replace(swav_queue=0, swav_queue_start_epoch=15)) == []
+    byol = small_config("byol")
+    assert resume_differences({k: v for k, v in byol.to_dict().items() if k != "swav_queue_start_epoch"}, byol) == []
 
 
 def test_method_presets_load_and_unknown_method_is_named():
