@@ -405,8 +405,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         stats = (win["stats"] / max(win["n"], 1)).tolist()
         wall = max(now - win["t0"], 1e-9)
-        values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr,
-                  "momentum": self._momentum(),
+        # a method without a momentum target has no momentum to log
+        momentum = {"momentum": self._momentum()} if len(self.model.target) else {}
+        values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr, **momentum,
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
                   "skipped_images": win["skipped"], **win.pop("probe", {})}
         logger.log(self.step, values)

@@ -262,6 +262,29 @@ def test_a_swav_checkpoint_from_before_the_queue_start_epoch_resumes_only_as_it_
     assert resume_differences({k: v for k, v in byol.to_dict().items() if k != "swav_queue_start_epoch"}, byol) == []
 
 
+@pytest.mark.parametrize("method,has_target", [("simclr", False), ("byol", True)])
+def test_momentum_is_logged_only_for_methods_with_a_momentum_target(method, has_target, tmp_path):
+    """What the engine writes per log interval: SimCLR has no momentum target, so no momentum."""
+    from pipelines import build_loader
+    from pixpro_fast.engine import Trainer
+    cfg = small_config(method).replace(image_size=32, batch_size=4, epochs=1, num_workers=0, loader="synthetic",
+                                       tensorboard=False, precision="fp32", device="cpu", out=str(tmp_path))
+    trainer = Trainer(cfg, loader=build_loader("synthetic", None, 4, 32, cfg.recipe, batches_per_epoch=2, seed=0))
+    assert (len(trainer.model.target) > 0) == has_target
+    logged = []
+
+    class Logger:
+        def log(self, step, values):
+            logged.append(values)
+    trainer._stat_names = ("loss", "positive_cosine")
+    window = {"wait": 0.0, "t0": 0.0, "images": 4, "stats": torch.tensor([1.0, 0.5]), "n": 1, "skipped": 0}
+    trainer._log(Logger(), window, 0.1)
+    assert logged[0]["lr"] == 0.1 and logged[0]["loss"] == 1.0
+    assert ("momentum" in logged[0]) == has_target
+    if has_target:
+        assert logged[0]["momentum"] == trainer.training.momentum_at(0)
+
+
 def test_method_presets_load_and_unknown_method_is_named():
     for m in METHODS:
         assert TrainConfig.from_file(m).method == m
