@@ -34,7 +34,7 @@ from .methods import METHODS, method_entry, methods_reading
 from .methods.colorization import MODES as COLORIZATION_MODES
 from .methods.denoising_ae import NOISES as DENOISING_NOISES
 from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
-from .optim import LR_SCHEDULES
+from .optim import LR_SCHEDULES, RETIRED_LR_SCHEDULES
 from .vit import VIT_ARCHS
 
 ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
@@ -114,6 +114,8 @@ class TrainConfig:
     sinkhorn_eps: float = _opt(0.05, "SwAV: entropy regularisation of the Sinkhorn-Knopp codes", min=0)
     sinkhorn_iters: int = _opt(3, "SwAV, LOCA: Sinkhorn-Knopp iterations", min=1)
     swav_queue: int = _opt(0, "SwAV: past embeddings kept for the codes (0: none)", min=0)
+    swav_queue_start_epoch: int = _opt(15, "SwAV: the epoch (from 0) from which the queue is filled, and used once "
+                                       "full; before it the codes come from the batch alone", min=0)
     freeze_prototypes_steps: int = _opt(0, "SwAV: optimiser steps during which the prototypes stay fixed", min=0)
     # LOCA
     teacher_temperature: float = _opt(0.05, "LOCA: temperature of the teacher's cluster assignments", min=0)
@@ -149,11 +151,14 @@ class TrainConfig:
     base_lr: float = _opt(1.0, "base learning rate, scaled by the global batch (see --lr-scaling)", min=0)
     lr_scaling: str = _opt("linear", "peak lr: linear = base_lr * B / 256; sqrt = 4 * sqrt(B / 1024)",
                            choices=("linear", "sqrt"))
-    lr_schedule: str = _opt("warmup_cosine", "warmup_cosine: linear warmup, then cosine decay to --final-lr; "
-                            "warmup_times_cosine: a warmup factor times a cosine over the whole run (LOCA)",
+    lr_schedule: str = _opt("warmup_cosine", "warmup_cosine: linear warmup from peak/100, then cosine decay to "
+                            "--final-lr (absolute); warmup_cosine_relative (LOCA's, from scenic): linear warmup from "
+                            "0, then a cosine over the remaining steps down to --final-lr-fraction of the peak",
                             choices=LR_SCHEDULES)
     warmup_epochs: float = _opt(5.0, "linear lr warmup, in epochs", min=0)
-    final_lr: float = _opt(1e-6, "learning rate at the end of the cosine decay", "apply", min=0)
+    final_lr: float = _opt(1e-6, "warmup_cosine: learning rate at the end of the cosine decay", "apply", min=0)
+    final_lr_fraction: float = _opt(0.01, "warmup_cosine_relative: learning rate at the end of the cosine decay, as "
+                                    "a fraction of the peak (scenic's alpha; LOCA's 0.01)", "apply", min=0, max=1)
     weight_decay: float = _opt(1e-5, "weight decay (LARS: multi-dimensional parameters only)", "apply", min=0)
     sgd_momentum: float = _opt(0.9, "momentum of the SGD/LARS update", "apply", min=0, max=1)
     lars_trust: float = _opt(0.001, "LARS trust coefficient; short runs need more (0.02 suits a few hundred steps)",
@@ -260,6 +265,8 @@ class TrainConfig:
                 + f"; everything else: {self.method}'s reference settings, then the defaults")
 
     def validate(self) -> "TrainConfig":
+        if isinstance(self.lr_schedule, str) and self.lr_schedule in RETIRED_LR_SCHEDULES:
+            raise ConfigError("lr_schedule", RETIRED_LR_SCHEDULES[self.lr_schedule])
         for f in fields(self):
             check_field(f, getattr(self, f.name))
 
@@ -294,6 +301,13 @@ class TrainConfig:
                                           f"method {self.method!r} does not read it (leave it at its default, "
                                           f"{f.default!r})" + ("" if came in ("given", "default") else
                                                                f"; it came from {came}, made for another method"))
+        # each schedule reads one of the two final rates; the other, set, would do nothing
+        relative = self.lr_schedule == "warmup_cosine_relative"
+        for key, reader in (("final_lr", "warmup_cosine"), ("final_lr_fraction", "warmup_cosine_relative")):
+            unread = (self.lr_schedule != reader) and getattr(self, key) != _DEFAULTS[key]
+            need(not unread, key, f"{getattr(self, key)!r} is read by --lr-schedule {reader} only; "
+                 f"{self.lr_schedule} ends at " + ("final_lr_fraction of the peak" if relative else "final_lr")
+                 + f" (leave {key} at its default, {_DEFAULTS[key]!r})")
         vit_method = entry.encoder == "vit"
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "
@@ -349,6 +363,7 @@ class TrainConfig:
         return TrainConfig.layered(self._layers + [("given", changes)]).validate()
 
 
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -408,14 +423,21 @@ def resume_differences(saved: dict, current: "TrainConfig") -> list[str]:
     """Human-readable list of the differences that make resuming from ``saved`` unsafe
     (fields whose metadata says ``resume: refuse``)."""
     cur = current.to_dict()
+    # a field a checkpoint predates had its default value then, except SwAV's queue start:
+    # a queue was filled and used from the first step
     default = {f.name: f.default for f in fields(TrainConfig)}
+    if saved.get("method") == "swav" and saved.get("swav_queue", 0):
+        default["swav_queue_start_epoch"] = 0
 
     def same(key, was, now):
         if key == "data" and was is not None and now is not None:   # one folder, named two ways
             return Path(was).resolve() == Path(now).resolve()
         return was == now
-    # a field a checkpoint predates had its default value then
-    return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, config has {cur[k]!r}"
+
+    def note(key, was):
+        retired = key == "lr_schedule" and isinstance(was, str) and was in RETIRED_LR_SCHEDULES
+        return f" ({RETIRED_LR_SCHEDULES[was]})" if retired else ""
+    return [f"{k}: checkpoint has {saved.get(k, default[k])!r}, config has {cur[k]!r}" + note(k, saved.get(k))
             for k in _fields_by_rule("refuse") if not same(k, saved.get(k, default[k]), cur[k])]
 
 

@@ -43,3 +43,11 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if world()[1] > 1:
         dist.broadcast(x, src)
     return x
+
+
+@torch.no_grad()
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """In-place maximum over ranks; returns ``x``."""
+    if world()[1] > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x

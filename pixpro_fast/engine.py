@@ -242,7 +242,7 @@ class Trainer:
         if cfg.optimizer != "lars":
             return None
         travel = lars_travel(self.total_steps, self.warmup_steps, self.peak_lr, cfg.lars_trust, cfg.sgd_momentum,
-                             cfg.final_lr)
+                             cfg.final_lr, cfg.lr_schedule, cfg.final_lr_fraction)
         if travel >= 1.0:
             return None
         return (f"note: with lars_trust={cfg.lars_trust:g} and peak lr {self.peak_lr:.4g}, {self.total_steps} steps can move "
@@ -297,6 +297,7 @@ class Trainer:
         try:
             while self.step < stop_at and self.epoch < cfg.epochs:
                 self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+                self.model.set_epoch(self.epoch)
                 it = iter(self.loader)
                 for _ in range(self.steps_per_epoch - self.batch_in_epoch // cfg.accum_steps):
                     if self.step >= stop_at:
@@ -410,8 +411,9 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         stats = (win["stats"] / max(win["n"], 1)).tolist()
         wall = max(now - win["t0"], 1e-9)
-        values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr,
-                  "momentum": self._momentum(),
+        # a method without a momentum target has no momentum to log
+        momentum = {"momentum": self._momentum()} if len(self.model.target) else {}
+        values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr, **momentum,
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
                   "skipped_images": win["skipped"], **win.pop("probe", {})}
         logger.log(self.step, values)

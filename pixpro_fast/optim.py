@@ -70,18 +70,44 @@ def scaled_lr(base_lr: float, global_batch: int, rule: str = "linear") -> float:
     raise ValueError(f"unknown lr scaling rule {rule!r}; choose 'linear' or 'sqrt'")
 
 
-LR_SCHEDULES = ("warmup_cosine", "warmup_times_cosine")
+LR_SCHEDULES = ("warmup_cosine", "warmup_cosine_relative")
+
+# schedules a config may no longer name, and why
+RETIRED_LR_SCHEDULES = {
+    "warmup_times_cosine": "'warmup_times_cosine' (a warmup factor times a cosine from step 0 down to an absolute "
+                           "final_lr) is no longer offered: LOCA's reference uses 'warmup_cosine_relative' (linear "
+                           "warmup from 0, then a cosine over the remaining steps down to final_lr_fraction of the "
+                           "peak). A run begun under the old schedule cannot go on along the same curve; start it "
+                           "afresh in a new --out",
+}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_lr: float = 1e-6,
-          schedule: str = "warmup_cosine") -> float:
-    """``warmup_cosine``: linear warmup from ``peak/100`` to ``peak`` over ``warmup_steps``, then
-    cosine to ``final_lr``. ``warmup_times_cosine`` (LOCA's): a linear warmup factor from 0 to 1
-    times a cosine from ``peak`` to ``final_lr`` that spans the whole run from step 0."""
-    if schedule == "warmup_times_cosine":
-        t = min(max(step, 0), total_steps) / max(total_steps, 1)
-        cosine = final_lr + (peak_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-        return cosine * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+          schedule: str = "warmup_cosine", final_lr_fraction: float = 0.01) -> float:
+    """The learning rate of optimiser step ``step`` (0-based).
+
+    ``warmup_cosine``: linear warmup from ``peak/100`` to ``peak`` over ``warmup_steps``, then a
+    cosine down to the absolute ``final_lr`` at ``total_steps``.
+
+    ``warmup_cosine_relative`` (scenic's ``constant * linear_warmup * cosine_decay``, LOCA's):
+    ``peak * min(1, step / warmup_steps) * (a + (1 - a) * (1 + cos(pi * t)) / 2)`` with
+    ``a = final_lr_fraction`` and ``t = (step - warmup_steps) / (total_steps - warmup_steps)``
+    clamped to [0, 1]: 0 at step 0, the peak at the end of the warmup, then a cosine over the
+    remaining steps down to ``a * peak`` at ``total_steps`` (scenic's cycle would start again
+    there; its loop never trains that step). No decay when the warmup spans the whole run.
+    ``final_lr`` is not read.
+    """
+    if schedule == "warmup_cosine_relative":
+        step = max(step, 0)
+        warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+        decay_steps = total_steps - warmup_steps
+        if decay_steps <= 0:
+            return peak_lr * warm
+        t = min(max(step - warmup_steps, 0), decay_steps) / decay_steps
+        a = final_lr_fraction
+        return peak_lr * warm * (a + (1.0 - a) * 0.5 * (1.0 + math.cos(math.pi * t)))
+    if schedule in RETIRED_LR_SCHEDULES:
+        raise ValueError(RETIRED_LR_SCHEDULES[schedule])
     if schedule != "warmup_cosine":
         raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
@@ -93,12 +119,14 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, final_
 
 
 def lars_travel(total_steps: int, warmup_steps: int, peak_lr: float, trust: float, momentum: float,
-                final_lr: float = 1e-6) -> float:
+                final_lr: float = 1e-6, schedule: str = "warmup_cosine", final_lr_fraction: float = 0.01) -> float:
     """The most a LARS schedule can move any weight tensor, relative to its norm: each step
     changes it by at most ``lr * trust`` (times ``1 / (1 - momentum)`` once momentum has
-    built up), summed over the schedule. Gradient noise makes the real net change far
-    smaller; below about 1 the weights end where they started, whatever the loss did."""
-    total_lr = sum(lr_at(s, total_steps, warmup_steps, peak_lr, final_lr) for s in range(total_steps))
+    built up), summed over the schedule (:func:`lr_at` with the same arguments). Gradient
+    noise makes the real net change far smaller; below about 1 the weights end where they
+    started, whatever the loss did."""
+    total_lr = sum(lr_at(s, total_steps, warmup_steps, peak_lr, final_lr, schedule, final_lr_fraction)
+                   for s in range(total_steps))
     return total_lr * trust / (1.0 - momentum)
 
 

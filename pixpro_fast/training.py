@@ -110,8 +110,12 @@ class Training:
     sync_bn: bool = False        # resolved: BatchNorm statistics synchronised across the processes
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup to ``peak_lr``, then cosine to ``cfg.final_lr`` at ``total_steps``."""
-        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.cfg.final_lr, self.cfg.lr_schedule)
+        """Linear warmup to ``peak_lr``, then cosine to the end of ``total_steps``: down to
+        ``cfg.final_lr`` (``warmup_cosine``) or to ``cfg.final_lr_fraction * peak_lr``
+        (``warmup_cosine_relative``); see :func:`pixpro_fast.optim.lr_at`."""
+        cfg = self.cfg
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.final_lr, cfg.lr_schedule,
+                     cfg.final_lr_fraction)
 
     def set_lr(self, step: int) -> float:
         """Put the lr of ``step`` into every parameter group; returns it."""
@@ -142,9 +146,13 @@ class Training:
         return self.method(batch.views, batch.coords).loss
 
     def batches(self) -> Iterator:
-        """The loader's batches, epoch after epoch, without end (each pass reads the next epoch)."""
+        """The loader's batches, epoch after epoch, without end (each pass reads the next epoch);
+        before each pass the method is told its epoch (counted from 0, ``method.set_epoch``)."""
+        epoch = 0
         while True:
+            self.method.set_epoch(epoch)
             yield from self.loader
+            epoch += 1
 
 
 def resolve_sync_bn(cfg: TrainConfig, device: torch.device, world_size: int) -> bool:

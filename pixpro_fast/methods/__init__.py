@@ -1,6 +1,6 @@
 """Objectives selected by ``--method``: each a small module on the shared encoder, view plan
 and training engine, fulfilling the contract of :mod:`.contract` (``forward(views, coords)
--> MethodOutput``, ``online``, ``target``, ``update_target``, optimiser hooks).
+-> MethodOutput``, ``online``, ``target``, ``update_target``, optimiser and epoch hooks).
 
 A new method is one module whose class carries a :func:`~.registry.register_method` entry
 (its description, reference settings, own settings, encoder kind), imported below."""

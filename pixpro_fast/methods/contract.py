@@ -12,7 +12,10 @@ A method is an ``nn.Module`` with
   tensors, the box contract of ``pipelines.geometry``); returns a :class:`MethodOutput`;
 - ``before_optimizer_step(step)`` / ``after_optimizer_step()``: hooks around the optimiser
   step, no-ops unless a method needs them (SwAV freezes its prototypes early, normalises them
-  after the step).
+  after the step);
+- ``set_epoch(epoch)``: told the 0-based epoch before the first forward of each epoch's
+  batches (a resumed run: of the epoch it resumes in); a no-op unless a method changes with
+  the epoch (SwAV starts its queue at ``swav_queue_start_epoch``).
 
 - ``encoder_input``: ``None`` when the encoder takes the views as they come (normalised
   RGB), else a function from RGB on the 0..1 scale to what the encoder sees (colorization's
@@ -74,6 +77,9 @@ class Method(nn.Module):
         pass
 
     def after_optimizer_step(self) -> None:
+        pass
+
+    def set_epoch(self, epoch: int) -> None:
         pass
 
     def check_views(self, count: int) -> None:

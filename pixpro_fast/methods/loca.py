@@ -24,9 +24,12 @@ differs from a plain reading of the paper's recipe:
   over ALL query patches, valid or not, across ranks; its weight is 1.
 - Sinkhorn: 3 rounds of (divide by global per-prototype sums, then per-row sums) on
   softmax(teacher logits / 0.05) over every rank's ``B * reference_grid**2`` rows; rows end
-  summing to 1 (no extra K / B scaling).
-- Learning rate: linear warm-up over 15 epochs MULTIPLIED by a cosine that runs over the
-  whole 100 epochs from step 0 (to 1% of peak), not a cosine that starts after warm-up.
+  summing to 1 (no extra K / B scaling). The rounds are SwAV's (:mod:`pixpro_fast.sinkhorn`
+  serves both); only the start differs.
+- Learning rate: scenic's ``constant * cosine_decay * linear_warmup``: a linear warm-up
+  from 0 over 15 epochs, then a cosine over the remaining 85 epochs down to 1% of the peak
+  (scenic's ``cosine_decay`` starts after ``warmup_steps`` and its cycle is shortened by
+  them): ``--lr-schedule warmup_cosine_relative --final-lr-fraction 0.01``.
   Momentum ``1 - (1 - 0.996) * cos_factor``: 0.996 rising to 1 on a cosine.
 - The reference's per-device losses are normalised by the local valid count; here the
   position and cluster cross-entropies are normalised by the GLOBAL count, so that the
@@ -53,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum, gather_with_grad, world
+from ..sinkhorn import sinkhorn
 from ..vit import PATCH, VIT_ARCHS, ViTEncoder
 from ..optim import adamw_param_groups  # noqa: F401  (LOCA's optimiser groups)
 from .contract import Method, MethodOutput
@@ -65,9 +69,9 @@ TRAINING_DEFAULTS: dict = {
     "lr_reference_batch": 1024,
     "weight_decay": 0.1,             # not on 1-D parameters (biases, norms, ...)
     "betas": (0.9, 0.999),           # optax.adamw defaults
-    "warmup_epochs": 15,             # linear warm-up factor ...
-    "lr_schedule": "warmup * cosine over the whole run",   # ... times a cosine from step 0
-    "final_lr_fraction": 0.01,
+    "warmup_epochs": 15,             # linear warm-up from 0 ...
+    "lr_schedule": "warmup_cosine_relative",   # ... then a cosine over the remaining steps ...
+    "final_lr_fraction": 0.01,       # ... down to 1% of the peak
     "clip_grad_norm": 1.0,
     "momentum": 0.996,               # EMA teacher, rising to 1 on a cosine
     "final_momentum": 1.0,
@@ -94,17 +98,6 @@ def patch_position_labels(query_coords: torch.Tensor, reference_coords: torch.Te
     row = torch.floor(v * reference_grid).long()
     inside = (col >= 0) & (col < reference_grid) & (row >= 0) & (row < reference_grid)
     return torch.where(inside, row * reference_grid + col, torch.full_like(col, -1))
-
-
-@torch.no_grad()
-def sinkhorn(probs: torch.Tensor, iters: int = 3) -> torch.Tensor:
-    """Balanced assignments (M, K): ``iters`` rounds of dividing each prototype column by its
-    sum over every rank's rows, then each row by its sum (rows end summing to 1)."""
-    x = probs.float().clone()
-    for _ in range(iters):
-        x /= all_reduce_sum(x.sum(dim=0, keepdim=True))
-        x /= x.sum(dim=1, keepdim=True)
-    return x
 
 
 def _lecun_normal_(w: torch.Tensor) -> None:
@@ -186,12 +179,13 @@ class LOCAMasks:
 @register_method(
     "loca", "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)",
     defaults=dict(arch='vit_base_patch16', recipe='loca', image_size=224, optimizer='adamw',
-                  base_lr=0.00025, final_lr=1e-05, weight_decay=0.1, clip_grad_norm=1.0,
+                  base_lr=0.00025, final_lr_fraction=0.01, weight_decay=0.1, clip_grad_norm=1.0,
                   warmup_epochs=15, epochs=100, ema_momentum=0.996, ema_schedule='cosine',
                   temperature=0.1, teacher_temperature=0.05, num_prototypes=4096, sinkhorn_iters=3,
                   proj_hidden_dim=2048, proj_dim=256, query_keep=70, reference_keep=0.2,
-                  stochastic_depth=0.1, lr_schedule='warmup_times_cosine'),
-    settings=('temperature', 'num_prototypes', 'sinkhorn_iters', 'teacher_temperature', 'query_keep', 'reference_keep', 'stochastic_depth'),
+                  stochastic_depth=0.1, lr_schedule='warmup_cosine_relative'),
+    settings=('temperature', 'num_prototypes', 'sinkhorn_iters', 'teacher_temperature', 'query_keep',
+              'reference_keep', 'stochastic_depth'),
     encoder="vit")
 class LOCA(Method):
     num_views = 11
@@ -260,7 +254,7 @@ class LOCA(Method):
         with torch.no_grad():
             t_tokens = self.target["encoder"](ref)                                   # (B, R, D)
             t_probs = F.softmax(self.target["cluster"](t_tokens).float() / self.teacher_temperature, dim=-1)
-            targets = sinkhorn(t_probs.flatten(0, 1), self.sinkhorn_iters).view(b, rg * rg, -1)
+            targets = sinkhorn(t_probs.flatten(0, 1), iters=self.sinkhorn_iters).view(b, rg * rg, -1)
             run = masks.reference_start[:, None] + torch.arange(self.reference_keep, device=ref.device)
             kv = t_tokens.gather(1, run[..., None].expand(-1, -1, t_tokens.shape[-1]))
 

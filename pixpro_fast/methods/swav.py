@@ -2,37 +2,21 @@
 and the swapped prediction of a view's code from every other view. With the
 ``swav_multicrop`` view plan (2 x 224 + 6 x 96) the codes come from the two large views and
 all eight views predict them; with two views it is the plain swapped prediction. A queue of
-past embeddings is optional."""
+past embeddings is optional: as the reference's (``epoch_queue_starts``), it is neither
+filled nor used before epoch ``swav_queue_start_epoch``; from then on each step pushes the
+batch's embeddings in, and once it is full the codes are computed over the queue and the
+batch together."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..distributed import all_reduce_sum, world
 from ..heads import MLP1d
+from ..sinkhorn import sinkhorn
 from .base import InstanceMethod, mean_cosine, pooled
 from .contract import MethodOutput
 from .registry import register_method
-
-
-@torch.no_grad()
-def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
-    """Equipartitioned soft codes (B, K) for prototype scores (B, K), over every rank's batch.
-
-    Alternately normalises prototype rows (sums over all ranks) to 1/K and sample columns
-    to 1/B_total, starting from exp(scores / eps); each returned row sums to 1.
-    """
-    q = torch.exp(scores.float() / eps).t()                   # (K, B)
-    k_protos = q.shape[0]
-    b_total = q.shape[1] * world()[1]
-    q /= all_reduce_sum(q.sum())
-    for _ in range(iters):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q /= k_protos
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b_total
-    return (q * b_total).t()
 
 
 def swapped_prediction_loss(scores1, scores2, codes1, codes2, temperature: float) -> torch.Tensor:
@@ -59,8 +43,9 @@ def multicrop_swapped_loss(scores: list[torch.Tensor], codes: list[torch.Tensor]
     defaults=dict(arch='resnet50', recipe='simclr', optimizer='lars', base_lr=0.3, final_lr=0.0006,
                   weight_decay=1e-06, warmup_epochs=10, epochs=200, temperature=0.1,
                   num_prototypes=3000, sinkhorn_eps=0.05, sinkhorn_iters=3, swav_queue=0,
-                  freeze_prototypes_steps=313, proj_hidden_dim=2048, proj_dim=128),
-    settings=('temperature', 'num_prototypes', 'sinkhorn_eps', 'sinkhorn_iters', 'swav_queue', 'freeze_prototypes_steps'),
+                  swav_queue_start_epoch=15, freeze_prototypes_steps=313, proj_hidden_dim=2048, proj_dim=128),
+    settings=('temperature', 'num_prototypes', 'sinkhorn_eps', 'sinkhorn_iters', 'swav_queue', 'swav_queue_start_epoch',
+              'freeze_prototypes_steps'),
     sync_bn=True)
 class SwAV(InstanceMethod):
     num_views = None       # two views, or the multi-crop plan: codes from the first two
@@ -74,6 +59,11 @@ class SwAV(InstanceMethod):
         self.normalize_prototypes()
         self.register_buffer("queue", torch.zeros(2, cfg.swav_queue, cfg.proj_dim))
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The queue (if any) is filled and used from epoch ``swav_queue_start_epoch`` on."""
+        self.queue_on = self.cfg.swav_queue > 0 and epoch >= self.cfg.swav_queue_start_epoch
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -92,15 +82,16 @@ class SwAV(InstanceMethod):
     def _codes(self, view_index: int, scores: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         n = scores.shape[0]
-        if cfg.swav_queue > 0:
+        if self.queue_on:
             if int(self.queue_fill) >= cfg.swav_queue:    # the queue is full: use it for the codes
                 queued = self.queue[view_index].to(scores.dtype) @ self.online["prototypes"].weight.t().to(scores.dtype)
-                codes = sinkhorn(torch.cat([queued, scores.detach()]), cfg.sinkhorn_eps, cfg.sinkhorn_iters)[-n:]
+                codes = sinkhorn(torch.cat([queued, scores.detach()]), iters=cfg.sinkhorn_iters,
+                                 eps=cfg.sinkhorn_eps)[-n:]
             else:
-                codes = sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+                codes = sinkhorn(scores.detach(), iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
             self.queue[view_index] = torch.cat([z.detach().to(self.queue.dtype), self.queue[view_index, :-n]])
             return codes
-        return sinkhorn(scores.detach(), cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+        return sinkhorn(scores.detach(), iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
 
     def _embed(self, views) -> list[torch.Tensor]:
         """L2-normalised projections of every view; views of one size pass the encoder together
@@ -121,7 +112,7 @@ class SwAV(InstanceMethod):
         z = self._embed(views)
         scores = [self.online["prototypes"](zi) for zi in z]
         codes = [self._codes(a, scores[a], z[a]) for a in range(self.coded_views)]
-        if self.cfg.swav_queue > 0:
+        if self.queue_on:
             self.queue_fill.add_(z[0].shape[0])
         loss = multicrop_swapped_loss(scores, codes, self.cfg.temperature)
         return MethodOutput(loss, {"positive_cosine": mean_cosine(z[0], z[1])})

@@ -25,7 +25,8 @@ TINY = dict(arch="resnet18", image_size=32, proj_hidden_dim=32, proj_dim=16, bat
             tensorboard=False, log_every=1, warmup_epochs=0.0, loader="synthetic", precision="fp32")
 APPLY = {"num_workers", "on_corrupt", "device", "channels_last", "compile", "out", "log_every", "ckpt_every",
          "keep_ckpts", "resume", "tensorboard", "profile", "probe_every", "probe_images", "max_steps", "weight_decay",
-         "lars_trust", "sgd_momentum", "final_lr", "clip_grad_norm", "compile_mode", "attention", "sync_bn"}
+         "lars_trust", "sgd_momentum", "final_lr", "final_lr_fraction", "clip_grad_norm", "compile_mode",
+         "attention", "sync_bn"}
 
 
 @pytest.fixture

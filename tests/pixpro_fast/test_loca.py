@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixpro_fast.methods.loca import (LOCA, TRAINING_DEFAULTS, adamw_param_groups, patch_position_labels,
-                                      sinkhorn)
+from pixpro_fast.methods.loca import LOCA, TRAINING_DEFAULTS, adamw_param_groups, patch_position_labels
+from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.vit import ViTEncoder, timm_kwargs, timm_name
 
 SMALL = dict(arch="vit_tiny_patch16", reference_size=64, query_keep=10, head_hidden_dim=32,
@@ -200,12 +200,12 @@ def plain_sinkhorn(p, iters):
 def test_sinkhorn_marginals():
     g = torch.Generator().manual_seed(0)
     probs = F.softmax(torch.randn(60, 12, generator=g) * 3 / 0.5, dim=1)
-    q = sinkhorn(probs, 3)
+    q = sinkhorn(probs, iters=3)
     torch.testing.assert_close(q.double(), plain_sinkhorn(probs, 3), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(q.sum(1), torch.ones(60))                       # each row an assignment
     before = (probs.sum(0) - 5).abs().max()
     assert (q.sum(0) - 5).abs().max() < before                                  # columns move to 60 / 12
-    converged = sinkhorn(probs, 300)
+    converged = sinkhorn(probs, iters=300)
     torch.testing.assert_close(converged.sum(0), torch.full((12,), 5.0), rtol=1e-3, atol=1e-3)
 
 

@@ -266,12 +266,73 @@ def test_mlp2d_shape():
     assert MLP2d(8, 16, 4)(torch.randn(2, 8, 3, 3)).shape == (2, 4, 3, 3)
 
 
-def test_warmup_times_cosine_schedule_follows_its_formula():
-    peak, final, total, warm = 1e-3, 1e-5, 100, 10
-    for step in (0, 5, 10, 50, 100):
-        cosine = final + (peak - final) * 0.5 * (1 + math.cos(math.pi * step / total))
-        want = cosine * min(1.0, step / warm)
-        assert lr_at(step, total, warm, peak, final, "warmup_times_cosine") == pytest.approx(want)
-    assert lr_at(5, total, warm, peak, final) != pytest.approx(lr_at(5, total, warm, peak, final, "warmup_times_cosine"))
+def scenic_compound_lr(step, base_lr, warmup_steps, steps_per_cycle, alpha):
+    """scenic.train_lib.lr_schedules.compound_lr_scheduler for LOCA's factors
+    'constant * cosine_decay * linear_warmup' (configs/loca_imnet1k_base16.py: no total_steps,
+    t_mul, m_mul, warmup_alpha or start_decay_step), re-derived factor by factor."""
+    ratio = base_lr                                                      # constant
+    total_steps = steps_per_cycle                                        # cosine_decay
+    adjusted_step = max(0.0, step - warmup_steps)
+    cycle = steps_per_cycle - int(warmup_steps / (total_steps / steps_per_cycle))
+    if cycle > 0:
+        progress = adjusted_step / float(cycle)
+        progress -= math.floor(progress)                                 # t_mul == 1: restart each cycle
+        cosine = max(0.0, 0.5 * (1.0 + math.cos(math.pi * (progress % 1.0))))
+        ratio *= (1 - alpha) * cosine + alpha
+    if warmup_steps > 0:                                                 # linear_warmup, from 0
+        ratio *= min(1.0, step / warmup_steps)
+    return ratio
+
+
+@pytest.mark.parametrize("total,warmup", [(100 * 1251, 15 * 1251), (100, 10), (37, 5)])
+def test_warmup_cosine_relative_is_scenics_schedule(total, warmup):
+    """LOCA's schedule against scenic's factors: ImageNet at batch 1024 (1251 steps an epoch,
+    15 of 100 epochs of warmup) and short runs; optax evaluates it at the update count, 0 first,
+    as the engine does with its step. ``final_lr`` is not read (given absurd here)."""
+    peak, alpha = 1e-3, 0.01
+    steps = sorted({0, warmup // 2, warmup - 1, warmup, warmup + 1, (warmup + total) // 2, total - 2, total - 1})
+    for step in steps:
+        want = scenic_compound_lr(step, peak, warmup, total, alpha)
+        got = lr_at(step, total, warmup, peak, 123.0, "warmup_cosine_relative", alpha)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-18), step
+    assert lr_at(0, total, warmup, peak, 0.0, "warmup_cosine_relative") == 0.0
+    assert lr_at(warmup, total, warmup, peak, 0.0, "warmup_cosine_relative") == pytest.approx(peak)
+    # scenic's cycle would begin again at total_steps, a step its loop never trains: here the end holds
+    assert lr_at(total, total, warmup, peak, 0.0, "warmup_cosine_relative", alpha) == pytest.approx(alpha * peak)
+    assert lr_at(total + 7, total, warmup, peak, 0.0, "warmup_cosine_relative", alpha) == pytest.approx(alpha * peak)
+
+
+@pytest.mark.parametrize("batch", [8, 128, 1024])
+def test_loca_preset_lr_never_rises_after_the_warmup(batch):
+    """At every batch size (peak 7.8e-6 at batch 8) the preset's lr climbs to the peak, then
+    only falls, to 1% of the peak."""
+    cfg = TrainConfig.from_file("loca")
+    peak = scaled_lr(cfg.base_lr, batch, cfg.lr_scaling)
+    per_epoch = 40
+    total, warmup = cfg.epochs * per_epoch, int(round(cfg.warmup_epochs * per_epoch))
+    lrs = [lr_at(s, total, warmup, peak, cfg.final_lr, cfg.lr_schedule, cfg.final_lr_fraction) for s in range(total + 1)]
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))
+    assert lrs[warmup] == pytest.approx(peak) and max(lrs) == lrs[warmup]
+    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+    assert lrs[-1] == pytest.approx(0.01 * peak) and lrs[-2] > lrs[-1]
+
+
+def test_retired_schedule_and_unread_final_rates_are_refused_by_name():
+    from pixpro_fast.config import ConfigError, resume_differences
+    with pytest.raises(ValueError, match="no longer offered.*warmup_cosine_relative"):
+        lr_at(0, 100, 10, 1e-3, 1e-5, "warmup_times_cosine")
     with pytest.raises(ValueError, match="lr schedule"):
-        lr_at(0, total, warm, peak, final, "step")
+        lr_at(0, 100, 10, 1e-3, 1e-5, "step")
+    loca = TrainConfig.from_file("loca")
+    with pytest.raises(ConfigError, match="lr_schedule 'warmup_times_cosine'.*no longer offered.*new --out"):
+        loca.replace(lr_schedule="warmup_times_cosine")
+    with pytest.raises(ConfigError, match="final_lr 1e-05 is read by --lr-schedule warmup_cosine only"):
+        loca.replace(final_lr=1e-5)
+    with pytest.raises(ConfigError, match="final_lr_fraction 0.1 is read by --lr-schedule warmup_cosine_relative"):
+        TrainConfig(final_lr_fraction=0.1).validate()
+    assert loca.replace(final_lr_fraction=0.1).final_lr_fraction == 0.1
+    # a checkpoint written under the old schedule: refused, saying why
+    old = dict(loca.to_dict(), lr_schedule="warmup_times_cosine")
+    diffs = resume_differences(old, loca)
+    assert len(diffs) == 1 and diffs[0].startswith("lr_schedule: checkpoint has 'warmup_times_cosine'")
+    assert "no longer offered" in diffs[0]

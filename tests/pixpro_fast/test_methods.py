@@ -14,7 +14,8 @@ from pixpro_fast.methods import METHODS, build_method
 from pixpro_fast.methods.mocov2 import moco_loss
 from pixpro_fast.methods.simclr import nt_xent_loss
 from pixpro_fast.methods.simsiam import simsiam_loss
-from pixpro_fast.methods.swav import sinkhorn, swapped_prediction_loss
+from pixpro_fast.methods.swav import swapped_prediction_loss
+from pixpro_fast.sinkhorn import sinkhorn
 from reference import cell_centre
 from sample_data import installed_backends
 
@@ -110,11 +111,28 @@ def sinkhorn_reference(scores, eps, iters):
 def test_sinkhorn_matches_plain_loop_and_balances_prototypes():
     gen = torch.Generator().manual_seed(4)
     scores = torch.randn(12, 5, generator=gen).clamp(-1, 1)
-    codes = sinkhorn(scores, 0.05, 3)
+    codes = sinkhorn(scores, iters=3, eps=0.05)
     torch.testing.assert_close(codes.double(), sinkhorn_reference(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(codes.sum(1), torch.ones(12), atol=1e-5, rtol=0)
-    many = sinkhorn(scores, 0.5, 50)   # converged: every prototype gets an equal share
+    many = sinkhorn(scores, iters=50, eps=0.5)   # converged: every prototype gets an equal share
     torch.testing.assert_close(many.sum(0), torch.full((5,), 12 / 5), atol=1e-3, rtol=0)
+
+
+def test_one_sinkhorn_serves_swav_and_loca():
+    """SwAV's start exp(s / eps) and LOCA's start (weights, the teacher's softmax) run the
+    same rounds: weights w given directly equal scores log(w) with eps 1. A per-sample scale
+    of the start changes a few rounds' result, so the two starts stay distinct. A small eps
+    whose plain exp(s / eps) overflows fp32 still gives the float64 reference's codes."""
+    gen = torch.Generator().manual_seed(6)
+    probs = torch.softmax(torch.randn(20, 7, generator=gen) / 0.3, dim=1)
+    torch.testing.assert_close(sinkhorn(probs, iters=3), sinkhorn(probs.log(), iters=3, eps=1.0), atol=1e-6, rtol=1e-5)
+    rescaled = probs * torch.linspace(0.5, 2.0, 20)[:, None]
+    assert not torch.allclose(sinkhorn(probs, iters=3), sinkhorn(rescaled, iters=3), atol=1e-3)
+    scores = 0.3 + 0.7 * torch.rand(12, 5, generator=gen)
+    scores[0, 0] = 1.0
+    assert not torch.isfinite(torch.exp(scores / 0.01)).all()
+    torch.testing.assert_close(sinkhorn(scores, iters=3, eps=0.01).double(), sinkhorn_reference(scores, 0.01, 3),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_swapped_prediction_matches_plain_loop():
@@ -132,7 +150,8 @@ def test_swapped_prediction_matches_plain_loop():
 
 def small_config(method):
     from pixpro_fast.config import method_fields
-    own = {k: v for k, v in dict(queue_size=16, num_prototypes=10, swav_queue=8).items() if k in method_fields(method)}
+    own = {k: v for k, v in dict(queue_size=16, num_prototypes=10, swav_queue=8, swav_queue_start_epoch=0).items()
+           if k in method_fields(method)}
     return TrainConfig.from_file(method).replace(arch="resnet18", image_size=64, proj_hidden_dim=64,
                                                  proj_dim=64 if method == "simsiam" else 32, **own)
 
@@ -184,6 +203,88 @@ def test_moco_queue_wraps_and_swav_prototypes_stay_normalised():
     torch.testing.assert_close(swav.online["prototypes"].weight.norm(dim=1), torch.ones(10))
 
 
+def test_swav_queue_is_neither_filled_nor_used_before_its_start_epoch(monkeypatch):
+    """As the reference (epoch_queue_starts): before the start epoch the codes come from the
+    batch alone and the queue stays empty; from it each step pushes the batch in, and once
+    the queue is full (here 8 = two batches of 4) the codes are balanced over queue + batch."""
+    import pixpro_fast.methods.swav as swav_module
+    rows = []
+    real = swav_module.sinkhorn
+    monkeypatch.setattr(swav_module, "sinkhorn", lambda x, **kw: rows.append(x.shape[0]) or real(x, **kw))
+    torch.manual_seed(0)
+    model = build_method(small_config("swav").replace(swav_queue_start_epoch=2))
+    views = (torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
+    with torch.no_grad():
+        model(views)                                  # no set_epoch yet: epoch 0
+        model.set_epoch(1)
+        model(views)
+        assert rows == [4, 4, 4, 4] and int(model.queue_fill) == 0 and not model.queue.any()
+        model.set_epoch(2)
+        rows.clear()
+        model(views)
+        assert int(model.queue_fill) == 4 and model.queue[:, :4].any(dim=2).all() and not model.queue[:, 4:].any()
+        model(views)                                  # the queue fills up, still unused
+        model(views)                                  # full: 8 queued rows + the batch
+        assert rows == [4, 4, 4, 4, 12, 12]
+
+
+def test_swav_queue_start_follows_the_engine_epoch_through_a_resume(tmp_path):
+    """One step an epoch, queue from epoch 1: a run stopped after epoch 0 has an empty queue;
+    resumed, epoch 1 pushes its batch of 4."""
+    from pipelines import build_loader
+    from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
+    from pixpro_fast.engine import Trainer
+    cfg = small_config("swav").replace(swav_queue_start_epoch=1, image_size=32, batch_size=4, epochs=2, num_workers=0,
+                                       loader="synthetic", tensorboard=False, warmup_epochs=0.0, precision="fp32",
+                                       device="cpu", freeze_prototypes_steps=0, out=str(tmp_path))
+
+    def run(max_steps):
+        loader = build_loader("synthetic", None, 4, 32, cfg.recipe, batches_per_epoch=1, seed=0)
+        return Trainer(cfg.replace(max_steps=max_steps), loader=loader).fit()
+    assert run(1).steps == 1
+    assert int(load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]["queue_fill"]) == 0
+    assert run(None).steps == 2
+    assert int(load_checkpoint(list_checkpoints(tmp_path)[-1])["model"]["queue_fill"]) == 4
+
+
+def test_a_swav_checkpoint_from_before_the_queue_start_epoch_resumes_only_as_it_ran():
+    """Before swav_queue_start_epoch existed a queue ran from step 0: such a checkpoint is
+    refused under the default start (15) and resumes with 0; other checkpoints are unaffected."""
+    from pixpro_fast.config import resume_differences
+    swav = small_config("swav")
+    old = {k: v for k, v in swav.to_dict().items() if k != "swav_queue_start_epoch"}
+    assert resume_differences(old, swav) == []                             # small_config starts it at 0
+    assert resume_differences(old, swav.replace(swav_queue_start_epoch=15)) == [
+        "swav_queue_start_epoch: checkpoint has 0, config has 15"]
+    no_queue = dict(old, swav_queue=0)
+    assert resume_differences(no_queue, swav.replace(swav_queue=0, swav_queue_start_epoch=15)) == []
+    byol = small_config("byol")
+    assert resume_differences({k: v for k, v in byol.to_dict().items() if k != "swav_queue_start_epoch"}, byol) == []
+
+
+@pytest.mark.parametrize("method,has_target", [("simclr", False), ("byol", True)])
+def test_momentum_is_logged_only_for_methods_with_a_momentum_target(method, has_target, tmp_path):
+    """What the engine writes per log interval: SimCLR has no momentum target, so no momentum."""
+    from pipelines import build_loader
+    from pixpro_fast.engine import Trainer
+    cfg = small_config(method).replace(image_size=32, batch_size=4, epochs=1, num_workers=0, loader="synthetic",
+                                       tensorboard=False, precision="fp32", device="cpu", out=str(tmp_path))
+    trainer = Trainer(cfg, loader=build_loader("synthetic", None, 4, 32, cfg.recipe, batches_per_epoch=2, seed=0))
+    assert (len(trainer.model.target) > 0) == has_target
+    logged = []
+
+    class Logger:
+        def log(self, step, values):
+            logged.append(values)
+    trainer._stat_names = ("loss", "positive_cosine")
+    window = {"wait": 0.0, "t0": 0.0, "images": 4, "stats": torch.tensor([1.0, 0.5]), "n": 1, "skipped": 0}
+    trainer._log(Logger(), window, 0.1)
+    assert logged[0]["lr"] == 0.1 and logged[0]["loss"] == 1.0
+    assert ("momentum" in logged[0]) == has_target
+    if has_target:
+        assert logged[0]["momentum"] == trainer.training.momentum_at(0)
+
+
 def test_method_presets_load_and_unknown_method_is_named():
     for m in METHODS:
         assert TrainConfig.from_file(m).method == m
@@ -198,7 +299,7 @@ import os, sys, torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[2])
 from pixpro_fast.methods.simclr import nt_xent_loss
-from pixpro_fast.methods.swav import sinkhorn
+from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.methods.mocov2 import MoCoV2
 from pixpro_fast.config import TrainConfig
 dist.init_process_group("gloo")
@@ -209,7 +310,7 @@ mine = slice(rank * 4, rank * 4 + 4)
 a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
 loss = nt_xent_loss(a, b, 0.2)
 loss.backward()
-codes = sinkhorn(scores[mine], 0.05, 3)
+codes = sinkhorn(scores[mine], iters=3, eps=0.05)
 torch.manual_seed(0)
 moco = MoCoV2(TrainConfig(method="mocov2", arch="resnet18", proj_hidden_dim=32, proj_dim=16, queue_size=16))
 moco.enqueue(z1[mine])
@@ -238,7 +339,8 @@ def test_gathering_methods_across_two_ranks_equal_single_process_on_concatenated
     # DDP averages gradients over ranks: (sum of each rank's gradient) / 2 == full-batch gradient
     torch.testing.assert_close(torch.cat([r[0]["grad_a"], r[1]["grad_a"]]) / 2, a.grad, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(torch.cat([r[0]["grad_b"], r[1]["grad_b"]]) / 2, b.grad, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, 0.05, 3), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, iters=3, eps=0.05),
+                               atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r[0]["queue"], r[1]["queue"])
     torch.testing.assert_close(r[0]["queue"][:, :8].t(), z1)
 
@@ -260,7 +362,8 @@ def test_method_flag_trains_from_the_command_line(tmp_path):
 def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
     """Eight views of two sizes: codes from the two large views, every other view predicts
     them; written per sample from the formula against the module's batched loss."""
-    from pixpro_fast.methods.swav import multicrop_swapped_loss, sinkhorn
+    from pixpro_fast.methods.swav import multicrop_swapped_loss
+    from pixpro_fast.sinkhorn import sinkhorn
     torch.manual_seed(0)
     cfg = small_config("swav").replace(swav_queue=0)
     model = build_method(cfg)
@@ -272,7 +375,7 @@ def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
         assert [zi.shape for zi in z] == [(3, cfg.proj_dim)] * 8
         s = [on["prototypes"](zi) for zi in z]
         for a in range(2):
-            q = sinkhorn(s[a], cfg.sinkhorn_eps, cfg.sinkhorn_iters)
+            q = sinkhorn(s[a], iters=cfg.sinkhorn_iters, eps=cfg.sinkhorn_eps)
             per_view = []
             for v in range(8):
                 if v == a:
@@ -281,8 +384,8 @@ def test_swav_multicrop_loss_equals_a_plain_reference_on_the_same_views():
                 per_view.append(sum(per_sample) / 3)
             ref_terms.append(sum(per_view) / 7)
     assert float(sum(ref_terms) / 2) == pytest.approx(float(out.loss.detach()), rel=1e-5)
-    two = multicrop_swapped_loss(s[:2], [sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)], 0.1)
-    q0, q1 = sinkhorn(s[0], 0.05, 3), sinkhorn(s[1], 0.05, 3)
+    two = multicrop_swapped_loss(s[:2], [sinkhorn(s[0], iters=3, eps=0.05), sinkhorn(s[1], iters=3, eps=0.05)], 0.1)
+    q0, q1 = sinkhorn(s[0], iters=3, eps=0.05), sinkhorn(s[1], iters=3, eps=0.05)
     assert float(two) == pytest.approx(float(swapped_prediction_loss(s[0], s[1], q0, q1, 0.1)), rel=1e-6)
     with pytest.raises(ValueError, match="at least 2 views"):
         model(views[:1], None)
