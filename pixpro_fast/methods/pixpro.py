@@ -18,28 +18,19 @@ PIXEL_SETTINGS = ("concat_views", "temperature", "ppm_layers", "ppm_gamma", "ppm
                   "pixpro_weight", "pixcontrast_weight", "neg_ratio")
 
 
-@register_method(
-    "pixcontrast", "pixel-level InfoNCE between views (PixContrast)",
-    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
-                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
-                  pos_ratio=0.7, neg_ratio=0.7, temperature=0.3, pixpro_weight=0.0,
-                  pixcontrast_weight=1.0),
-    settings=PIXEL_SETTINGS,
-    sync_bn=True)
-@register_method(
-    "pixpro_ins", "PixPro plus the BYOL-style instance branch",
-    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
-                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
-                  pos_ratio=0.7, ppm_layers=1, ppm_gamma=2.0, ins_loss_weight=1.0),
-    settings=PIXEL_SETTINGS,
-    sync_bn=True)
-@register_method(
-    "pixpro", "pixel propagation consistency (PixPro)",
-    defaults=dict(arch='resnet50', recipe='byol', optimizer='lars', base_lr=1.0,
-                  weight_decay=1e-05, warmup_epochs=5, epochs=100, ema_momentum=0.99,
-                  pos_ratio=0.7, ppm_layers=1, ppm_gamma=2.0, proj_hidden_dim=4096, proj_dim=256),
-    settings=PIXEL_SETTINGS,
-    sync_bn=True)
+# the paper's ResNet-50 setting (LARS, 100 epochs), shared by the family
+PIXPRO_REFERENCE = dict(arch="resnet50", recipe="byol", optimizer="lars", base_lr=1.0, weight_decay=1e-5,
+                        warmup_epochs=5, epochs=100, ema_momentum=0.99, pos_ratio=0.7, ppm_layers=1, ppm_gamma=2.0,
+                        proj_hidden_dim=4096, proj_dim=256)
+
+
+@register_method("pixcontrast", "pixel-level InfoNCE between views (PixContrast)", settings=PIXEL_SETTINGS, sync_bn=True,
+                 defaults=dict(PIXPRO_REFERENCE, neg_ratio=0.7, temperature=0.3, pixpro_weight=0.0,
+                               pixcontrast_weight=1.0))
+@register_method("pixpro_ins", "PixPro plus the BYOL-style instance branch", settings=PIXEL_SETTINGS, sync_bn=True,
+                 defaults=dict(PIXPRO_REFERENCE, ins_loss_weight=1.0))
+@register_method("pixpro", "pixel propagation consistency (PixPro)", settings=PIXEL_SETTINGS, sync_bn=True,
+                 defaults=PIXPRO_REFERENCE)
 class PixPro(Method):
     """``forward((view1, view2), (coords1, coords2))`` returns a :class:`MethodOutput`.
 
