@@ -30,6 +30,7 @@ from .vit import VIT_ARCHS
 ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
 from .methods import METHODS
 from .methods.colorization import MODES as COLORIZATION_MODES
+from .methods.colorization import NUM_BINS as COLORIZATION_BINS
 from .methods.denoising_ae import NOISES as DENOISING_NOISES
 from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES
@@ -136,6 +137,10 @@ class TrainConfig:
     colorization_mode: str = _opt("classification", "colorization: classification over the in-gamut ab bins with "
                                   "soft targets and rebalancing, or plain ab regression",
                                   choices=COLORIZATION_MODES, methods=("colorization",))
+    colorization_neighbours: int = _opt(5, "colorization: nearest ab bins each pixel's target is spread over "
+                                        "(Gaussian weights, sigma 5); the paper's 5, the official training code "
+                                        "uses 10", min=1, max=COLORIZATION_BINS,
+                                        methods=("colorization",))
     denoising_noise: str = _opt("masking", "denoising_ae: masking (drop pixels) or gaussian (additive noise)",
                                 choices=DENOISING_NOISES, methods=("denoising_ae",))
     denoising_mask_p: float = _opt(0.3, "denoising_ae: probability that masking noise drops a pixel", min=0, max=0.99,
