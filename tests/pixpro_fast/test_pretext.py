@@ -399,3 +399,60 @@ def test_relative_location_preset_keeps_a_short_run_from_diverging(tmp_path, mon
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6
     assert max(losses) < math.log(8) + 0.5, losses
+
+
+# --------------------------------------------------------------------------- the recipe's normalisation
+
+OTHER_MEAN, OTHER_STD = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)       # not ImageNet's
+
+
+def test_a_recipe_with_other_stats_reaches_the_method(monkeypatch):
+    from pipelines.recipe import PRESETS, SINGLE, Recipe
+    from pixpro_fast.config import TrainConfig
+    from pixpro_fast.methods import build_method
+    cfg = TrainConfig.from_file("denoising_ae").replace(arch="resnet18")
+    assert build_method(cfg).mean.flatten().tolist() == pytest.approx(PRESETS["single"].mean)
+    monkeypatch.setitem(PRESETS, "single", Recipe("single", SINGLE.views, OTHER_MEAN, OTHER_STD))
+    m = build_method(cfg)
+    assert m.mean.flatten().tolist() == pytest.approx(OTHER_MEAN) and m.std.flatten().tolist() == pytest.approx(OTHER_STD)
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (Colorization, dict(decoder_dim=16)),
+    (DenoisingAE, dict(decoder_dim=16, noise="gaussian", sigma=0.1)),
+    (DenoisingAE, dict(decoder_dim=16, noise="masking", mask_p=0.3)),
+    (Jigsaw, dict(num_permutations=10, tile_dim=8, hidden_dim=8, grayscale_p=0.5)),
+    (RelativeLocation, dict(hidden_dim=8, grayscale_p=0.5)),
+], ids=["colorization", "denoising-gaussian", "denoising-masking", "jigsaw", "relative_location"])
+def test_tasks_see_the_same_pixels_whatever_the_recipes_stats(cls, kwargs):
+    """Views of one image normalised with ImageNet's stats and with other ones: a task built
+    with the matching stats recovers the same 0..1 RGB and builds the same input from it."""
+    from pipelines.colour import normalise
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    torch.manual_seed(0)
+    x01 = torch.rand(2, 3, 48, 48)
+    imagenet = cls("resnet18", **kwargs)
+    other = cls("resnet18", mean=OTHER_MEAN, std=OTHER_STD, **kwargs)
+    v_imagenet, v_other = normalise(x01, IMAGENET_MEAN, IMAGENET_STD), normalise(x01, OTHER_MEAN, OTHER_STD)
+    torch.testing.assert_close(imagenet.to_unit(v_imagenet), x01, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other.to_unit(v_other), x01, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other.from_unit(x01), v_other)
+    if cls is Colorization:
+        (l1, ab1), (l2, ab2) = imagenet.task(v_imagenet), other.task(v_other)
+        torch.testing.assert_close(l1, l2, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ab1, ab2, atol=1e-3, rtol=0)
+        return
+    a = imagenet.task(v_imagenet, generator=torch.Generator().manual_seed(1))
+    b = other.task(v_other, generator=torch.Generator().manual_seed(1))
+    if cls is DenoisingAE:      # the same noise on the same pixels, each normalised with its own stats
+        from pipelines.colour import unnormalise
+        noisy = unnormalise(a, IMAGENET_MEAN, IMAGENET_STD, clamp=False)       # gaussian noise leaves 0..1
+        torch.testing.assert_close(noisy, unnormalise(b, OTHER_MEAN, OTHER_STD, clamp=False), atol=1e-5, rtol=0)
+        assert not torch.allclose(noisy, x01)
+    elif cls is Jigsaw:         # tiles standardised one by one: no trace of either normalisation
+        torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
+        assert torch.equal(a[1], b[1])
+    else:                       # the pairs, some made grey, each in its method's normalisation
+        unit = lambda m, pairs: m.to_unit(pairs.flatten(0, 1))
+        torch.testing.assert_close(unit(imagenet, a[0]), unit(other, b[0]), atol=1e-5, rtol=0)
+        assert torch.equal(a[1], b[1])
