@@ -378,7 +378,8 @@ def main(argv=None) -> dict:
         initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
         turn = probe.weight_turn(pretrained, initial)
         kind = encoder_kind(arch, m)
-        enc, base_enc = probe.probe_ready(pretrained, m), probe.probe_ready(initial, m)
+        stats = probe.recipe_stats(cfg)                              # the random init is probed as the pretrained
+        enc, base_enc = probe.probe_ready(pretrained, m, *stats), probe.probe_ready(initial, m, *stats)
         layers = probe_layers(enc, args)
         key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"]}
 

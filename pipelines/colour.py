@@ -269,17 +269,40 @@ def colour_(x: torch.Tensor, params: ColourParams, solarize_threshold: int = 128
     return x
 
 
+def _channel_values(values, x: torch.Tensor) -> torch.Tensor:
+    """Per-channel numbers (a sequence, or a tensor of C values in any shape) as a float32
+    (1, C, 1, 1) tensor on ``x``'s device."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device=x.device, dtype=torch.float32).reshape(1, -1, 1, 1)
+    return to_device(torch.tensor([float(v) for v in values], dtype=torch.float32).view(1, -1, 1, 1), x.device)
+
+
 def normalise(x01: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
               out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x - mean) / std`` of a 0..1 float batch into a channels-last tensor of ``dtype``."""
+    """``(x - mean) / std`` of a 0..1 float batch into a channels-last tensor of ``dtype``.
+
+    ``mean`` and ``std``: three numbers (a recipe's) or tensors of three values. The one
+    normalisation of the project: the loaders' colour pass, the methods that rebuild a view
+    from its pixel values, the probe. :func:`unnormalise` is its inverse."""
     b, c, h, w = x01.shape
     if out is None:
         out = torch.empty((b, c, h, w), dtype=dtype, device=x01.device, memory_format=torch.channels_last)
-    scale = torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1)
-    dev = x01.device
-    torch.addcmul(to_device(shift, dev), x01, to_device(scale, dev), out=out)
+    if isinstance(mean, torch.Tensor) or isinstance(std, torch.Tensor):
+        m, s = _channel_values(mean, x01), _channel_values(std, x01)
+        scale, shift = s.reciprocal(), -m / s
+    else:
+        dev = x01.device
+        scale = to_device(torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1), dev)
+        shift = to_device(torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1), dev)
+    torch.addcmul(shift, x01, scale, out=out)
     return out
+
+
+def unnormalise(x: torch.Tensor, mean, std, clamp: bool = True) -> torch.Tensor:
+    """The inverse of :func:`normalise`: ``x * std + mean``, float32 on the 0..1 scale (clamped
+    to [0, 1] unless ``clamp`` is False), in ``x``'s memory format. ``x``: (B, C, H, W)."""
+    x01 = x.float() * _channel_values(std, x) + _channel_values(mean, x)
+    return x01.clamp_(0.0, 1.0) if clamp else x01
 
 
 ENGINES = ("auto", "torch", "numba")

@@ -32,6 +32,7 @@ from pipelines.recipe import get_recipe
 from .encoder import ARCHS as RESNET_ARCHS
 from .methods import METHODS, method_entry, methods_reading
 from .methods.colorization import MODES as COLORIZATION_MODES
+from .methods.colorization import NUM_BINS as COLORIZATION_BINS
 from .methods.denoising_ae import NOISES as DENOISING_NOISES
 from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES, RETIRED_LR_SCHEDULES
@@ -134,6 +135,9 @@ class TrainConfig:
     colorization_mode: str = _opt("classification", "colorization: classification over the in-gamut ab bins with "
                                   "soft targets and rebalancing, or plain ab regression",
                                   choices=COLORIZATION_MODES)
+    colorization_neighbours: int = _opt(5, "colorization: nearest ab bins each pixel's target is spread over "
+                                        "(Gaussian weights, sigma 5); the paper's 5, the official training code "
+                                        "uses 10", min=1, max=COLORIZATION_BINS)
     denoising_noise: str = _opt("masking", "denoising_ae: masking (drop pixels) or gaussian (additive noise)",
                                 choices=DENOISING_NOISES)
     denoising_mask_p: float = _opt(0.3, "denoising_ae: probability that masking noise drops a pixel", min=0, max=0.99)

@@ -426,8 +426,10 @@ class Trainer:
     def _online_probe(self) -> dict:
         """probe_miou of the current online encoder (a frozen copy; see :mod:`.probe`)."""
         if self._probe is None:
-            from .probe import OnlineProbe
-            self._probe = OnlineProbe(self.cfg.probe_images, device=self.device, method=self.cfg.method)
+            from .probe import OnlineProbe, recipe_stats
+            mean, std = recipe_stats(self.cfg)
+            self._probe = OnlineProbe(self.cfg.probe_images, device=self.device, method=self.cfg.method,
+                                      mean=mean, std=std)
         return self._probe(self.model.online["encoder"])
 
     # -- profiling ----------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+
 from .checkpoint import first_line, load_checkpoint, save_atomic
 
 SAFETENSORS_NAME = "encoder.safetensors"
@@ -62,15 +64,14 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict:
     return {"model": out, "__author__": "pixpro_fast", "matching_heuristics": False}
 
 
-def detectron2_settings(arch: str, weights: Path) -> dict:
+def detectron2_settings(arch: str, weights: Path, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict:
     """The Detectron2 config keys a torchvision-layout ResNet needs: the stride in the 3x3
-    convolutions, RGB input normalised as in pretraining (on 0-255 pixels), 64 channels in
-    res2 for the basic-block depths."""
-    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    convolutions, RGB input normalised as in pretraining (``mean`` and ``std`` of its recipe,
+    on 0-255 pixels), 64 channels in res2 for the basic-block depths."""
     depth = int(arch[len("resnet"):])
     out = {"MODEL.WEIGHTS": str(weights), "MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.STRIDE_IN_1X1": False,
-           "MODEL.PIXEL_MEAN": [round(255 * m, 3) for m in IMAGENET_MEAN],
-           "MODEL.PIXEL_STD": [round(255 * s, 3) for s in IMAGENET_STD], "INPUT.FORMAT": "RGB"}
+           "MODEL.PIXEL_MEAN": [round(255 * m, 3) for m in mean],
+           "MODEL.PIXEL_STD": [round(255 * s, 3) for s in std], "INPUT.FORMAT": "RGB"}
     if depth in (18, 34):
         out["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
     return out
@@ -156,7 +157,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> list[Path]
         files["encoder_torchvision.pth"] = tensors
         if info["in_channels"] == 3:
             files["encoder_detectron2.pkl"] = to_detectron2(tensors)
-            info["detectron2_config"] = detectron2_settings(meta["arch"], out_dir / "encoder_detectron2.pkl")
+            info["detectron2_config"] = detectron2_settings(meta["arch"], out_dir / "encoder_detectron2.pkl",
+                                                            info["mean"], info["std"])
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, payload in files.items():

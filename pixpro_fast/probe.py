@@ -3,8 +3,9 @@
 Protocol (built-in scenes, :mod:`pipelines.scenes`):
 
 - Images: shorter side resized to ``image_size`` and centre-cropped to a square (bilinear,
-  antialiased), ImageNet normalisation. Labels: the same square window resized with
-  nearest-neighbour straight to ``image_size / label_stride`` (default stride 4), so the
+  antialiased), normalised with the mean and std the encoder was pretrained with (its
+  recipe's, which :func:`probe_ready` attaches; ImageNet's for an encoder without them).
+  Labels: the same square window resized with nearest-neighbour straight to ``image_size / label_stride`` (default stride 4), so the
   probe is scored on a label grid four times coarser than the input, like the
   stride-4 outputs of common segmentation heads.
 - Features: the frozen encoder runs once per image in eval mode (BatchNorm running
@@ -42,6 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+
+from pipelines import colour
+from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -128,13 +132,33 @@ def load_probe_data(cfg: ProbeConfig, root: str | Path | None = None) -> tuple[P
             load_scenes_split("val", cfg.val_images, cfg.image_size, cfg.label_stride, cfg.scenes_seed, root))
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW with ImageNet mean/std."""
-    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+def normalise(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW (channels-last memory), ``(x / 255 - mean) / std``."""
+    return colour.normalise(images.permute(0, 3, 1, 2).float().div_(255.0), mean, std)
+
+
+def unnormalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """The inverse of :func:`normalise`'s affine map: float NCHW on the 0..1 scale."""
+    return colour.unnormalise(x, mean, std)
+
+
+def input_stats(encoder: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the probe normalises ``encoder``'s images with: those a
+    :class:`MethodInput` carries, else ImageNet's."""
+    if isinstance(encoder, MethodInput):
+        return encoder.mean, encoder.std
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def recipe_stats(config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a pretraining run normalised its views with: its recipe's, from a
+    TrainConfig or the config dict a checkpoint holds (ImageNet's when it records none)."""
+    from pipelines.recipe import get_recipe
+    name = config.get("recipe") if isinstance(config, dict) else getattr(config, "recipe", None)
+    if name is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    recipe = get_recipe(name)
+    return recipe.mean, recipe.std
 
 
 # --------------------------------------------------------------------------- features
@@ -156,13 +180,15 @@ def check_feature_maps(encoder: nn.Module, layers: tuple[str, ...], image_size: 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, layers: tuple[str, ...], batch_size: int = 32,
                      device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Run ``encoder.forward_stages`` in eval mode over uint8 NHWC ``images``; float32 CPU maps."""
+    """Run ``encoder.forward_stages`` in eval mode over uint8 NHWC ``images`` normalised with
+    its :func:`input_stats`; float32 CPU maps."""
+    mean, std = input_stats(encoder)
     was_training = encoder.training
     encoder.eval()
     out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     try:
         for start in range(0, len(images), batch_size):
-            x = normalise(images[start:start + batch_size]).to(device)
+            x = normalise(images[start:start + batch_size], mean, std).to(device)
             stages = encoder.forward_stages(x)
             for name in layers:
                 if name not in stages:
@@ -436,37 +462,35 @@ def random_encoder(arch: str, seed: int = 0, in_channels: int = 3, img_size: int
         return build_trunk(arch, in_channels, img_size)
 
 
-def unnormalise(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`normalise`'s affine map: float NCHW on the 0..1 scale."""
-    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).clamp_(0.0, 1.0)
-
-
 class MethodInput(nn.Module):
-    """An encoder fed what its method fed it in training: ``encoder_input`` (RGB on 0..1 ->
-    encoder input, e.g. colorization's scaled L channel) applied to the probe's normalised
-    RGB before ``forward_stages``."""
+    """An encoder fed what its pretraining fed it: the probe's RGB normalised with the mean and
+    std of the encoder's recipe (the probe normalises with them, see :func:`input_stats`), or,
+    when its method has an ``encoder_input`` (RGB on 0..1 -> encoder input, e.g.
+    colorization's scaled L channel), that function of the RGB on 0..1."""
 
-    def __init__(self, encoder: nn.Module, encoder_input):
+    def __init__(self, encoder: nn.Module, encoder_input=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.encoder, self.encoder_input = encoder, encoder_input
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.encoder.forward_stages(self.encoder_input(unnormalise(x)))
+        if self.encoder_input is None:
+            return self.encoder.forward_stages(x)
+        return self.encoder.forward_stages(self.encoder_input(unnormalise(x, self.mean, self.std)))
 
 
-def probe_ready(encoder: nn.Module, method: str | None) -> nn.Module:
+def probe_ready(encoder: nn.Module, method: str | None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> nn.Module:
     """``encoder`` as the probe must run it: wrapped in :class:`MethodInput` when ``method``
-    (a registry name) feeds its encoder something other than the normalised RGB views."""
+    (a registry name) feeds its encoder something other than the normalised RGB views, or when
+    its recipe's ``mean`` and ``std`` (see :func:`recipe_stats`) are not ImageNet's."""
     from .methods import METHODS
-    if method is None:
-        return encoder
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    encoder_input = METHODS[method].cls.encoder_input
-    return encoder if encoder_input is None else MethodInput(encoder, encoder_input)
+    encoder_input = None if method is None else METHODS[method].cls.encoder_input
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if encoder_input is None and (mean, std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return encoder
+    return MethodInput(encoder, encoder_input, mean, std)
 
 
 def default_layers(encoder: nn.Module, resnet_layers: tuple[str, ...] = ("layer3", "layer4"),
@@ -518,14 +542,16 @@ class OnlineProbe:
 
     def __init__(self, n_images: int = 64, image_size: int = 128, layers: tuple[str, ...] = ("layer4",),
                  steps: int = 200, device: str | torch.device = "cpu", root: str | Path | None = None,
-                 method: str | None = None, vit_layers: tuple[str, ...] = ("tokens",)):
+                 method: str | None = None, vit_layers: tuple[str, ...] = ("tokens",),
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean, self.std = tuple(mean), tuple(std)
         self.cfg = ProbeConfig(image_size=image_size, layers=layers, train_images=n_images, val_images=n_images,
                                steps=steps)
         self.device, self.method, self.vit_layers = device, method, tuple(vit_layers)
         self.train, self.val = load_probe_data(self.cfg, root)
 
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
-        enc = probe_ready(copy.deepcopy(encoder).float(), self.method)
+        enc = probe_ready(copy.deepcopy(encoder).float(), self.method, self.mean, self.std)
         result = evaluate_encoder(enc, self.train, self.val, self.cfg, layers=default_layers(enc, self.cfg.layers,
                                                                                              self.vit_layers),
                                   device=self.device)
@@ -587,16 +613,16 @@ def eval_command(argv: list[str]) -> int:
     encoders: list[tuple[str, nn.Module, tuple[str, ...]]] = []
     arch = args.arch
     source = None
-    method, shape = None, {}
+    method, shape, stats = None, {}, (IMAGENET_MEAN, IMAGENET_STD)
     try:
         if args.checkpoint:
             enc, arch, saved = encoder_from_checkpoint(args.checkpoint, args.arch)
             source = {"checkpoint": str(args.checkpoint), "pretrain_config": saved}
-            method, shape = saved.get("method"), trunk_shape(enc.state_dict(), arch)
-            enc = probe_ready(enc, method)
+            method, shape, stats = saved.get("method"), trunk_shape(enc.state_dict(), arch), recipe_stats(saved)
+            enc = probe_ready(enc, method, *stats)
             if not args.random_init:
                 encoders.append((f"{arch} pretrained", enc, layers or default_layers(enc, d.layers)))
-        random_init = (probe_ready(random_encoder(arch, args.seed, **shape), method)
+        random_init = (probe_ready(random_encoder(arch, args.seed, **shape), method, *stats)
                        if args.random_init or args.compare_random else None)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from pipelines.colour import grey
-from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.colour import grey, normalise, unnormalise
+from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, get_recipe
 
 from ..encoder import build_encoder
 from .contract import Method
@@ -24,7 +24,8 @@ class PretextMethod(Method):
     """Base of the pretext tasks: ``online["encoder"]``, the view check, un-normalisation.
 
     The views arrive normalised by ``(x - mean) / std``; ``mean`` and ``std`` are the ones the
-    view plan used, so a task that needs pixel values (grayscale, Lab, noise on 0..1) can undo it.
+    view plan used (:func:`view_stats`: the config's recipe), so a task that needs pixel values
+    (grayscale, Lab, noise on 0..1) can undo it and redo it.
     """
 
     num_views = 1
@@ -40,7 +41,7 @@ class PretextMethod(Method):
     @classmethod
     def from_config(cls, cfg) -> "PretextMethod":
         """The task with the config's encoder and its own options (:meth:`options_from`)."""
-        return cls(arch=cfg.arch, encoder_weights=cfg.encoder_weights, **cls.options_from(cfg))
+        return cls(arch=cfg.arch, encoder_weights=cfg.encoder_weights, **view_stats(cfg), **cls.options_from(cfg))
 
     @classmethod
     def options_from(cls, cfg) -> dict:
@@ -58,15 +59,22 @@ class PretextMethod(Method):
         return x.float()
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised view -> RGB on the 0..1 scale."""
-        return (x * self.std + self.mean).clamp_(0.0, 1.0)
+        """Normalised (B, 3, H, W) view -> RGB on the 0..1 scale (float32)."""
+        return unnormalise(x, self.mean, self.std)
 
     def from_unit(self, x01: torch.Tensor) -> torch.Tensor:
-        return (x01 - self.mean) / self.std
+        """RGB (B, 3, H, W) on the 0..1 scale -> normalised as the views are (float32)."""
+        return normalise(x01.float(), self.mean, self.std)
 
     def export_encoder(self) -> torch.nn.Module:
         """The trained encoder alone (what transfers downstream)."""
         return self.online["encoder"]
+
+
+def view_stats(cfg) -> dict:
+    """``mean`` and ``std`` of the recipe a TrainConfig's loader normalises its views with."""
+    recipe = get_recipe(cfg.recipe)
+    return {"mean": recipe.mean, "std": recipe.std}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

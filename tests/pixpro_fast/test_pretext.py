@@ -1,12 +1,13 @@
 import itertools
+import math
 
 import pytest
 import torch
 
-from pipelines.colour import lab_to_rgb
+from pipelines.colour import lab_to_rgb, rgb_to_lab
 from pixpro_fast.methods import METHODS as REGISTRY
-from pixpro_fast.methods.colorization import (Colorization, ab_bins, estimate_ab_prior, rebalancing_weights,
-                                              soft_encode)
+from pixpro_fast.methods.colorization import (NUM_BINS, Colorization, ab_bins, estimate_ab_prior,
+                                              rebalancing_weights, soft_encode)
 from pixpro_fast.methods.denoising_ae import DenoisingAE, corrupt
 from pixpro_fast.methods.jigsaw import Jigsaw, jigsaw_tiles, min_pairwise_hamming, permutation_set
 from pixpro_fast.methods.pretext import TileGrid, grid_for
@@ -141,41 +142,86 @@ def test_colour_drop_keeps_one_channel():
 
 # --------------------------------------------------------------------------- colorization
 
-def test_ab_bins_are_the_in_gamut_cells_of_the_grid():
+# b bins per a column of the reference implementation's 313 points (pts_in_hull.npy), a = -90 .. 100
+REFERENCE_COLUMN_COUNTS = [5, 8, 10, 12, 14, 15, 16, 16, 17, 18, 18, 18, 19, 20, 19, 20, 20, 19, 19, 10]
+
+
+def test_ab_bins_are_the_reference_313():
     bins = ab_bins()
-    print(f"in-gamut ab bins: {bins.shape[0]}")
-    assert 200 <= bins.shape[0] <= 400
-    assert torch.equal(bins, ab_bins())
+    assert bins.shape == (NUM_BINS, 2) == (313, 2)
+    assert torch.equal(bins, ab_bins()) and torch.equal(bins, ab_bins(levels=8))
     assert torch.equal(bins, torch.round(bins / 10) * 10)
-    assert len({tuple(b) for b in bins.tolist()}) == bins.shape[0]
-    assert ab_bins(levels=32).shape[0] <= bins.shape[0]  # a coarser sampling finds no cell more
-    assert (bins == torch.tensor([0.0, 0.0])).all(1).any()           # the greys' cell
-    # a cell that no L brings into the gamut is left out
-    far = torch.tensor([120.0, 120.0])
-    assert not (bins == far).all(1).any()
+    points = [tuple(p) for p in bins.int().tolist()]
+    assert points == sorted(set(points))                                   # sorted by a, then b; no repeats
+    assert (bins[:, 0].min(), bins[:, 0].max(), bins[:, 1].min(), bins[:, 1].max()) == (-90, 100, -110, 100)
+    assert {(-90, 50), (100, 0), (0, 0)} <= set(points)                    # two rim bins outside sRGB, the greys
+    columns = [sum(1 for a, _ in points if a == column) for column in range(-90, 101, 10)]
+    assert columns == REFERENCE_COLUMN_COUNTS
+    for column in range(-90, 101, 10):                                     # each column one run of b
+        b = sorted(q for a, q in points if a == column)
+        assert b == list(range(b[0], b[-1] + 1, 10))
+
+
+def test_ab_bins_follow_their_rule():
+    """A grid point is a bin exactly when its 20 x 20 square (Chebyshev distance <= 10) meets
+    the convex hull of the sRGB gamut's ab projection. Reference: the hull's support function
+    in 1440 directions against the square's, over the grid around the gamut."""
+    v = torch.linspace(0, 1, 17, dtype=torch.float64)
+    rgb = torch.stack(torch.meshgrid(v, v, v, indexing="ij")).reshape(1, 3, -1, 1)
+    ab = rgb_to_lab(rgb).reshape(3, -1)[1:].T                              # the whole cube, not only its faces
+    theta = torch.arange(1440, dtype=torch.float64) * (2 * math.pi / 1440)
+    u = torch.stack([theta.cos(), theta.sin()], 1)
+    support = (ab @ u.T).amax(0) + 10 * u.abs().sum(1)
+    r = torch.arange(-150, 151, 10, dtype=torch.float64)
+    grid = torch.stack([t.reshape(-1) for t in torch.meshgrid(r, r, indexing="ij")], 1)
+    want = grid[((grid @ u.T) <= support + 1e-6).all(1)]
+    torch.testing.assert_close(ab_bins().double(), want, rtol=0, atol=0)
+    # inside the sRGB gamut for no L: a bin of the rim, kept because a neighbour cell meets the hull
     for lightness in range(0, 101, 5):
-        lab = torch.tensor([float(lightness), 120.0, 120.0]).view(1, 3, 1, 1)
-        raw = lab_to_rgb(lab, clip=False)
+        raw = lab_to_rgb(torch.tensor([float(lightness), 100.0, 0.0]).view(1, 3, 1, 1), clip=False)
         assert (raw < -1e-6).any() or (raw > 1 + 1e-6).any()
 
 
-def test_soft_encoding_matches_per_pixel_reference_and_sums_to_one():
+@pytest.mark.parametrize("k", [5, 10])
+def test_soft_encoding_matches_per_pixel_reference_and_sums_to_one(k):
     bins = ab_bins()
     torch.manual_seed(0)
     ab = torch.randn(2, 2, 3, 4) * 40
-    enc = soft_encode(ab, bins, k=5, sigma=5.0)
+    enc = soft_encode(ab, bins, k=k, sigma=5.0)
     assert enc.shape == (2, bins.shape[0], 3, 4)
     torch.testing.assert_close(enc.sum(1), torch.ones(2, 3, 4))
+    assert ((enc > 0).sum(1) == k).all()
     for b in range(2):
         for i in range(3):
             for j in range(4):
                 a, bb = ab[b, :, i, j].tolist()
-                dists = sorted((((a - p) ** 2 + (bb - q) ** 2) ** 0.5, n) for n, (p, q) in enumerate(bins.tolist()))[:5]
-                ws = [torch.exp(torch.tensor(-d * d / 50.0)).item() for d, _ in dists]
+                dists = sorted((((a - p) ** 2 + (bb - q) ** 2) ** 0.5, n) for n, (p, q) in enumerate(bins.tolist()))[:k]
+                ws = [math.exp(-d * d / (2 * 5.0 ** 2)) for d, _ in dists]
                 ref = torch.zeros(bins.shape[0])
                 for (d, n), w in zip(dists, ws):
                     ref[n] = w / sum(ws)
                 torch.testing.assert_close(enc[b, :, i, j], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_colorization_neighbours_setting_reaches_the_targets():
+    from pixpro_fast.config import ConfigError, TrainConfig
+    from pixpro_fast.methods import build_method
+    cfg = TrainConfig.from_file("colorization").replace(arch="resnet18")
+    assert cfg.colorization_neighbours == 5
+    torch.manual_seed(0)
+    ab = torch.randn(1, 2, 2, 3) * 30
+    for k in (5, 10):
+        m = build_method(cfg.replace(colorization_neighbours=k))
+        assert m.k == k
+        target = m.targets(ab)
+        assert ((target > 0).sum(1) == k).all()
+        torch.testing.assert_close(target, soft_encode(ab, m.bins, k=k, sigma=5.0))
+    with pytest.raises(ConfigError, match="colorization_neighbours must be at most 313"):
+        cfg.replace(colorization_neighbours=314)
+    with pytest.raises(ConfigError, match="colorization_neighbours 10 is a setting of colorization only"):
+        TrainConfig.from_file("rotation").replace(colorization_neighbours=10)
+    with pytest.raises(ValueError, match="num_neighbours must be between 1 and the 313 ab bins"):
+        Colorization("resnet18", num_neighbours=0)
 
 
 def test_prior_and_rebalancing_weights():
@@ -195,8 +241,16 @@ def test_prior_and_rebalancing_weights():
                     counts[((bins - lab[n, 1:, i, j]) ** 2).sum(1).argmin()] += 1
     torch.testing.assert_close(raw, counts / counts.sum())
     prior = estimate_ab_prior(batches, bins)
-    assert prior.shape == (bins.shape[0],)
+    assert prior.shape == (bins.shape[0],) == (313,)
     assert abs(float(prior.sum()) - 1) < 1e-5 and (prior >= 0).all()
+    smoothed = torch.zeros(313, dtype=torch.float64)                         # Gaussian (sigma 5) over bin distance
+    centres = bins.double()
+    for i in range(313):
+        square = ((centres - centres[i]) ** 2).sum(1)
+        smoothed[i] = (torch.exp(-square / (2 * 5.0 ** 2)) * raw.double()).sum()
+    torch.testing.assert_close(prior, (smoothed / smoothed.sum()).float())
+    rim = bins.tolist().index([100.0, 0.0])                                 # outside sRGB: never a pixel's nearest bin
+    assert raw[rim] == 0
     grey_index = int((bins == 0).all(1).nonzero())
     assert int(prior.argmax()) == grey_index
     w = rebalancing_weights(prior, 0.5)
@@ -204,6 +258,8 @@ def test_prior_and_rebalancing_weights():
     q = prior.numel()
     torch.testing.assert_close(w / w[0], ((0.5 * prior + 0.5 / q) ** -1) / (0.5 * prior[0] + 0.5 / q) ** -1)
     assert w[grey_index] == w.min()          # the common colour weighs least
+    scale = 1 / float((prior / (0.5 * prior + 0.5 / q)).sum())
+    assert float(w[rim]) <= scale * q / 0.5 + 1e-3                        # the uniform share caps a rim bin's weight
     m = Colorization("resnet18", decoder_dim=16)
     m.set_prior(prior)
     torch.testing.assert_close(m.class_weights, w)
@@ -345,3 +401,60 @@ def test_relative_location_preset_keeps_a_short_run_from_diverging(tmp_path, mon
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6
     assert max(losses) < math.log(8) + 0.5, losses
+
+
+# --------------------------------------------------------------------------- the recipe's normalisation
+
+OTHER_MEAN, OTHER_STD = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)       # not ImageNet's
+
+
+def test_a_recipe_with_other_stats_reaches_the_method(monkeypatch):
+    from pipelines.recipe import PRESETS, SINGLE, Recipe
+    from pixpro_fast.config import TrainConfig
+    from pixpro_fast.methods import build_method
+    cfg = TrainConfig.from_file("denoising_ae").replace(arch="resnet18")
+    assert build_method(cfg).mean.flatten().tolist() == pytest.approx(PRESETS["single"].mean)
+    monkeypatch.setitem(PRESETS, "single", Recipe("single", SINGLE.views, OTHER_MEAN, OTHER_STD))
+    m = build_method(cfg)
+    assert m.mean.flatten().tolist() == pytest.approx(OTHER_MEAN) and m.std.flatten().tolist() == pytest.approx(OTHER_STD)
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (Colorization, dict(decoder_dim=16)),
+    (DenoisingAE, dict(decoder_dim=16, noise="gaussian", sigma=0.1)),
+    (DenoisingAE, dict(decoder_dim=16, noise="masking", mask_p=0.3)),
+    (Jigsaw, dict(num_permutations=10, tile_dim=8, hidden_dim=8, grayscale_p=0.5)),
+    (RelativeLocation, dict(hidden_dim=8, grayscale_p=0.5)),
+], ids=["colorization", "denoising-gaussian", "denoising-masking", "jigsaw", "relative_location"])
+def test_tasks_see_the_same_pixels_whatever_the_recipes_stats(cls, kwargs):
+    """Views of one image normalised with ImageNet's stats and with other ones: a task built
+    with the matching stats recovers the same 0..1 RGB and builds the same input from it."""
+    from pipelines.colour import normalise
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
+    torch.manual_seed(0)
+    x01 = torch.rand(2, 3, 48, 48)
+    imagenet = cls("resnet18", **kwargs)
+    other = cls("resnet18", mean=OTHER_MEAN, std=OTHER_STD, **kwargs)
+    v_imagenet, v_other = normalise(x01, IMAGENET_MEAN, IMAGENET_STD), normalise(x01, OTHER_MEAN, OTHER_STD)
+    torch.testing.assert_close(imagenet.to_unit(v_imagenet), x01, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other.to_unit(v_other), x01, atol=1e-5, rtol=0)
+    torch.testing.assert_close(other.from_unit(x01), v_other)
+    if cls is Colorization:
+        (l1, ab1), (l2, ab2) = imagenet.task(v_imagenet), other.task(v_other)
+        torch.testing.assert_close(l1, l2, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ab1, ab2, atol=1e-3, rtol=0)
+        return
+    a = imagenet.task(v_imagenet, generator=torch.Generator().manual_seed(1))
+    b = other.task(v_other, generator=torch.Generator().manual_seed(1))
+    if cls is DenoisingAE:      # the same noise on the same pixels, each normalised with its own stats
+        from pipelines.colour import unnormalise
+        noisy = unnormalise(a, IMAGENET_MEAN, IMAGENET_STD, clamp=False)       # gaussian noise leaves 0..1
+        torch.testing.assert_close(noisy, unnormalise(b, OTHER_MEAN, OTHER_STD, clamp=False), atol=1e-5, rtol=0)
+        assert not torch.allclose(noisy, x01)
+    elif cls is Jigsaw:         # tiles standardised one by one: no trace of either normalisation
+        torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
+        assert torch.equal(a[1], b[1])
+    else:                       # the pairs, some made grey, each in its method's normalisation
+        unit = lambda m, pairs: m.to_unit(pairs.flatten(0, 1))
+        torch.testing.assert_close(unit(imagenet, a[0]), unit(other, b[0]), atol=1e-5, rtol=0)
+        assert torch.equal(a[1], b[1])

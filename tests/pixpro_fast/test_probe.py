@@ -229,3 +229,50 @@ def test_weight_turn_measures_the_angle_from_a_reference():
     turn = probe.weight_turn(moved, base)
     assert turn["layer2"] == pytest.approx(30.0, abs=1e-3)
     assert all(deg < 1e-3 for stage, deg in turn.items() if stage != "layer2")
+
+
+OTHER_MEAN, OTHER_STD = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)       # a recipe's stats other than ImageNet's
+
+
+class InputRecorder(nn.Module):
+    """Records what the probe feeds it; its one "feature" is the first input channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward_stages(self, x):
+        self.seen.append(x.clone())
+        return {"layer4": F.avg_pool2d(x[:, :1], 4)}
+
+
+def test_probe_feeds_an_encoder_images_normalised_with_its_recipes_stats(monkeypatch):
+    from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Recipe
+    from pixpro_fast.methods.colorization import lightness_input
+    images = torch.randint(256, (3, 16, 16, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x01 = images.permute(0, 3, 1, 2).double() / 255
+
+    def fed(encoder, recorder):
+        probe.extract_features(encoder, images, ("layer4",), batch_size=2)
+        return torch.cat(recorder.seen).double()
+
+    def plain(mean, std):
+        return (x01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+    rec = InputRecorder()
+    torch.testing.assert_close(fed(probe.probe_ready(rec, "pixpro", OTHER_MEAN, OTHER_STD), rec),
+                               plain(OTHER_MEAN, OTHER_STD), atol=1e-5, rtol=0)
+    rec = InputRecorder()
+    assert probe.probe_ready(rec, "pixpro") is rec                          # ImageNet's stats: the bare encoder
+    torch.testing.assert_close(fed(rec, rec), plain(IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0)
+    # colorization: the scaled L channel of the same pixels, whichever stats the probe used
+    for stats in ((IMAGENET_MEAN, IMAGENET_STD), (OTHER_MEAN, OTHER_STD)):
+        rec = InputRecorder()
+        torch.testing.assert_close(fed(probe.probe_ready(rec, "colorization", *stats), rec),
+                                   lightness_input(x01.float()).double(), atol=1e-4, rtol=0)
+    # the stats come from the recipe a checkpoint's config names (ImageNet's when it names none)
+    assert probe.recipe_stats({}) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert probe.recipe_stats({"recipe": "byol"}) == (IMAGENET_MEAN, IMAGENET_STD)
+    monkeypatch.setitem(PRESETS, "byol", Recipe("byol", PRESETS["byol"].views, OTHER_MEAN, OTHER_STD))
+    assert probe.recipe_stats({"recipe": "byol"}) == (OTHER_MEAN, OTHER_STD)
+    assert probe.recipe_stats(TrainConfig(recipe="byol")) == (OTHER_MEAN, OTHER_STD)
