@@ -33,6 +33,7 @@ from .methods.colorization import MODES as COLORIZATION_MODES
 from .methods.denoising_ae import NOISES as DENOISING_NOISES
 from .methods.relative_location import COLOUR_MODES as RELATIVE_LOCATION_COLOURS
 from .optim import LR_SCHEDULES
+from .pair_losses import MARGIN_LOSSES, PAIR_LOSSES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION_KERNELS = ("auto", "math")
@@ -104,6 +105,15 @@ class TrainConfig:
                                      methods=PIXEL_METHODS)
     neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0,
                             methods=PIXEL_METHODS)
+    # SimCLR
+    pair_loss: str = _opt("infonce", "SimCLR: the loss over the batch's pairs (both views of an image positive, every "
+                          "other pair negative): infonce (NT-Xent, reads --temperature), contrastive (pull positives, "
+                          "push negatives beyond --pair-margin), triplet_hard (hardest negative per anchor), "
+                          "triplet_all (mean over all negatives), npair (Sohn's N-pair on raw embeddings, L2 penalty)",
+                          choices=PAIR_LOSSES, methods=("simclr",))
+    pair_margin: float = _opt(0.5, "SimCLR: margin of the contrastive and triplet losses, a Euclidean distance "
+                                   "between L2-normalised embeddings (they lie 0 to 2 apart)", min=0,
+                              methods=("simclr",))
     # MoCo v2
     queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1, methods=("mocov2",))
     moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views", methods=("mocov2",))
@@ -222,6 +232,10 @@ class TrainConfig:
             need(owners is None or self.method in owners or getattr(self, f.name) == f.default, f.name,
                  f"{getattr(self, f.name)!r} is a setting of {', '.join(owners or ())} only; method "
                  f"{self.method!r} does not read it (leave it at its default, {f.default!r})")
+        margin_default = next(f.default for f in fields(self) if f.name == "pair_margin")
+        need(self.pair_margin == margin_default or self.pair_loss in MARGIN_LOSSES, "pair_margin",
+             f"{self.pair_margin!r} is read by pair_loss {', '.join(MARGIN_LOSSES)} only; pair_loss "
+             f"{self.pair_loss!r} does not read it (leave it at its default, {margin_default!r})")
         vit_method = self.method in VIT_METHODS
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "
