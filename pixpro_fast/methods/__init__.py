@@ -28,7 +28,7 @@ METHODS: dict[str, tuple[type[Method], str]] = {
     "pixcontrast": (PixPro, "pixel-level InfoNCE between views (PixContrast)"),
     "byol": (BYOL, "instance-level: predictor regresses a momentum target"),
     "simsiam": (SimSiam, "instance-level: predictor + stop-gradient, no target"),
-    "simclr": (SimCLR, "instance-level: NT-Xent with negatives from every rank"),
+    "simclr": (SimCLR, "instance-level: NT-Xent (or another pair loss, --pair-loss) with negatives from every rank"),
     "mocov2": (MoCoV2, "instance-level: momentum keys and a queue of negatives"),
     "swav": (SwAV, "instance-level: swapped prediction of Sinkhorn cluster codes"),
     "loca": (LOCA, "ViT: patch positions of query views inside a masked reference, plus cluster targets (LOCA)"),
