@@ -24,7 +24,8 @@ included (DDP averages them).
   raw (unnormalised) embeddings, no temperature, the negatives of anchor f the other
   view's embeddings of the other N - 1 images (the paper's N pairs: the positives of the
   other classes), both views taking the anchor's role; plus the paper's L2 penalty on the
-  embedding norms, ``(lambda / 4) (mean ||f1||^2 + mean ||f2||^2)`` with lambda 0.002.
+  embedding norms, ``(lambda / 4) (mean ||f1||^2 + mean ||f2||^2)`` with lambda 0.002 (the
+  weight and form of TensorFlow's reference ``npairs_loss``).
 
 The similarities are computed in fp32 with autocast off: the matrices are small, and
 distances of near neighbours (and the raw N-pair products) lose too much in bf16.
@@ -38,7 +39,7 @@ from .distributed import gather_with_grad, world
 
 PAIR_LOSSES = ("infonce", "contrastive", "triplet_hard", "triplet_all", "npair")
 MARGIN_LOSSES = ("contrastive", "triplet_hard", "triplet_all")   # the ones that read ``pair_margin``
-NPAIR_L2 = 0.002      # Sohn's weight of the embedding-norm penalty (lambda)
+NPAIR_L2 = 0.002      # lambda, the weight of the embedding-norm penalty (TensorFlow's npairs_loss)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
