@@ -60,7 +60,7 @@ def ref_triplet(z1, z2, m, hardest):
         d_ap = dist(e[a], e[p])
         negatives = [b for b in range(2 * N) if img[b] != img[a]]
         if hardest:
-            d_an = min((dist(e[a], e[b]) for b in negatives), key=float)
+            d_an = min((dist(e[a], e[b]) for b in negatives), key=lambda d: d.item())
             per_anchor.append(torch.clamp(d_ap - d_an + m, min=0))
         else:
             terms = [torch.clamp(d_ap - dist(e[a], e[b]) + m, min=0) for b in negatives]
