@@ -37,18 +37,25 @@ scenes and images is the smoke test (seconds per method):
     python -m benchmarks.quality --methods all --threads 1 --workers 1 --budget 0.5  # about 35 minutes
     python -m benchmarks.quality --methods pixpro,byol,rotation                      # a subset
     python -m benchmarks.quality --methods loca --no-reference --image-size 128      # one method, no PixPro first
+    python -m benchmarks.quality --methods simclr --pair-losses all                  # SimCLR with each pair loss
     python -m benchmarks.quality --methods loca --no-reference --image-size 128 --budget 16 --threads 2 --workers 1 \
             --set loca.base_lr=0.004 --set loca.attention=math --set loca.compile=true  # LOCA +5.6 mIoU, ~50 min
     python -m benchmarks.quality --methods loca,colorization --budget 0.01 --scenes 32 --batch-size 16 \
         --probe-image-size 64 --probe-train-images 6 --probe-val-images 4 --proj-hidden-dim 64   # smoke test
 
+SimCLR's pair losses (``pair_loss``: infonce, contrastive, triplet_hard, triplet_all, npair)
+are rows of their own: ``--methods simclr:triplet_hard`` (``simclr:infonce`` is ``simclr``), or
+``--pair-losses all`` (or a comma list), which adds one ``simclr:LOSS`` row per loss after the
+methods. ``--set simclr:contrastive.pair_margin=1.0`` changes a field of one such row.
+
 A method whose training diverges (the engine stops at a non-finite loss or state) is a row
 that says so.
 
 Writes quality.json, quality.md and quality.png into --out; method M's pretraining
-(checkpoints, metrics.jsonl, step_times.jsonl) goes to --out/pretrain/M and is resumed if it
-is there, and its probe result (probe.json) is reused when the checkpoint and probe settings
-match, so a run that was cut off continues where it stopped.
+(checkpoints, metrics.jsonl, step_times.jsonl) goes to --out/pretrain/M (a row M:V to
+--out/pretrain/M-V) and is resumed if it is there, and its probe result (probe.json) is
+reused when the checkpoint and probe settings match, so a run that was cut off continues
+where it stopped.
 """
 from __future__ import annotations
 
@@ -68,11 +75,15 @@ from pixpro_fast.checkpoint import UnsafeCheckpointError, list_checkpoints
 from pixpro_fast.config import TrainConfig, field_optional, field_type
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.methods import METHODS
+from pixpro_fast.pair_losses import PAIR_LOSSES
 from pixpro_fast.vit import PATCH
 
 from .common import markdown_table, write_json
 
 REFERENCE = "pixpro"
+# a row METHOD:VARIANT trains METHOD with one config field set to VARIANT: the method, the
+# field, its choices; the field's default is the plain METHOD row
+VARIANTS = {"simclr": ("pair_loss", PAIR_LOSSES)}
 BASE_EPOCHS = 8           # at --budget 1 (x scenes / batch steps per epoch)
 BASE_PROBE_STEPS = 1000   # at --budget 1
 TIMING_WARMUP = 5         # first steps left out of the step-cost mean (at most half the run)
@@ -82,15 +93,59 @@ COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", 
 
 # --------------------------------------------------------------------------- arguments
 
-def parse_methods(spec: str, reference: bool = True) -> list[str]:
-    """``all`` or a comma list of registry names -> method names, PixPro first (the step-cost
-    reference) unless ``reference`` is off. An unknown name is a ValueError naming it and the
-    choices."""
+def split_row(name: str) -> tuple[str, dict]:
+    """A row name -> (registry method, the config changes of its variant): ``simclr`` ->
+    ("simclr", {}), ``simclr:triplet_hard`` -> ("simclr", {"pair_loss": "triplet_hard"})."""
+    method, _, variant = name.partition(":")
+    return method, ({VARIANTS[method][0]: variant} if variant else {})
+
+
+def row_folder(name: str) -> str:
+    """The --out/pretrain subfolder of a row: its name, ``:`` written ``-``."""
+    return name.replace(":", "-")
+
+
+def _row_name(name: str) -> str:
+    """``METHOD`` or ``METHOD:VARIANT`` checked; the variant that is its field's default is
+    the plain method's row. A bad one is a ValueError naming it and the choices."""
+    method, colon, variant = name.partition(":")
+    if not colon:
+        return name
+    if method not in VARIANTS:
+        raise ValueError(f"{name!r} in --methods: only "
+                         f"{', '.join(f'{m}:{field.upper()}' for m, (field, _) in VARIANTS.items())} rows have a variant")
+    field, choices = VARIANTS[method]
+    if variant not in choices:
+        raise ValueError(f"{name!r} in --methods: {variant!r} is not a {field} of {method}; "
+                         f"choose from {', '.join(choices)}")
+    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+    return method if variant == default else name
+
+
+def parse_pair_losses(spec: str | None) -> list[str]:
+    """``--pair-losses``: ``all`` or a comma list of SimCLR pair losses -> their rows
+    (``infonce``, the default, is the plain ``simclr`` row)."""
+    if not spec:
+        return []
+    losses = list(PAIR_LOSSES) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [x for x in losses if x not in PAIR_LOSSES]
+    if bad or not losses:
+        raise ValueError(f"unknown pair loss(es) {', '.join(map(repr, bad)) or '(none given)'} in --pair-losses; "
+                         f"choose 'all' or from {', '.join(PAIR_LOSSES)}")
+    return [_row_name(f"simclr:{x}") for x in losses]
+
+
+def parse_methods(spec: str, reference: bool = True, pair_losses: str | None = None) -> list[str]:
+    """``all`` or a comma list of registry names -> row names, PixPro first (the step-cost
+    reference) unless ``reference`` is off. A name may carry a variant, ``simclr:LOSS`` (SimCLR
+    with that ``pair_loss``); ``pair_losses`` (``--pair-losses``) adds one such row per loss,
+    after the others. An unknown name is a ValueError naming it and the choices."""
     names = list(METHODS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in names if n not in METHODS]
+    bad = [n for n in names if n.partition(":")[0] not in METHODS]
     if bad or not names:
         raise ValueError(f"unknown method(s) {', '.join(map(repr, bad)) or '(none given)'} in --methods; "
                          f"choose 'all' or from {', '.join(METHODS)}")
+    names = [_row_name(n) for n in names] + parse_pair_losses(pair_losses)
     names = list(dict.fromkeys(names))
     if not reference:
         return names
@@ -139,9 +194,11 @@ def probe_steps_for(budget: float) -> int:
     return max(1, round(BASE_PROBE_STEPS * budget))
 
 
-def method_config(method: str, args, out: Path) -> TrainConfig:
-    """``method``'s reference settings with the shared budget and the short-run changes of the
-    module docstring."""
+def method_config(name: str, args, out: Path) -> TrainConfig:
+    """Row ``name``'s config: its method's reference settings with the shared budget, the short-run
+    changes of the module docstring and its variant (``simclr:LOSS``: that pair loss);
+    pretraining in --out/pretrain/<name, ':' as '-'>."""
+    method, variant = split_row(name)
     preset = TrainConfig(method=method)
     epochs = epochs_for(args.budget)
     steps_per_epoch = args.scenes // args.batch_size
@@ -151,7 +208,8 @@ def method_config(method: str, args, out: Path) -> TrainConfig:
         max_steps=None, scenes_images=args.scenes, data=None, loader="torch", lars_trust=args.lars_trust,
         proj_hidden_dim=min(preset.proj_hidden_dim, args.proj_hidden_dim), precision=args.precision,
         num_workers=args.workers, device="cpu", compile=False, log_every=10, ckpt_every=0, keep_ckpts=1,
-        tensorboard=False, probe_every=0, resume=True, out=str(out / "pretrain" / method), seed=args.seed)
+        tensorboard=False, probe_every=0, resume=True, out=str(out / "pretrain" / row_folder(name)), seed=args.seed,
+        **variant)
     if method == "mocov2":
         quarter = max(args.batch_size, args.scenes // 4 // args.batch_size * args.batch_size)
         changes["queue_size"] = min(preset.queue_size, quarter)
@@ -233,6 +291,12 @@ def pretrain(cfg: TrainConfig) -> dict:
 
 # --------------------------------------------------------------------------- probing
 
+def describe(name: str) -> str:
+    """A row's description: its method's, with the variant's setting."""
+    method, variant = split_row(name)
+    return METHODS[method].description + "".join(f"; {k} {v}" for k, v in variant.items())
+
+
 def encoder_kind(arch: str, method: str) -> str:
     """What a random-init baseline must match: the arch, and the input when it is not RGB."""
     return f"{arch} (L channel)" if METHODS[method].encoder == "resnet_l" else arch
@@ -307,7 +371,11 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--methods", "--method", default="all",
-                    help=f"'all' (the registry: {', '.join(METHODS)}) or a comma list; pixpro always runs first")
+                    help=f"'all' (the registry: {', '.join(METHODS)}) or a comma list; pixpro always runs first; "
+                         f"simclr:LOSS trains SimCLR with that pair loss ({', '.join(PAIR_LOSSES)})")
+    ap.add_argument("--pair-losses", default=None, metavar="LOSSES",
+                    help=f"add one simclr row per pair loss: 'all' or a comma list of {', '.join(PAIR_LOSSES)} "
+                         "(the same as simclr:LOSS in --methods; infonce is the plain simclr row)")
     ap.add_argument("--no-reference", action="store_true",
                     help="do not train pixpro first (the step-cost column is then empty): a quick run of "
                          "one method, e.g. at another --image-size")
@@ -340,7 +408,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench_out/quality")
     args = ap.parse_args(argv)
     try:
-        methods = parse_methods(args.methods, reference=not args.no_reference)
+        methods = parse_methods(args.methods, reference=not args.no_reference, pair_losses=args.pair_losses)
     except ValueError as e:
         ap.error(str(e))
     if args.budget <= 0:
@@ -366,20 +434,21 @@ def main(argv=None) -> dict:
     results, baselines = [], {}
     for m in methods:
         cfg = configs[m]
+        method = cfg.method
         print(f"== {m}: {cfg.arch}, {cfg.epochs} epochs", file=sys.stderr, flush=True)
         run = pretrain(cfg)
         if "diverged" in run:
             print(f"  {m}: diverged ({run['diverged']})", file=sys.stderr, flush=True)
-            results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, m),
-                            "description": METHODS[m].description, **run, "config": cfg.to_dict()})
+            results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, method),
+                            "description": describe(m), **run, "config": cfg.to_dict()})
             continue
         pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
         shape = probe.trunk_shape(pretrained.state_dict(), arch)
         initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
         turn = probe.weight_turn(pretrained, initial)
-        kind = encoder_kind(arch, m)
+        kind = encoder_kind(arch, method)
         stats = probe.recipe_stats(cfg)                              # the random init is probed as the pretrained
-        enc, base_enc = probe.probe_ready(pretrained, m, *stats), probe.probe_ready(initial, m, *stats)
+        enc, base_enc = probe.probe_ready(pretrained, method, *stats), probe.probe_ready(initial, method, *stats)
         layers = probe_layers(enc, args)
         key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"]}
 
@@ -397,7 +466,7 @@ def main(argv=None) -> dict:
         print(f"  {m}: mIoU {100 * result['miou']:.2f} (random init {100 * baselines[kind]['miou']:.2f}), "
               f"step {run['step_seconds']:.3f} s, weights turned {sum(turn.values()) / max(len(turn), 1):.1f} deg",
               file=sys.stderr, flush=True)
-        results.append({"method": m, "arch": arch, "kind": kind, "description": METHODS[m].description, **run,
+        results.append({"method": m, "arch": arch, "kind": kind, "description": describe(m), **run,
                         "weight_turn_degrees": turn,
                         "mean_weight_turn_degrees": sum(turn.values()) / max(len(turn), 1),
                         "config": cfg.to_dict(), "probe": result})

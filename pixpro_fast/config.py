@@ -39,6 +39,7 @@ from .optim import LR_SCHEDULES, RETIRED_LR_SCHEDULES
 from .vit import VIT_ARCHS
 
 ARCHS = tuple(RESNET_ARCHS) + tuple(VIT_ARCHS)
+from .pair_losses import MARGIN_LOSSES, PAIR_LOSSES
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION_KERNELS = ("auto", "math")
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -107,6 +108,14 @@ class TrainConfig:
     pixpro_weight: float = _opt(1.0, "weight of the pixel propagation loss", min=0)
     pixcontrast_weight: float = _opt(0.0, "weight of the pixel-level InfoNCE loss (pixcontrast)", min=0)
     neg_ratio: float = _opt(0.7, "PixContrast: cells at or beyond this distance ratio are negatives", min=0)
+    # SimCLR
+    pair_loss: str = _opt("infonce", "SimCLR: the loss over the batch's pairs (both views of an image positive, every "
+                          "other pair negative): infonce (NT-Xent, reads --temperature), contrastive (pull positives, "
+                          "push negatives beyond --pair-margin), triplet_hard (hardest negative per anchor), "
+                          "triplet_all (mean over all negatives), npair (Sohn's N-pair on raw embeddings, L2 penalty)",
+                          choices=PAIR_LOSSES)
+    pair_margin: float = _opt(0.5, "SimCLR: margin of the contrastive and triplet losses, a Euclidean distance "
+                                   "between L2-normalised embeddings (they lie 0 to 2 apart)", min=0)
     # MoCo v2
     queue_size: int = _opt(65536, "MoCo v2: keys kept in the queue of negatives", min=1)
     moco_symmetric: bool = _opt(False, "MoCo v2: symmetric loss over both views")
@@ -312,6 +321,10 @@ class TrainConfig:
             need(not unread, key, f"{getattr(self, key)!r} is read by --lr-schedule {reader} only; "
                  f"{self.lr_schedule} ends at " + ("final_lr_fraction of the peak" if relative else "final_lr")
                  + f" (leave {key} at its default, {_DEFAULTS[key]!r})")
+        margin_default = _DEFAULTS["pair_margin"]
+        need(self.pair_margin == margin_default or self.pair_loss in MARGIN_LOSSES, "pair_margin",
+             f"{self.pair_margin!r} is read by pair_loss {', '.join(MARGIN_LOSSES)} only; pair_loss "
+             f"{self.pair_loss!r} does not read it (leave it at its default, {margin_default!r})")
         vit_method = entry.encoder == "vit"
         need(vit_method == (self.arch in VIT_ARCHS), "arch",
              f"{self.arch!r} does not fit method {self.method!r}: "

@@ -241,3 +241,59 @@ def test_loca_query_keeps_the_presets_fraction_of_its_scaled_grid(tmp_path):
     kept = {size: quality.method_config("loca", SimpleNamespace(**vars(args), image_size=size), tmp_path).query_keep
             for size in (224, 128, 64)}
     assert kept == {224: 70, 128: 23, 64: 6}     # 70 of 196 tokens: of 64, 23; of 16, 6
+
+
+# --------------------------------------------------------------------------- SimCLR's pair losses
+
+def test_pair_loss_rows_parse_to_simclr_configs_of_their_own(tmp_path):
+    """``simclr:LOSS`` in --methods and ``--pair-losses`` add SimCLR rows with that pair_loss,
+    each pretraining in its own folder; bad names are ValueErrors naming the choices."""
+    from types import SimpleNamespace
+    from benchmarks import quality
+    from pixpro_fast.pair_losses import PAIR_LOSSES
+    assert quality.parse_methods("simclr", pair_losses="all") == [
+        "pixpro", "simclr", "simclr:contrastive", "simclr:triplet_hard", "simclr:triplet_all", "simclr:npair"]
+    assert quality.parse_methods("simclr:npair,simclr:infonce,byol,simclr", reference=False,
+                                 pair_losses="triplet_all,npair") == ["simclr:npair", "simclr", "byol",
+                                                                      "simclr:triplet_all"]
+    assert quality.parse_methods("all") == list(METHODS)            # 'all' is the registry, no variants
+    for spec, pair_losses, words in (("byol:npair", None, "only simclr:PAIR_LOSS rows have a variant"),
+                                     ("simclr:triplet", None, "'triplet' is not a pair_loss of simclr"),
+                                     ("nope:npair", None, "unknown method"),
+                                     ("simclr", "triplet", "unknown pair loss(es) 'triplet' in --pair-losses")):
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            quality.parse_methods(spec, pair_losses=pair_losses)
+    args = SimpleNamespace(budget=1.0, scenes=64, batch_size=16, vit_arch="vit_tiny_patch16", arch="resnet18",
+                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0, image_size=64)
+    plain = quality.method_config("simclr", args, tmp_path)
+    assert plain.pair_loss == "infonce" and plain.out == str(tmp_path / "pretrain" / "simclr")
+    for loss in PAIR_LOSSES[1:]:
+        cfg = quality.method_config(f"simclr:{loss}", args, tmp_path)
+        assert cfg.method == "simclr" and cfg.pair_loss == loss
+        assert cfg.out == str(tmp_path / "pretrain" / f"simclr-{loss}")
+        # the rest is the plain row's: the same budget and preset
+        assert {k: v for k, v in cfg.to_dict().items() if k not in ("pair_loss", "out")} == \
+               {k: v for k, v in plain.to_dict().items() if k not in ("pair_loss", "out")}
+    got = quality.parse_settings(["simclr:contrastive.pair_margin=1.0"], ["pixpro", "simclr:contrastive"])
+    assert got == {"simclr:contrastive": {"pair_margin": 1.0}}
+    assert quality.method_config("simclr:contrastive", args, tmp_path).replace(**got["simclr:contrastive"]).pair_margin == 1.0
+    assert quality.describe("simclr:npair").endswith("; pair_loss npair")
+
+
+def test_a_pair_loss_row_trains_and_probes_in_its_own_folder(tmp_path, cache, monkeypatch):
+    from benchmarks import quality
+    monkeypatch.setenv("PIXPRO_FAST_CACHE", str(cache))
+    out = tmp_path / "q"
+    payload = quality.main(["--methods", "simclr:triplet_hard", "--no-reference", *TINY, "--out", str(out)])
+    assert [r["method"] for r in payload["rows"]] == ["simclr:triplet_hard"]
+    row, res = payload["rows"][0], payload["results"][0]
+    assert isinstance(row["mIoU"], float) and res["steps"] == 2
+    assert res["config"]["method"] == "simclr" and res["config"]["pair_loss"] == "triplet_hard"
+    assert (out / "pretrain" / "simclr-triplet_hard" / "step_times.jsonl").is_file()
+    assert "| simclr:triplet_hard | resnet18 |" in (out / "quality.md").read_text()
+    steps = (out / "pretrain" / "simclr-triplet_hard" / "step_times.jsonl").read_text()
+    # the same row asked for twice is one row, found finished: nothing trained or probed again
+    again = quality.main(["--methods", "simclr:triplet_hard", "--pair-losses", "triplet_hard", "--no-reference",
+                          *TINY, "--out", str(out)])
+    assert again["rows"] == [row]
+    assert (out / "pretrain" / "simclr-triplet_hard" / "step_times.jsonl").read_text() == steps

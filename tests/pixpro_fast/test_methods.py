@@ -299,6 +299,7 @@ import os, sys, torch
 import torch.distributed as dist
 sys.path.insert(0, sys.argv[2])
 from pixpro_fast.methods.simclr import nt_xent_loss
+from pixpro_fast.pair_losses import PAIR_LOSSES, pair_loss
 from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.methods.mocov2 import MoCoV2
 from pixpro_fast.config import TrainConfig
@@ -310,11 +311,18 @@ mine = slice(rank * 4, rank * 4 + 4)
 a, b = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
 loss = nt_xent_loss(a, b, 0.2)
 loss.backward()
+pairs = {}
+for name in PAIR_LOSSES[1:]:
+    a2, b2 = z1[mine].clone().requires_grad_(), z2[mine].clone().requires_grad_()
+    l2 = pair_loss(name, a2, b2, 0.2, 0.7)
+    l2.backward()
+    pairs[name] = {"loss": l2.detach(), "grad_a": a2.grad, "grad_b": b2.grad}
 codes = sinkhorn(scores[mine], iters=3, eps=0.05)
 torch.manual_seed(0)
 moco = MoCoV2(TrainConfig(method="mocov2", arch="resnet18", proj_hidden_dim=32, proj_dim=16, queue_size=16))
 moco.enqueue(z1[mine])
-torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad, "codes": codes, "queue": moco.queue},
+torch.save({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad, "codes": codes, "queue": moco.queue,
+            "pairs": pairs},
            os.path.join(sys.argv[1], f"rank{rank}.pt"))
 dist.destroy_process_group()
 '''
@@ -339,6 +347,16 @@ def test_gathering_methods_across_two_ranks_equal_single_process_on_concatenated
     # DDP averages gradients over ranks: (sum of each rank's gradient) / 2 == full-batch gradient
     torch.testing.assert_close(torch.cat([r[0]["grad_a"], r[1]["grad_a"]]) / 2, a.grad, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(torch.cat([r[0]["grad_b"], r[1]["grad_b"]]) / 2, b.grad, atol=1e-6, rtol=1e-4)
+    # the other pair losses (contrastive, triplets, N-pair): the same, each a mean over anchors
+    from pixpro_fast.pair_losses import PAIR_LOSSES, pair_loss
+    for name in PAIR_LOSSES[1:]:
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        full = pair_loss(name, a, b, 0.2, 0.7)
+        full.backward()
+        mine = [r[i]["pairs"][name] for i in (0, 1)]
+        assert ((mine[0]["loss"] + mine[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-5), name
+        torch.testing.assert_close(torch.cat([mine[0]["grad_a"], mine[1]["grad_a"]]) / 2, a.grad, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(torch.cat([mine[0]["grad_b"], mine[1]["grad_b"]]) / 2, b.grad, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(torch.cat([r[0]["codes"], r[1]["codes"]]), sinkhorn(scores, iters=3, eps=0.05),
                                atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r[0]["queue"], r[1]["queue"])
