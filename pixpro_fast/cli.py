@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 
 from .config import PRESETS_DIR, ConfigError, TrainConfig, field_owners, field_type
@@ -11,9 +12,19 @@ SUBCOMMANDS = ("train", "export", "eval")
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block) and exit status 2."""
+    """An ArgumentParser whose errors are one line (no usage block) and exit status 2; a
+    mistyped flag gets the closest one suggested."""
 
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1) if word.startswith("--") else []
+                if close:
+                    hints.append(f"{word.split('=')[0]} (did you mean {close[0]}?)")
+            if hints:
+                message += "; " + ", ".join(hints)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -53,11 +64,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=flag_help(f))
 
 
-def error_line(exc: Exception) -> str:
-    """One line for a bad setting: the flag, the bad value and what is accepted."""
-    if isinstance(exc, ConfigError):
-        return f"{flag_name(exc.key)} {exc.detail}" if exc.key else exc.detail
-    return str(exc).replace("\n", " ")
+def error_line(exc: Exception, cfg: TrainConfig | None = None) -> str:
+    """One line for a bad setting: where it was set (the flag, or the key and its preset file),
+    the bad value and what is accepted."""
+    if not isinstance(exc, ConfigError):
+        return str(exc).replace("\n", " ")
+    if not exc.key:
+        return exc.detail
+    source = exc.source or (cfg.source(exc.key) if cfg is not None else None)
+    if source in (None, "the command line", "given", "default"):
+        return f"{flag_name(exc.key)} {exc.detail}"
+    if source.endswith("'s defaults"):
+        return f"{exc.key} (from {source}) {exc.detail}"
+    return f"{exc.key} in {source} {exc.detail} (change it there, or override it with {flag_name(exc.key)})"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -96,8 +115,11 @@ def main(argv=None) -> int:
         for path in paths:
             print(f"wrote {path}")
         return 0
-    ap = _Parser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), export, eval "
-                                              "(dense linear probe). Every TrainConfig field is a flag.")
+    ap = _Parser(prog="train.py", description="Pretraining (PixPro and the other methods of --method). Every "
+                                              "TrainConfig field is a flag. Subcommands: train (the default), "
+                                              "export (the encoder of a checkpoint, for sharing: train.py export "
+                                              "--help), eval (dense linear probe of a checkpoint: train.py eval "
+                                              "--help).")
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
@@ -111,7 +133,7 @@ def main(argv=None) -> int:
     try:
         trainer = Trainer(cfg)
     except (ValueError, FileNotFoundError) as e:   # ConfigError, a method that cannot be built, --encoder-weights
-        ap.error(error_line(e))
+        ap.error(error_line(e, cfg))
     try:
         result = trainer.fit()
     except (NonFiniteLossError, ResumeMismatchError, UnsafeCheckpointError, FileNotFoundError) as e:

@@ -61,8 +61,9 @@ def _opt(default, help: str, resume: str = "refuse", choices=None, min=None, max
 class ConfigError(ValueError):
     """A bad value of one field: ``key`` names it, ``detail`` says what is wrong and what is accepted."""
 
-    def __init__(self, key: str | None, detail: str):
+    def __init__(self, key: str | None, detail: str, source: str | None = None):
         self.key, self.detail = key, detail
+        self.source = source    # where the value came from (a preset file, the command line, ...), when known
         super().__init__(f"invalid config: {key} {detail}" if key else f"invalid config: {detail}")
 
 
@@ -278,6 +279,17 @@ class TrainConfig:
                 + f"; everything else: {self.method}'s reference settings, then the defaults")
 
     def validate(self) -> "TrainConfig":
+        """Self, when every value is usable; else a :class:`ConfigError` naming the field and
+        where its value came from."""
+        try:
+            self._check()
+        except ConfigError as e:
+            if e.key and e.source is None:
+                e.source = self.source(e.key)
+            raise
+        return self
+
+    def _check(self) -> None:
         if isinstance(self.lr_schedule, str) and self.lr_schedule in RETIRED_LR_SCHEDULES:
             raise ConfigError("lr_schedule", RETIRED_LR_SCHEDULES[self.lr_schedule])
         for f in fields(self):
@@ -330,7 +342,6 @@ class TrainConfig:
              f"{self.arch!r} does not fit method {self.method!r}: "
              + (f"it needs a ViT encoder ({', '.join(VIT_ARCHS)})" if vit_method
                 else f"it needs a ResNet encoder ({', '.join(RESNET_ARCHS)})"))
-        return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

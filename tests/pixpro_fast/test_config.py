@@ -87,3 +87,25 @@ def test_batchnorm_sync_follows_the_reference_on_multi_gpu_runs_only(method):
     assert not resolve_sync_bn(cfg.replace(sync_bn=False), cuda, 8)
     assert resolve_sync_bn(cfg.replace(sync_bn=True), cuda, 8)
     assert METHODS["pixpro"].sync_bn and not METHODS["mocov2"].sync_bn     # the official PixPro code syncs
+
+
+def test_an_error_names_where_the_bad_value_was_set(tmp_path, capsys):
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps({"batch_size": "16"}))
+    for argv, expected in (
+            (["--config", str(preset)], f"batch_size in {preset} must be an int, got '16' (change it there, or "
+                                        f"override it with --batch-size)"),
+            (["--config", "quickstart", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+            (["--batch-sise", "16"], "unrecognized arguments: --batch-sise 16; --batch-sise (did you mean "
+                                     "--batch-size?)")):
+        with pytest.raises(SystemExit) as stop:
+            cli_main(argv)
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and err == f"train.py: error: {expected}", err
+
+
+def test_help_names_the_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "export (the encoder of a checkpoint" in out and "eval (dense linear probe" in out
