@@ -327,6 +327,9 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == stop_at:
                         last_loss, wait, wall, images = self._log(logger, win, lr)
                         run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
+                    elif meter.steps == 1 and self.is_main:
+                        # a first sign of life: the window goes on to the first log step unchanged
+                        logger.show(self.step, self._window_values(win, lr)[0])
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self._check_finite(win, last_loss)
                         last_ckpt = self.save() or last_ckpt
@@ -405,7 +408,8 @@ class Trainer:
         return (f"{what}; stopping without saving. The last good checkpoint is {good}. Try "
                 + ", ".join(advice) + ".")
 
-    def _log(self, logger, win, lr):
+    def _window_values(self, win, lr):
+        """The metrics of the window so far, its mean stats and its wall time; ``win`` is unchanged."""
         now = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -415,7 +419,12 @@ class Trainer:
         momentum = {"momentum": self._momentum()} if len(self.model.target) else {}
         values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr, **momentum,
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
-                  "skipped_images": win["skipped"], **win.pop("probe", {})}
+                  "skipped_images": win["skipped"], **win.get("probe", {})}
+        return values, stats, wall
+
+    def _log(self, logger, win, lr):
+        values, stats, wall = self._window_values(win, lr)
+        win.pop("probe", None)
         logger.log(self.step, values)
         out = (stats[0], win["wait"], wall, win["images"])
         if not math.isfinite(stats[0]):

@@ -89,6 +89,7 @@ class MetricsLogger:
         self._tb = None
         self._bar = None
         self.tensorboard_note = ""
+        self._skipped = 0   # unreadable images replaced so far in this process (the progress line's count)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,7 @@ class MetricsLogger:
         self._t0 = time.time()
 
     def log(self, step: int, values: dict) -> None:
+        """Record ``values`` at ``step`` (metrics.jsonl, TensorBoard) and show the progress line."""
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **values}
@@ -114,10 +116,21 @@ class MetricsLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
+        self._skipped += int(values.get("skipped_images", 0))
+        self._show(step, values, self._skipped)
+
+    def show(self, step: int, values: dict) -> None:
+        """Only the progress line (nothing recorded): the early line before the first log interval."""
+        if self.enabled:
+            self._show(step, values, self._skipped + int(values.get("skipped_images", 0)))
+
+    def _show(self, step: int, values: dict, skipped: int) -> None:
         short = (f"loss {values.get('loss', float('nan')):.4f}  lr {values.get('lr', 0):.3g}  "
                  f"{values.get('images_per_sec', 0):.1f} img/s  wait {values.get('data_wait_fraction', 0):.0%}")
         if "probe_miou" in values:
             short += f"  probe mIoU {100 * values['probe_miou']:.1f}"
+        if skipped:
+            short += f"  skipped {skipped} unreadable"
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix_str(short, refresh=True)
