@@ -377,10 +377,29 @@ class Trainer:
                                                  ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
                            if on)
             judged = verdict(meter.fraction, in_use=in_use, loader=cfg.loader,
-                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used)
+                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used,
+                             measured_steps=meter.measured, batch_headroom=self._batch_headroom(),
+                             more_workers=self._more_workers_possible())
             print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
                   f"{judged}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
         return result
+
+    def _batch_headroom(self) -> bool:
+        """Whether a larger batch per device could raise images/sec: on a GPU whose peak use
+        leaves room to double the batch (under half its memory); never on a CPU, where the
+        step time grows with the batch."""
+        if self.device.type != "cuda":
+            return False
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return torch.cuda.max_memory_allocated(self.device) < total / 2
+
+    def _more_workers_possible(self) -> bool:
+        """False when the loader already runs a worker per CPU core this process may use."""
+        workers = getattr(self.loader, "num_workers", None)
+        if workers is None:
+            return True
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return workers < max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
 
     def _check_finite(self, win, last_loss) -> None:
         pending = win["stats"]
