@@ -239,10 +239,12 @@ def test_progress_line_counts_skipped_and_warning_names_the_file(tmp_path, caplo
 
 
 def test_plain_reason():
-    assert plain_reason("cannot identify image file <_io.BytesIO object at 0x7f12ab>") == "not an image PIL can identify"
+    unidentified = "cannot identify image file <_io.BytesIO object at 0x7f12ab>"
+    assert plain_reason(unidentified) == "not an image PIL can identify"
     assert plain_reason("UnidentifiedImageError: cannot identify image file '/d/x.jpg'") == \
         "not an image PIL can identify"
-    assert plain_reason("image file is truncated (3 bytes not processed)") == "image file is truncated (3 bytes not processed)"
+    truncated = "image file is truncated (3 bytes not processed)"
+    assert plain_reason(truncated) == truncated
     assert plain_reason("") == plain_reason(None) == "unreadable"
 
 
