@@ -9,9 +9,24 @@ by name. ``on_corrupt='error'``: :class:`CorruptImageError` naming the file.
 from __future__ import annotations
 
 import logging
+import re
 
 MAX_REPLACEMENTS = 16
 log = logging.getLogger("pipelines")
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_UNIDENTIFIED = re.compile(r"^(?:\w+Error: )?cannot identify image file\b.*$", re.S)
+
+
+def plain_reason(reason: str | None) -> str:
+    """A decoder's reason in plain words: PIL's "cannot identify image file <_io.BytesIO
+    object at 0x...>" becomes "not an image PIL can identify"; other object reprs go."""
+    reason = (reason or "").strip()
+    if _UNIDENTIFIED.match(reason):
+        return "not an image PIL can identify"
+    reason = _OBJECT_REPR.sub("", reason).strip(" :")
+    return reason or "unreadable"
 
 
 class CorruptImageError(RuntimeError):
@@ -38,7 +53,7 @@ class CorruptFiles:
 
     def report(self, name: str, reason: str | None = None) -> None:
         """Raise in 'error' mode, else remember and log ``name`` the first time it is met."""
-        reason = reason or "unreadable"
+        reason = plain_reason(reason)
         if self.on_corrupt == "error":
             raise CorruptImageError(f"cannot decode image {name}: {reason}")
         if name not in self.bad:

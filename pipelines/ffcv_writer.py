@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .corrupt import plain_reason
 from .image_folder import scan_image_folder
 
 WRITE_MODES = ("jpg", "raw", "smart", "proportion")
@@ -106,7 +107,7 @@ def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
             return f"unexpected decoded shape {arr.shape}", (0, 0)
         return None, size
     except Exception as exc:  # PIL raises many types for damaged files
-        return f"{type(exc).__name__}: {exc}", (0, 0)
+        return plain_reason(f"{type(exc).__name__}: {exc}"), (0, 0)
 
 
 class _FolderSource:

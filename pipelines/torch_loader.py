@@ -55,7 +55,8 @@ from .batch import Batch, check_loader_options
 from .colour import ColourAugment, ColourParams, to_device
 from .colour import apply_colour as apply_batch_colour
 from .colour_cpu import LUMA
-from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
+from .corrupt import (MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, plain_reason, replacement_positions,
+                      too_many_unreadable)
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
 from .prefetch import hand_over
@@ -356,7 +357,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
                 return arrays, coords, rows, index, bad
             except Exception as exc:  # PIL raises many types for damaged files
                 if self.on_corrupt == "error":
-                    raise CorruptImageError(f"cannot decode image {path}: {exc}") from exc
+                    raise CorruptImageError(f"cannot decode image {path}: {plain_reason(str(exc))}") from exc
                 bad.append((path, str(exc) or type(exc).__name__))
         raise too_many_unreadable(len(bad), bad[-1][0])
 

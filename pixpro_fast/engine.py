@@ -327,6 +327,9 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == stop_at:
                         last_loss, wait, wall, images = self._log(logger, win, lr)
                         run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
+                    elif meter.steps == 1 and self.is_main:
+                        # a first sign of life: the window goes on to the first log step unchanged
+                        logger.show(self.step, self._window_values(win, lr)[0])
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self._check_finite(win, last_loss)
                         last_ckpt = self.save() or last_ckpt
@@ -374,10 +377,29 @@ class Trainer:
                                                  ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
                            if on)
             judged = verdict(meter.fraction, in_use=in_use, loader=cfg.loader,
-                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used)
+                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used,
+                             measured_steps=meter.measured, batch_headroom=self._batch_headroom(),
+                             more_workers=self._more_workers_possible())
             print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
                   f"{judged}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
         return result
+
+    def _batch_headroom(self) -> bool:
+        """Whether a larger batch per device could raise images/sec: on a GPU whose peak use
+        leaves room to double the batch (under half its memory); never on a CPU, where the
+        step time grows with the batch."""
+        if self.device.type != "cuda":
+            return False
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return torch.cuda.max_memory_allocated(self.device) < total / 2
+
+    def _more_workers_possible(self) -> bool:
+        """False when the loader already runs a worker per CPU core this process may use."""
+        workers = getattr(self.loader, "num_workers", None)
+        if workers is None:
+            return True
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return workers < max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
 
     def _check_finite(self, win, last_loss) -> None:
         pending = win["stats"]
@@ -405,7 +427,8 @@ class Trainer:
         return (f"{what}; stopping without saving. The last good checkpoint is {good}. Try "
                 + ", ".join(advice) + ".")
 
-    def _log(self, logger, win, lr):
+    def _window_values(self, win, lr):
+        """The metrics of the window so far, its mean stats and its wall time; ``win`` is unchanged."""
         now = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -415,7 +438,12 @@ class Trainer:
         momentum = {"momentum": self._momentum()} if len(self.model.target) else {}
         values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr, **momentum,
                   "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
-                  "skipped_images": win["skipped"], **win.pop("probe", {})}
+                  "skipped_images": win["skipped"], **win.get("probe", {})}
+        return values, stats, wall
+
+    def _log(self, logger, win, lr):
+        values, stats, wall = self._window_values(win, lr)
+        win.pop("probe", None)
         logger.log(self.step, values)
         out = (stats[0], win["wait"], wall, win["images"])
         if not math.isfinite(stats[0]):

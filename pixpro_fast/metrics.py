@@ -11,18 +11,28 @@ from pathlib import Path
 COMPUTE_REMEDIES = ("bf16 autocast", "channels-last", "torch.compile", "a larger batch per device")
 FAST_BACKENDS = ("dali", "ffcv")
 WARMUP_STEPS = 5   # first steps of a run left out of the data-wait verdict (workers start, queues fill)
+MIN_MEASURED_STEPS = 20   # steps after the warm-up the verdict needs: fewer swing it either way
 
 
 def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ...] = (), loader: str | None = None,
-            bf16_native: bool = True, warmup_steps: int = 0) -> str:
+            bf16_native: bool = True, warmup_steps: int = 0, measured_steps: int | None = None,
+            batch_headroom: bool = True, more_workers: bool = True) -> str:
     """Say whether a run is loader-bound, from the fraction of wall time spent waiting for data,
     with only the remedies that can help this run: ``in_use`` names compute remedies (of
     :data:`COMPUTE_REMEDIES`) the run already has; ``loader`` is its backend, not suggested
     again; ``bf16_native`` False drops bf16 (emulated, it would slow the step down);
-    ``warmup_steps`` says how many first steps the fraction leaves out."""
+    ``batch_headroom`` False drops a larger batch (a CPU, or a GPU already over half full);
+    ``more_workers`` False drops more loader workers (already one per CPU core);
+    ``warmup_steps`` says how many first steps the fraction leaves out.
+
+    ``measured_steps`` (steps timed after the warm-up), when given and under
+    :data:`MIN_MEASURED_STEPS` (20), gives no verdict: a few steps swing it either way."""
+    if measured_steps is not None and measured_steps < MIN_MEASURED_STEPS:
+        return (f"too few steps to judge loader- or compute-bound ({measured_steps} measured after the warm-up; "
+                f"at least {MIN_MEASURED_STEPS} needed)")
     after = f" after the first {warmup_steps} steps" if warmup_steps else ""
     if wait_fraction >= threshold:
-        remedies = ["more loader workers"]
+        remedies = ["more loader workers"] if more_workers else []
         faster = [b for b in FAST_BACKENDS if b != loader]
         if faster:
             remedies.append("a faster backend such as " + " or ".join(faster))
@@ -30,8 +40,11 @@ def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ..
         return (f"loader-bound: {wait_fraction:.0%} of wall time waiting for data{after} "
                 f"(remedies: {', '.join(remedies)})")
     skip = set(in_use) | (set() if bf16_native else {"bf16 autocast"})
+    if not batch_headroom:
+        skip.add("a larger batch per device")
     remedies = [r for r in COMPUTE_REMEDIES if r not in skip]
-    return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data{after} (remedies: {', '.join(remedies)})"
+    said = f"remedies: {', '.join(remedies)}" if remedies else "no remedy left to suggest: the run already has them all"
+    return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data{after} ({said})"
 
 
 class WaitMeter:
@@ -49,6 +62,11 @@ class WaitMeter:
         self._t_last = self._t_start
         self.all_wait = 0.0
         self.wait = 0.0
+
+    @property
+    def measured(self) -> int:
+        """Steps timed after the warm-up (what :func:`verdict` needs :data:`MIN_MEASURED_STEPS` of)."""
+        return max(self.steps - self.warmup, 0)
 
     def step(self, waited: float) -> None:
         now = self.clock()
@@ -89,6 +107,7 @@ class MetricsLogger:
         self._tb = None
         self._bar = None
         self.tensorboard_note = ""
+        self._skipped = 0   # unreadable images replaced so far in this process (the progress line's count)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +124,7 @@ class MetricsLogger:
         self._t0 = time.time()
 
     def log(self, step: int, values: dict) -> None:
+        """Record ``values`` at ``step`` (metrics.jsonl, TensorBoard) and show the progress line."""
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **values}
@@ -114,10 +134,21 @@ class MetricsLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
+        self._skipped += int(values.get("skipped_images", 0))
+        self._show(step, values, self._skipped)
+
+    def show(self, step: int, values: dict) -> None:
+        """Only the progress line (nothing recorded): the early line before the first log interval."""
+        if self.enabled:
+            self._show(step, values, self._skipped + int(values.get("skipped_images", 0)))
+
+    def _show(self, step: int, values: dict, skipped: int) -> None:
         short = (f"loss {values.get('loss', float('nan')):.4f}  lr {values.get('lr', 0):.3g}  "
                  f"{values.get('images_per_sec', 0):.1f} img/s  wait {values.get('data_wait_fraction', 0):.0%}")
         if "probe_miou" in values:
             short += f"  probe mIoU {100 * values['probe_miou']:.1f}"
+        if skipped:
+            short += f"  skipped {skipped} unreadable"
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix_str(short, refresh=True)

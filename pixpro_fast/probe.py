@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -381,8 +382,12 @@ def evaluate_features(train_feats: dict[str, torch.Tensor], train_labels: torch.
 
 def evaluate_encoder(encoder: nn.Module, train: ProbeSplit, val: ProbeSplit, cfg: ProbeConfig, name: str = "encoder",
                      classes: tuple[str, ...] | None = None, layers: tuple[str, ...] | None = None,
-                     device: str | torch.device = "cpu") -> ProbeResult:
-    """Freeze ``encoder`` (it is not modified), probe it, score it on ``val``."""
+                     device: str | torch.device = "cpu", probe_seeds: int = 1) -> ProbeResult:
+    """Freeze ``encoder`` (it is not modified), probe it, score it on ``val``.
+
+    ``probe_seeds`` > 1 retrains the linear probe with seeds ``cfg.seed`` .. ``cfg.seed + n - 1``
+    on the same features (extracted once); the result is the first seed's, and
+    ``extra["miou_per_seed"]`` holds every seed's mIoU."""
     from pipelines.scenes import CLASSES
     classes = tuple(classes or CLASSES)
     layers = tuple(layers or cfg.layers)
@@ -391,10 +396,47 @@ def evaluate_encoder(encoder: nn.Module, train: ProbeSplit, val: ProbeSplit, cfg
     train_feats = extract_features(encoder, train.images, layers, cfg.feature_batch, device)
     val_feats = extract_features(encoder, val.images, layers, cfg.feature_batch, device)
     t1 = time.perf_counter()
-    conf, _ = evaluate_features(train_feats, train.labels, val_feats, val.labels, len(classes), cfg)
+    confs = [evaluate_features(train_feats, train.labels, val_feats, val.labels, len(classes),
+                               dataclasses.replace(cfg, seed=cfg.seed + k))[0] for k in range(max(probe_seeds, 1))]
     t2 = time.perf_counter()
+    conf = confs[0]
+    extra = ({"probe_seeds": [cfg.seed + k for k in range(len(confs))], "miou_per_seed": [mean_iou(c) for c in confs]}
+             if len(confs) > 1 else {})
     return ProbeResult(name, mean_iou(conf), pixel_accuracy(conf), iou_per_class(conf), list(classes), list(layers),
-                       t1 - t0, t2 - t1)
+                       t1 - t0, t2 - t1, extra)
+
+
+def gain_verdict(pretrained: list[float], random_init: list[float]) -> dict:
+    """Is the pretrained encoder's mIoU gain over random init more than probe noise?
+
+    Both lists hold one mIoU per probe seed (the same seeds, in order). The gain is the mean
+    of the per-seed differences; the noise is the combined seed-to-seed spread,
+    sqrt(std(pretrained)^2 + std(random_init)^2) (sample std). Rule: distinguishable when
+    |gain| > 2 x that spread; with one seed there is no spread, so no verdict."""
+    if len(pretrained) != len(random_init) or not pretrained:
+        raise ValueError("need one mIoU per probe seed for both encoders, at least one seed")
+    gains = [p - r for p, r in zip(pretrained, random_init)]
+    n = len(gains)
+    mean = sum(gains) / n
+
+    def std(xs):
+        m = sum(xs) / len(xs)
+        return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    spread = math.sqrt(std(pretrained) ** 2 + std(random_init) ** 2)
+    head = (f"gain over random init: {100 * mean:+.2f} +/- {100 * std(gains):.2f} mIoU points over {n} probe seed"
+            f"{'s' if n > 1 else ''} (min {100 * min(gains):+.2f}, max {100 * max(gains):+.2f})")
+    if n < 2:
+        distinguishable, said = None, "one probe seed: no spread to judge it against (--probe-seeds 3)"
+    elif abs(mean) > 2 * spread:
+        distinguishable = True
+        said = (f"{'better' if mean > 0 else 'worse'} than random init beyond noise "
+                f"(|gain| > 2 x combined seed spread {100 * spread:.2f})")
+    else:
+        distinguishable = False
+        said = (f"within noise: not distinguishable from random init "
+                f"(|gain| <= 2 x combined seed spread {100 * spread:.2f})")
+    return {"gain_mean": mean, "gain_std": std(gains), "gain_min": min(gains), "gain_max": max(gains),
+            "combined_spread": spread, "seeds": n, "distinguishable": distinguishable, "line": f"{head}; {said}"}
 
 
 # --------------------------------------------------------------------------- encoders
@@ -560,6 +602,10 @@ class OnlineProbe:
 
 # --------------------------------------------------------------------------- command line
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def format_table(results: list[ProbeResult]) -> str:
     lines = [f"{'encoder':<28} {'mIoU':>7} {'pixel acc':>10}  " + " ".join(f"{c[:6]:>6}" for c in results[0].classes)]
     for r in results:
@@ -591,6 +637,9 @@ def eval_command(argv: list[str]) -> int:
     ap.add_argument("--train-images", type=int, default=d.train_images)
     ap.add_argument("--val-images", type=int, default=d.val_images)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--probe-seeds", type=int, default=None,
+                    help="retrain the probe with seeds seed .. seed+N-1 on the same features and judge the gain over "
+                         "random init against their spread (default 3 with --compare-random, else 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args(argv)
@@ -598,6 +647,9 @@ def eval_command(argv: list[str]) -> int:
         ap.error("give --checkpoint PATH, or --random-init with --arch")
     if args.random_init and not args.arch and not args.checkpoint:
         ap.error("--random-init needs --arch (or a --checkpoint to take it from)")
+    probe_seeds = args.probe_seeds if args.probe_seeds is not None else (3 if args.compare_random else 1)
+    if probe_seeds < 1:
+        ap.error(f"--probe-seeds must be at least 1, got {probe_seeds}")
     layers = tuple(s.strip() for s in (args.layers or "").split(",") if s.strip()) or None
     bad = [s for s in layers or () if s not in STAGES and s != "tokens"
            and not (s.startswith("block") and s[5:].isdigit())]
@@ -645,11 +697,23 @@ def eval_command(argv: list[str]) -> int:
     results = []
     for name, enc, enc_layers in encoders:
         results.append(evaluate_encoder(enc.to(args.device), train, val, cfg, name, layers=enc_layers,
-                                        device=args.device))
+                                        device=args.device, probe_seeds=probe_seeds))
     print(format_table(results))
+    judged = None
+    if probe_seeds > 1:
+        print(f"mIoU over probe seeds {cfg.seed}..{cfg.seed + probe_seeds - 1}: " + ", ".join(
+            f"{r.name} {100 * _mean(r.extra['miou_per_seed']):.2f} (min {100 * min(r.extra['miou_per_seed']):.2f}, "
+            f"max {100 * max(r.extra['miou_per_seed']):.2f})" for r in results))
+    by_name = {r.name: r for r in results}
+    pre, rnd = by_name.get(f"{arch} pretrained"), by_name.get(f"{arch} random init")
+    if pre is not None and rnd is not None:
+        judged = gain_verdict(pre.extra.get("miou_per_seed", [pre.miou]), rnd.extra.get("miou_per_seed", [rnd.miou]))
+        print(judged["line"])
     if args.out:
         payload = {"probe_config": {**asdict(cfg), "layers": list(encoders[0][2])}, "arch": arch, **(source or {}),
                    "results": [r.to_dict() for r in results]}
+        if judged is not None:
+            payload["gain_over_random"] = judged
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(payload, indent=2, default=str))

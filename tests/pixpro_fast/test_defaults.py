@@ -17,7 +17,7 @@ from pixpro_fast import hardware
 from pixpro_fast.cli import main as cli_main
 from pixpro_fast.config import PRESETS_DIR, ConfigError, TrainConfig, resume_applied_changes, resume_differences
 from pixpro_fast.engine import Trainer
-from pixpro_fast.metrics import WaitMeter, verdict
+from pixpro_fast.metrics import COMPUTE_REMEDIES, MIN_MEASURED_STEPS, WaitMeter, verdict
 from pixpro_fast.training import build_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,18 @@ def test_verdict_gives_only_advice_that_helps_here():
     assert "dali or ffcv" in verdict(0.5, loader="torch")
     assert "after the first 5 steps" in verdict(0.01, warmup_steps=5)
     assert "after the first" not in verdict(0.01)
+    assert "torch.compile" not in verdict(0.01, in_use=("torch.compile",))
+    assert "larger batch" in verdict(0.01) and "larger batch" not in verdict(0.01, batch_headroom=False)
+    assert "more loader workers" not in verdict(0.5, more_workers=False)
+    held = verdict(0.01, in_use=COMPUTE_REMEDIES)
+    assert held.startswith("compute-bound") and "no remedy left" in held
+
+
+def test_verdict_needs_enough_measured_steps():
+    assert verdict(0.54, measured_steps=1) == ("too few steps to judge loader- or compute-bound "
+                                               "(1 measured after the warm-up; at least 20 needed)")
+    assert verdict(0.54, measured_steps=MIN_MEASURED_STEPS).startswith("loader-bound")
+    assert verdict(0.01, measured_steps=MIN_MEASURED_STEPS - 1).startswith("too few steps")
 
 
 def test_wait_meter_leaves_out_the_warm_up():
@@ -130,15 +142,26 @@ def test_wait_meter_leaves_out_the_warm_up():
     now[0] += 2.0
     short.step(1.0)                          # no step past the warm-up: every step counts
     assert short.warmup_used == 0 and math.isclose(short.fraction, 0.5)
+    assert meter.measured == 3 and short.measured == 0
 
 
 def test_run_verdict_drops_emulated_bf16_and_names_the_warm_up(cpu_bf16, tmp_path):
     cpu_bf16(False)
     log = io.StringIO()
     cfg = TrainConfig(**dict(TINY, epochs=1, out=str(tmp_path), log_every=100))
-    Trainer(cfg, loader=_synthetic(cfg, batches=7), log_stream=log).fit()
+    Trainer(cfg, loader=_synthetic(cfg, batches=25), log_stream=log).fit()
     done = next(line for line in log.getvalue().splitlines() if line.startswith("done"))
     assert "after the first 5 steps" in done and "bf16" not in done and "torch.compile" in done
+    assert "larger batch" not in done        # a CPU's step time grows with the batch
+
+
+def test_short_run_gives_no_verdict(tmp_path):
+    log = io.StringIO()
+    cfg = TrainConfig(**dict(TINY, epochs=1, out=str(tmp_path), log_every=100))
+    Trainer(cfg, loader=_synthetic(cfg, batches=4), log_stream=log).fit()
+    done = next(line for line in log.getvalue().splitlines() if line.startswith("done"))
+    assert "too few steps to judge loader- or compute-bound (0 measured after the warm-up; at least 20 needed)" in done
+    assert "remedies" not in done
 
 
 # -- progress ----------------------------------------------------------------------------

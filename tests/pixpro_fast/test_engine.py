@@ -1,4 +1,6 @@
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ import torchvision
 from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
+from pipelines.corrupt import plain_reason
 from pixpro_fast.export import detectron2_key, encoder_state_from_checkpoint, export_checkpoint
 from sample_data import jpeg_folder
 
@@ -211,11 +214,45 @@ def test_corrupt_jpeg_does_not_stop_training(tmp_path):
     assert sum(r["skipped_images"] for r in records) >= 1
 
 
+def test_first_progress_line_after_step_one_records_nothing_extra(tmp_path):
+    data = image_folder(tmp_path / "data", n=12)                 # batch 4: 3 steps
+    log = io.StringIO()
+    cfg = TrainConfig(**dict(TINY, data=str(data), epochs=1, log_every=100, out=str(tmp_path / "run")))
+    res = Trainer(cfg, log_stream=log).fit()
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "3/3"]
+    records = [json.loads(line) for line in res.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in records] == [3]                    # the first line is shown, not recorded
+
+
+def test_progress_line_counts_skipped_and_warning_names_the_file(tmp_path, caplog):
+    data = image_folder(tmp_path / "data", n=8)
+    (data / "img_99.jpg").write_bytes(b"not a jpeg at all" * 10)
+    log = io.StringIO()
+    cfg = TrainConfig(**dict(TINY, data=str(data), epochs=1, log_every=100, out=str(tmp_path / "run")))
+    with caplog.at_level(logging.WARNING, logger="pipelines"):
+        Trainer(cfg, log_stream=log).fit()
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("step ")]
+    assert "skipped 1 unreadable" in lines[-1]
+    warned = [r.getMessage() for r in caplog.records if "img_99.jpg" in r.getMessage()]
+    assert len(warned) == 1 and "not an image PIL can identify" in warned[0] and "<_io" not in warned[0]
+
+
+def test_plain_reason():
+    unidentified = "cannot identify image file <_io.BytesIO object at 0x7f12ab>"
+    assert plain_reason(unidentified) == "not an image PIL can identify"
+    assert plain_reason("UnidentifiedImageError: cannot identify image file '/d/x.jpg'") == \
+        "not an image PIL can identify"
+    truncated = "image file is truncated (3 bytes not processed)"
+    assert plain_reason(truncated) == truncated
+    assert plain_reason("") == plain_reason(None) == "unreadable"
+
+
 def test_profile_writes_trace_and_prints_top_ops(tmp_path):
     proc = run_cli(*cli_flags(dict(TINY, loader="synthetic", epochs=50, out=str(tmp_path), profile=2)))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "profile_trace.json").stat().st_size > 1000
-    assert "Self CPU" in proc.stderr and "wall time waiting for data" in proc.stderr
+    assert "Self CPU" in proc.stderr and "too few steps to judge loader- or compute-bound" in proc.stderr
 
 
 DDP_WORKER = r'''

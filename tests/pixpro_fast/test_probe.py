@@ -207,6 +207,36 @@ def test_training_logs_probe_miou_and_eval_command_writes_json(tmp_path, cache, 
     for r in payload["results"]:
         assert 0.0 <= r["miou"] <= 1.0 and len(r["iou"]) == len(probe_classes())
         assert f"{100 * r['miou']:.2f}" in proc.stdout
+        assert r["extra"]["probe_seeds"] == [0, 1, 2] and r["extra"]["miou_per_seed"][0] == r["miou"]
+    gain = payload["gain_over_random"]
+    assert gain["seeds"] == 3 and gain["distinguishable"] in (True, False)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("gain over random init: "))
+    assert line == gain["line"] and "over 3 probe seeds" in line
+
+
+def test_gain_verdict_against_the_probe_seed_spread():
+    clear = probe.gain_verdict([0.30, 0.31, 0.29], [0.15, 0.16, 0.14])
+    assert clear["distinguishable"] is True and math.isclose(clear["gain_mean"], 0.15)
+    assert "+15.00" in clear["line"] and "better than random init beyond noise" in clear["line"]
+    noise = probe.gain_verdict([0.1509, 0.1530, 0.1490], [0.1519, 0.1500, 0.1525])   # -0.05 points, spread ~0.3
+    assert noise["distinguishable"] is False and "within noise" in noise["line"]
+    worse = probe.gain_verdict([0.10, 0.10, 0.11], [0.20, 0.21, 0.20])
+    assert worse["distinguishable"] is True and "worse than random init" in worse["line"]
+    one = probe.gain_verdict([0.3], [0.1])
+    assert one["distinguishable"] is None and "no spread" in one["line"]
+    with pytest.raises(ValueError):
+        probe.gain_verdict([0.3, 0.2], [0.1])
+
+
+def test_probe_seeds_retrain_only_the_probe(monkeypatch):
+    train, val = block_split(16, 0), block_split(8, 1)
+    calls = []
+    real = probe.extract_features
+    monkeypatch.setattr(probe, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = probe.evaluate_encoder(LabelEncoder(), train, val, TINY_CFG, probe_seeds=3)
+    assert len(calls) == 2                                    # train and val features, once
+    assert r.extra["probe_seeds"] == [0, 1, 2] and len(r.extra["miou_per_seed"]) == 3
+    assert r.miou == r.extra["miou_per_seed"][0] == probe.evaluate_encoder(LabelEncoder(), train, val, TINY_CFG).miou
 
 
 def test_weight_turn_measures_the_angle_from_a_reference():
