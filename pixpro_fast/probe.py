@@ -616,7 +616,7 @@ def format_table(results: list[ProbeResult]) -> str:
 
 def eval_command(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
-        prog="train.py eval",
+        prog="train.py eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Dense linear probe of a frozen encoder on the built-in scenes: trains a per-pixel linear "
                     "classifier on train-split features, reports mIoU and pixel accuracy on the val split.")
     ap.add_argument("--checkpoint", help="training checkpoint (its online encoder is probed)")
@@ -626,21 +626,22 @@ def eval_command(argv: list[str]) -> int:
     ap.add_argument("--compare-colour", action="store_true", help="also probe raw pixel colours")
     ap.add_argument("--arch", help="encoder arch (required with --random-init alone; checked against a checkpoint)")
     d = ProbeConfig()
-    ap.add_argument("--image-size", type=int, default=d.image_size)
-    ap.add_argument("--label-stride", type=int, default=d.label_stride)
+    ap.add_argument("--image-size", type=int, default=d.image_size, help="side of the probed scenes in pixels")
+    ap.add_argument("--label-stride", type=int, default=d.label_stride,
+                    help="labels are compared on a grid this many pixels apart")
     ap.add_argument("--layers", default=None,
                     help=f"comma-separated maps: ResNet stages ({','.join(STAGES)}; default {','.join(d.layers)}) or "
                          f"ViT ones (tokens, block1 .. blockN; default tokens)")
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--train-images", type=int, default=d.train_images)
-    ap.add_argument("--val-images", type=int, default=d.val_images)
-    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--steps", type=int, default=d.steps, help="training steps of the linear probe")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="pixels per probe step")
+    ap.add_argument("--lr", type=float, default=d.lr, help="learning rate of the linear probe")
+    ap.add_argument("--train-images", type=int, default=d.train_images, help="scenes the probe trains on")
+    ap.add_argument("--val-images", type=int, default=d.val_images, help="held-out scenes it is scored on")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the probe (and of a random-init encoder)")
     ap.add_argument("--probe-seeds", type=int, default=None,
                     help="retrain the probe with seeds seed .. seed+N-1 on the same features and judge the gain over "
                          "random init against their spread (default 3 with --compare-random, else 1)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="where features are extracted and the probe trains")
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args(argv)
     if not args.checkpoint and not args.random_init:

@@ -306,3 +306,13 @@ def test_probe_feeds_an_encoder_images_normalised_with_its_recipes_stats(monkeyp
     monkeypatch.setitem(PRESETS, "byol", Recipe("byol", PRESETS["byol"].views, OTHER_MEAN, OTHER_STD))
     assert probe.recipe_stats({"recipe": "byol"}) == (OTHER_MEAN, OTHER_STD)
     assert probe.recipe_stats(TrainConfig(recipe="byol")) == (OTHER_MEAN, OTHER_STD)
+
+
+def test_eval_help_describes_every_option_with_its_default(capsys):
+    import re
+    from pixpro_fast.cli import main as cli_main
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--help"])
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--[\w-]+)", out, re.M)
+    assert len(options) >= 15 and out.count("(default:") == len(options), out
