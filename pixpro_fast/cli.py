@@ -1,4 +1,4 @@
-"""Command line: ``train`` (default), ``export``; flags are generated from TrainConfig."""
+"""Command line: ``train`` (default), ``export``, ``eval``, ``finetune``; flags are generated from TrainConfig."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 
 from .config import PRESETS_DIR, ConfigError, TrainConfig, field_owners, field_type
 
-SUBCOMMANDS = ("train", "export", "eval")
+SUBCOMMANDS = ("train", "export", "eval", "finetune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +96,9 @@ def main(argv=None) -> int:
     if command == "eval":
         from .probe import eval_command
         return eval_command(argv)
+    if command == "finetune":
+        from .finetune import finetune_command
+        return finetune_command(argv)
     if command == "export":
         ap = _Parser(prog="train.py export",
                      description="Write the online encoder of a checkpoint: encoder.safetensors (its metadata "
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
                                               "TrainConfig field is a flag. Subcommands: train (the default), "
                                               "export (the encoder of a checkpoint, for sharing: train.py export "
                                               "--help), eval (dense linear probe of a checkpoint: train.py eval "
-                                              "--help).")
+                                              "--help), finetune (supervised evaluation by fine-tuning: "
+                                              "train.py finetune --help).")
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
