@@ -171,11 +171,11 @@ def folder_task(data: str | Path, image_size: int, label_fraction: float = 1.0, 
         record["val"] = {"fraction": val_fraction, "seed": seed,
                          "files": [p.relative_to(images.root).as_posix() for p in val_paths]}
     train_labels = [labels[i] for i in train_idx]
+    hint = "" if val_data is not None else " after the split (add images, or change --val-fraction)"
     for name, split_labels in (("train", train_labels), ("val", val_labels)):
         empty = [c for k, c in enumerate(images.classes) if k not in set(split_labels)]
         if empty:
-            raise ValueError(f"class {empty[0]!r} has no image in the {name} split"
-                             f"{'' if val_data is not None else ' after the split (add images or lower --val-fraction)'}")
+            raise ValueError(f"class {empty[0]!r} has no image in the {name} split{hint}")
     chosen = (stratified_subset(train_labels, label_fraction, seed) if label_fraction < 1
               else list(range(len(train_idx))))
     train_paths = [paths[train_idx[i]] for i in chosen]
@@ -392,14 +392,16 @@ def finetune_command(argv: list[str]) -> int:
     ap.add_argument("--random-init", action="store_true", help="the supervised baseline: a random encoder of --arch")
     ap.add_argument("--arch", help="encoder arch (required with --random-init; checked against a checkpoint)")
     ap.add_argument("--data", help="ImageFolder of labelled images (class = sub-folder); none: the scenes")
-    ap.add_argument("--val-data", help="held-out ImageFolder with the same classes (default: drawn from --data)")
+    ap.add_argument("--val-data",
+                    help="held-out ImageFolder with the same classes; none: drawn from --data by --val-fraction")
     ap.add_argument("--val-fraction", type=float, default=0.2,
                     help="share of each class of --data held out when no --val-data is given (seeded)")
     ap.add_argument("--train-images", type=int, default=256, help="scenes to train on (segmentation)")
     ap.add_argument("--val-images", type=int, default=128, help="scenes to score on (segmentation)")
     ap.add_argument("--label-fraction", type=float, default=d.label_fraction,
                     help="train on a stratified, seeded subset of this share of the labelled train split")
-    ap.add_argument("--head-lr", type=float, default=d.head_lr, help="AdamW lr of the head stage (and of --random-init)")
+    ap.add_argument("--head-lr", type=float, default=d.head_lr,
+                    help="AdamW lr of the head stage (and of --random-init)")
     ap.add_argument("--head-epochs", type=int, default=d.head_epochs, help="epochs of the head stage")
     ap.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="AdamW lr of the whole-network stage")
     ap.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the whole-network stage")
@@ -408,7 +410,8 @@ def finetune_command(argv: list[str]) -> int:
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     ap.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the head's first layer")
     ap.add_argument("--image-size", type=int, default=d.image_size, help="side of the (centre-cropped) images")
-    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the subsets, the head, batch order (and a random init)")
+    ap.add_argument("--seed", type=int, default=d.seed,
+                    help="seed of the subsets, the head, batch order (and a random init)")
     ap.add_argument("--device", default="cpu", help="where the network trains")
     ap.add_argument("--out", required=True, help="output folder: results.json, encoder.safetensors, head.pt")
     args = ap.parse_args(argv)

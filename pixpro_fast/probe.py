@@ -618,7 +618,9 @@ def eval_command(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="train.py eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Dense linear probe of a frozen encoder on the built-in scenes: trains a per-pixel linear "
-                    "classifier on train-split features, reports mIoU and pixel accuracy on the val split.")
+                    "classifier on train-split features, reports mIoU and pixel accuracy on the val split. "
+                    "With --data, also k-NN and linear top-1 accuracy on an ImageFolder's classes from pooled "
+                    "frozen features.")
     ap.add_argument("--checkpoint", help="training checkpoint (its online encoder is probed)")
     ap.add_argument("--random-init", action="store_true", help="probe a randomly initialised encoder instead")
     ap.add_argument("--compare-random", action="store_true",
@@ -643,7 +645,21 @@ def eval_command(argv: list[str]) -> int:
                          "random init against their spread (default 3 with --compare-random, else 1)")
     ap.add_argument("--device", default="cpu", help="where features are extracted and the probe trains")
     ap.add_argument("--out", help="write the results here as JSON")
+    ap.add_argument("--data", help="also classify the images of this ImageFolder (class = sub-folder) from pooled "
+                                   "frozen features: k-NN and a linear classifier, top-1 on a held-out split")
+    ap.add_argument("--val-data", help="held-out ImageFolder for --data; none: drawn from --data by --val-fraction")
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="share of each class of --data held out, seeded by --seed, when no --val-data is given")
+    ap.add_argument("--knn-k", type=int, default=20, help="neighbours that vote in the k-NN classifier")
+    ap.add_argument("--knn-temperature", type=float, default=0.07,
+                    help="k-NN vote weight exp(cosine similarity / T)")
+    ap.add_argument("--skip-dense", action="store_true", help="with --data: skip the dense probe on the scenes")
     args = ap.parse_args(argv)
+    if args.skip_dense and not args.data:
+        ap.error("--skip-dense leaves nothing to evaluate without --data")
+    if args.knn_k < 1 or not args.knn_temperature > 0:
+        ap.error(f"--knn-k must be at least 1 and --knn-temperature positive, got {args.knn_k}, "
+                 f"{args.knn_temperature}")
     if not args.checkpoint and not args.random_init:
         ap.error("give --checkpoint PATH, or --random-init with --arch")
     if args.random_init and not args.arch and not args.checkpoint:
@@ -692,6 +708,29 @@ def eval_command(argv: list[str]) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {name}: {e}", file=sys.stderr)
         return 2
+    images_task = None
+    if args.data:
+        from .finetune import folder_task
+        try:
+            images_task = folder_task(args.data, cfg.image_size, 1.0, cfg.seed, args.val_data, args.val_fraction)
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    image_results = []
+    if images_task is not None:
+        from .image_probe import evaluate_images, format_image_table
+        print(f"image probe: {len(images_task.train)} train / {len(images_task.val)} val images of "
+              f"{len(images_task.classes)} classes at {cfg.image_size} px, k-NN k={args.knn_k} "
+              f"T={args.knn_temperature}, linear {cfg.steps} steps", file=sys.stderr)
+        for name, enc, enc_layers in encoders:
+            image_results.append(evaluate_images(enc.to(args.device), images_task.train, images_task.val,
+                                                 len(images_task.classes), enc_layers, name, args.knn_k,
+                                                 args.knn_temperature, cfg.steps, cfg.lr, cfg.seed, args.device))
+        print(format_image_table(image_results))
+    if args.skip_dense:
+        if args.out:
+            _write_eval_json(args.out, {"arch": arch, **(source or {}), **_image_payload(images_task, image_results)})
+        return 0
     print(f"probe: {cfg.train_images} train / {cfg.val_images} val scenes at {cfg.image_size} px, labels at "
           f"{cfg.label_size} px, layers {','.join(encoders[0][2])}, {cfg.steps} steps", file=sys.stderr)
     train, val = load_probe_data(cfg)
@@ -715,8 +754,21 @@ def eval_command(argv: list[str]) -> int:
                    "results": [r.to_dict() for r in results]}
         if judged is not None:
             payload["gain_over_random"] = judged
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2, default=str))
-        print(f"wrote {out}", file=sys.stderr)
+        payload.update(_image_payload(images_task, image_results))
+        _write_eval_json(args.out, payload)
     return 0
+
+
+def _image_payload(task, results) -> dict:
+    if task is None:
+        return {}
+    return {"image_classification": {"classes": list(task.classes), "train_count": len(task.train),
+                                     "val_count": len(task.val), **task.record,
+                                     "results": [r.to_dict() for r in results]}}
+
+
+def _write_eval_json(path: str | Path, payload: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"wrote {out}", file=sys.stderr)
