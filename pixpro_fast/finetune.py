@@ -276,7 +276,7 @@ def protocol_stages(cfg: FinetuneConfig, pretrained: bool) -> list[Stage]:
 
 
 def train_stage(net: FinetuneNet, train, stage: Stage, batch_size: int, weight_decay: float, seed: int,
-                device: str | torch.device = "cpu", log=None) -> list[float]:
+                log=None) -> list[float]:
     """Train ``net`` for ``stage.epochs`` on ``train``; the mean loss of each epoch.
 
     With ``freeze_encoder`` only the head learns: the encoder runs without gradient in eval
@@ -312,15 +312,15 @@ def train_stage(net: FinetuneNet, train, stage: Stage, batch_size: int, weight_d
     return losses
 
 
-def run_protocol(net: FinetuneNet, train, cfg: FinetuneConfig, pretrained: bool, device="cpu",
-                 log=None, after_stage=None) -> dict[str, list[float]]:
+def run_protocol(net: FinetuneNet, train, cfg: FinetuneConfig, pretrained: bool, log=None,
+                 after_stage=None) -> dict[str, list[float]]:
     """Every stage of :func:`protocol_stages` in turn (one with 0 epochs is skipped); each
     stage's epoch losses. ``after_stage(stage)`` runs after each stage that trained."""
     losses = {}
     for stage in protocol_stages(cfg, pretrained):
         if stage.epochs == 0:
             continue
-        losses[stage.name] = train_stage(net, train, stage, cfg.batch_size, cfg.weight_decay, cfg.seed, device, log)
+        losses[stage.name] = train_stage(net, train, stage, cfg.batch_size, cfg.weight_decay, cfg.seed, log)
         if after_stage is not None:
             after_stage(stage)
     return losses
@@ -380,7 +380,8 @@ def export_finetuned(net: FinetuneNet, arch: str, pretrain_config: dict, out_dir
 # --------------------------------------------------------------------------- command line
 
 def finetune_command(argv: list[str]) -> int:
-    from .cli import _Parser
+    from .cli import _Parser, error_line
+    from .training import resolve_device
     d = FinetuneConfig()
     ap = _Parser(prog="train.py finetune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                  description="Supervised evaluation: train a two-layer head on the frozen encoder of --checkpoint, "
@@ -412,7 +413,7 @@ def finetune_command(argv: list[str]) -> int:
     ap.add_argument("--image-size", type=int, default=d.image_size, help="side of the (centre-cropped) images")
     ap.add_argument("--seed", type=int, default=d.seed,
                     help="seed of the subsets, the head, batch order (and a random init)")
-    ap.add_argument("--device", default="cpu", help="where the network trains")
+    ap.add_argument("--device", default="cpu", help="where the network trains (auto: a GPU when there is one)")
     ap.add_argument("--out", required=True, help="output folder: results.json, encoder.safetensors, head.pt")
     args = ap.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
@@ -424,15 +425,16 @@ def finetune_command(argv: list[str]) -> int:
         cfg = FinetuneConfig(args.head_lr, args.head_epochs, args.finetune_lr, args.finetune_epochs,
                              args.scratch_epochs, args.batch_size, args.weight_decay, args.hidden_dim, args.image_size,
                              args.label_fraction, args.seed)
+        device = resolve_device(args.device)
         encoder, arch, saved, pretrained = load_start(args.checkpoint, args.arch, args.seed)
         if args.data:
             task = folder_task(args.data, cfg.image_size, cfg.label_fraction, cfg.seed, args.val_data,
                                args.val_fraction)
         else:
             task = scenes_task(cfg.image_size, args.train_images, args.val_images, 4, cfg.label_fraction, cfg.seed)
-        net = build_network(encoder, task, cfg.hidden_dim, cfg.image_size, cfg.seed).to(args.device)
+        net = build_network(encoder, task, cfg.hidden_dim, cfg.image_size, cfg.seed).to(device)
     except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
-        print(f"error: {probe_line(e)}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
 
     def log(line):
@@ -446,7 +448,7 @@ def finetune_command(argv: list[str]) -> int:
     log(f"finetune: {task.kind}, {len(task.train)} train / {len(task.val)} val, {arch} "
         f"{'pretrained' if pretrained else 'random init'}")
     t0 = time.perf_counter()
-    losses = run_protocol(net, task.train, cfg, pretrained, args.device, log, score)
+    losses = run_protocol(net, task.train, cfg, pretrained, log, score)
     seconds = time.perf_counter() - t0
     final = metrics[list(metrics)[-1]] if metrics else evaluate(net, task.val, len(task.classes), task.kind)
     paths = export_finetuned(net.cpu(), arch, saved, out)
@@ -460,7 +462,3 @@ def finetune_command(argv: list[str]) -> int:
     print(", ".join(f"{k} {100 * v:.2f}" for k, v in final.items() if isinstance(v, float)))
     log(f"wrote {out / 'results.json'}")
     return 0
-
-
-def probe_line(exc: Exception) -> str:
-    return str(exc).replace("\n", " ")
