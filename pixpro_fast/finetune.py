@@ -37,6 +37,7 @@ from PIL import Image
 from . import probe
 
 TASKS = ("classify", "segment")
+STATE_NAME = "finetune_state.pt"
 
 
 @dataclass(frozen=True)
@@ -276,20 +277,30 @@ def protocol_stages(cfg: FinetuneConfig, pretrained: bool) -> list[Stage]:
 
 
 def train_stage(net: FinetuneNet, train, stage: Stage, batch_size: int, weight_decay: float, seed: int,
-                log=None) -> list[float]:
+                log=None, resume: dict | None = None, on_epoch=None) -> list[float]:
     """Train ``net`` for ``stage.epochs`` on ``train``; the mean loss of each epoch.
 
     With ``freeze_encoder`` only the head learns: the encoder runs without gradient in eval
-    mode, so its weights and BatchNorm statistics stay as they were."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    mode, so its weights and BatchNorm statistics stay as they were. ``on_epoch(point)`` gets
+    a resume point after every epoch (:func:`resume_point`); ``resume``, such a point, goes
+    on from there as if the run had not stopped (``net`` already holds its weights)."""
+    from .checkpoint import set_rng_state
+    gen = torch.Generator()
     params = list(net.head.parameters()) if stage.freeze_encoder else list(net.parameters())
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay)
+    if resume is None:
+        torch.manual_seed(seed)
+        gen.manual_seed(seed)
+        losses, first = [], 0
+    else:
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["batch_order"])
+        set_rng_state(resume["rng"])
+        losses, first = list(resume["losses"]), int(resume["epoch"])
     net.train()
     if stage.freeze_encoder:
         net.encoder.eval()
-    losses = []
-    for epoch in range(stage.epochs):
+    for epoch in range(first, stage.epochs):
         order = torch.randperm(len(train), generator=gen).tolist()
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
@@ -309,18 +320,46 @@ def train_stage(net: FinetuneNet, train, stage: Stage, batch_size: int, weight_d
         losses.append(total / count)
         if log is not None:
             log(f"{stage.name} epoch {epoch + 1}/{stage.epochs}: loss {losses[-1]:.4f}")
+        if on_epoch is not None:
+            on_epoch(resume_point(net, opt, gen, stage, epoch + 1, losses))
     return losses
 
 
+def resume_point(net: FinetuneNet, opt, gen: torch.Generator, stage: Stage, epoch: int, losses: list[float]) -> dict:
+    """What a stage needs to go on after ``epoch`` epochs: tensors, numbers and strings only,
+    so it loads weights-only."""
+    from .checkpoint import rng_state
+    return {"stage": stage.name, "epoch": epoch, "losses": list(losses),
+            "net": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "optimizer": opt.state_dict(), "batch_order": gen.get_state(), "rng": rng_state()}
+
+
 def run_protocol(net: FinetuneNet, train, cfg: FinetuneConfig, pretrained: bool, log=None,
-                 after_stage=None) -> dict[str, list[float]]:
+                 after_stage=None, resume: dict | None = None, on_epoch=None) -> dict[str, list[float]]:
     """Every stage of :func:`protocol_stages` in turn (one with 0 epochs is skipped); each
-    stage's epoch losses. ``after_stage(stage)`` runs after each stage that trained."""
+    stage's epoch losses. ``after_stage(stage)`` runs after each stage that trained.
+
+    ``resume`` (a point ``on_epoch`` was given, plus ``"done"``: the losses of the stages
+    finished before it) loads its weights into ``net`` and goes on from there."""
+    stages = [s for s in protocol_stages(cfg, pretrained) if s.epochs]
     losses = {}
-    for stage in protocol_stages(cfg, pretrained):
-        if stage.epochs == 0:
+    first = 0
+    if resume is not None:
+        names = [s.name for s in stages]
+        if resume["stage"] not in names:
+            raise ValueError(f"the saved run stopped in stage {resume['stage']!r}, which these settings do not run")
+        first = names.index(resume["stage"])
+        losses = dict(resume.get("done", {}))
+        net.load_state_dict(resume["net"])
+    for i, stage in enumerate(stages):
+        if i < first:
             continue
-        losses[stage.name] = train_stage(net, train, stage, cfg.batch_size, cfg.weight_decay, cfg.seed, log)
+
+        def saved(point, done=dict(losses)):
+            if on_epoch is not None:
+                on_epoch({**point, "done": done})
+        losses[stage.name] = train_stage(net, train, stage, cfg.batch_size, cfg.weight_decay, cfg.seed, log,
+                                         resume if i == first else None, saved)
         if after_stage is not None:
             after_stage(stage)
     return losses
@@ -415,6 +454,8 @@ def finetune_command(argv: list[str]) -> int:
                     help="seed of the subsets, the head, batch order (and a random init)")
     ap.add_argument("--device", default="cpu", help="where the network trains (auto: a GPU when there is one)")
     ap.add_argument("--out", required=True, help="output folder: results.json, encoder.safetensors, head.pt")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"go on from the {STATE_NAME} an interrupted run with the same settings left in --out")
     args = ap.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
         ap.error("give --checkpoint PATH, or --random-init with --arch")
@@ -433,13 +474,22 @@ def finetune_command(argv: list[str]) -> int:
         else:
             task = scenes_task(cfg.image_size, args.train_images, args.val_images, 4, cfg.label_fraction, cfg.seed)
         net = build_network(encoder, task, cfg.hidden_dim, cfg.image_size, cfg.seed).to(device)
+        identity = {"config": asdict(cfg), "checkpoint": args.checkpoint, "arch": arch, "data": args.data,
+                    "val_data": args.val_data, "val_fraction": args.val_fraction, "train_images": args.train_images,
+                    "val_images": args.val_images}
+        resume = load_resume_state(out, identity) if args.resume else None
     except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
 
     def log(line):
         print(line, file=sys.stderr)
-    metrics = {}
+    metrics = dict(resume["metrics"]) if resume else {}
+
+    def save(point):
+        from .checkpoint import save_atomic
+        out.mkdir(parents=True, exist_ok=True)
+        save_atomic({"identity": identity, "metrics": dict(metrics), "point": point}, out / STATE_NAME)
 
     def score(stage):
         metrics[stage.name] = evaluate(net, task.val, len(task.classes), task.kind)
@@ -448,7 +498,9 @@ def finetune_command(argv: list[str]) -> int:
     log(f"finetune: {task.kind}, {len(task.train)} train / {len(task.val)} val, {arch} "
         f"{'pretrained' if pretrained else 'random init'}")
     t0 = time.perf_counter()
-    losses = run_protocol(net, task.train, cfg, pretrained, log, score)
+    if resume:
+        log(f"resuming in stage {resume['point']['stage']} after epoch {resume['point']['epoch']}")
+    losses = run_protocol(net, task.train, cfg, pretrained, log, score, resume and resume["point"], save)
     seconds = time.perf_counter() - t0
     final = metrics[list(metrics)[-1]] if metrics else evaluate(net, task.val, len(task.classes), task.kind)
     paths = export_finetuned(net.cpu(), arch, saved, out)
@@ -460,5 +512,23 @@ def finetune_command(argv: list[str]) -> int:
                "files": [p.name for p in paths]}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     print(", ".join(f"{k} {100 * v:.2f}" for k, v in final.items() if isinstance(v, float)))
+    (out / STATE_NAME).unlink(missing_ok=True)
     log(f"wrote {out / 'results.json'}")
     return 0
+
+
+def load_resume_state(out: Path, identity: dict) -> dict:
+    """The state an interrupted run left in ``out``; ValueError naming the first setting that
+    differs from ``identity`` (a resumed run must be the same computation)."""
+    from .checkpoint import safe_load
+    path = out / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {STATE_NAME} in {out} (the run finished, or never started)")
+    state = safe_load(path, "fine-tuning state")
+    saved = state.get("identity", {}) if isinstance(state, dict) else {}
+    flat_saved, flat_now = {**saved.get("config", {}), **saved}, {**identity["config"], **identity}
+    for key in flat_now:
+        if key != "config" and flat_saved.get(key) != flat_now[key]:
+            raise ValueError(f"--resume: {key} was {flat_saved.get(key)!r} in the saved run, now {flat_now[key]!r}; "
+                             f"give the same settings, or drop --resume to start again")
+    return state

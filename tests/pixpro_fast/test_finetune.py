@@ -143,3 +143,58 @@ def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
     assert cli_main(["finetune", "--random-init", "--arch", "resnet18", "--head-lr", "0", "--out",
                      str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == "error: --head-lr must be positive, got 0.0\n"
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_run_stopped_mid_stage_goes_on_exactly():
+    cfg = finetune.FinetuneConfig(batch_size=2, head_epochs=1, finetune_epochs=2, head_lr=1e-3, finetune_lr=1e-3)
+    train = MemorySplit()
+    whole = tiny_net()
+    whole_losses = finetune.run_protocol(whole, train, cfg, pretrained=True)
+    points = []
+
+    def stop_after_first_finetune_epoch(point):
+        points.append(point)
+        if point["stage"] == "finetune":
+            raise Stop
+    with pytest.raises(Stop):
+        finetune.run_protocol(tiny_net(), train, cfg, pretrained=True, on_epoch=stop_after_first_finetune_epoch)
+    resumed = tiny_net(seed=5)                      # other weights: the resume point's replace them
+    losses = finetune.run_protocol(resumed, train, cfg, pretrained=True, resume=points[-1])
+    assert losses == whole_losses
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+
+
+def test_command_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
+    import json
+    from safetensors.torch import load_file
+    root = image_folder(tmp_path / "data", {"a": 3, "b": 3})
+    path = tmp_path / "r18.pt"
+    torch.save({"model": {f"online.encoder.{k}": v for k, v in build_encoder("resnet18").state_dict().items()},
+                "config": {"arch": "resnet18"}}, path)
+    args = ["finetune", "--checkpoint", str(path), "--data", str(root), "--image-size", "32", "--batch-size", "4",
+            "--hidden-dim", "16", "--val-fraction", "0.34", "--head-epochs", "1", "--finetune-epochs", "1"]
+    assert cli_main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert not (tmp_path / "whole" / finetune.STATE_NAME).exists()
+    real = finetune.evaluate
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(finetune, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):             # after the head stage's epoch was saved
+        cli_main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(finetune, "evaluate", real)
+    assert (tmp_path / "cut" / finetune.STATE_NAME).is_file()
+    capsys.readouterr()
+    assert cli_main([*args, "--head-lr", "1e-3", "--out", str(tmp_path / "cut"), "--resume"]) == 2
+    assert "--resume: head_lr was 0.0003 in the saved run, now 0.001" in capsys.readouterr().err
+    assert cli_main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    assert (a["losses"], a["metrics_after_stage"]) == (b["losses"], b["metrics_after_stage"])
+    ea, eb = (load_file(str(tmp_path / d / "encoder.safetensors")) for d in ("whole", "cut"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    assert cli_main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 2
+    assert "no finetune_state.pt" in capsys.readouterr().err
