@@ -194,7 +194,10 @@ def scenes_task(image_size: int, train_images: int = 256, val_images: int = 128,
     keeps a seeded subset of the train scenes (one stratum: a scene holds several classes)."""
     from pipelines.scenes import CLASSES
     if image_size % label_stride:
-        raise ValueError(f"--image-size must be a multiple of --label-stride {label_stride}, got {image_size}")
+        raise ValueError(f"--image-size must be a multiple of {label_stride} (the label grid's stride), "
+                         f"got {image_size}")
+    if train_images < 1 or val_images < 1:
+        raise ValueError(f"--train-images and --val-images must be at least 1, got {train_images}, {val_images}")
     train = probe.load_scenes_split("train", train_images, image_size, label_stride, 0, root)
     val = probe.load_scenes_split("val", val_images, image_size, label_stride, 0, root)
     chosen = stratified_subset([0] * train_images, label_fraction, seed)
@@ -459,6 +462,8 @@ def finetune_command(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if bool(args.checkpoint) == bool(args.random_init):
         ap.error("give --checkpoint PATH, or --random-init with --arch")
+    if args.val_data and not args.data:
+        ap.error("--val-data needs --data (without --data the task is the scenes, with their own val split)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out} is a file; give a folder")
