@@ -4,7 +4,7 @@ A small file may decode to an enormous image (a constant 12000 x 12000 PNG is a 
 KB and 432 MB of pixels), and with many workers a few of them exhaust a host. Every
 backend therefore reads the size from the header first and treats an image of more than
 ``max_pixels`` pixels as unreadable (:mod:`pipelines.corrupt`): it is never decoded.
-``max_pixels=0`` turns the cap off.
+``max_pixels=0`` turns the cap off, and PIL's own check below with it.
 
 PIL has a check of its own (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels: a
 ``DecompressionBombWarning`` above it, an error above twice that); the cap takes its place
