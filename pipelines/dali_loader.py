@@ -55,10 +55,11 @@ A batch's samples and draws depend on (seed, epoch, rank, batch number) only, so
 
 Bad files: the feeder rejects bytes without a JPEG/PNG/WebP signature, end marker or
 readable frame header, and an image whose header declares more than ``max_pixels`` pixels
-(:mod:`pipelines.image_header`), before DALI sees any of them. If the DALI decoder still fails (damage inside the data), the files
-in flight are decoded one by one with the same decoder to find the culprit, which is then
-treated like the others, and the pipeline restarts at the failed batch. Replacement,
-counting and naming follow :mod:`pipelines.corrupt`.
+(:mod:`pipelines.image_header`), before DALI sees any of them. If the DALI decoder still
+fails (damage inside the data), the files in flight are decoded one by one with the same
+decoder to find the culprit, which is then treated like the others, and the pipeline
+restarts at the failed batch. Replacement, counting and naming follow
+:mod:`pipelines.corrupt`.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
 from . import sampler
 from .batch import Batch, check_loader_options
 from .colour import ColourAugment, to_device
