@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .batch import Batch, Loader
 from .corrupt import CorruptImageError
+from .image_header import DEFAULT_MAX_PIXELS
 from .recipe import (BYOL, LOCA, MOCOV2, PRESETS, SIMCLR, SINGLE, SWAV_MULTICROP, Recipe, ViewRecipe, ViewSpec,
                      get_recipe)
 
@@ -32,7 +33,9 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
 
     Common options every backend accepts: ``device`` (training device), ``num_workers``,
     ``seed``, ``rank``, ``world_size``, ``drop_last`` (default True), ``on_corrupt``
-    ('skip' counts and replaces unreadable images, 'error' raises).
+    ('skip' counts and replaces unreadable images, 'error' raises), ``max_pixels`` (an image
+    whose header declares more pixels is unreadable, never decoded; default
+    :data:`DEFAULT_MAX_PIXELS`, 0: no cap).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown loader backend {backend!r}; choose one of {sorted(BACKENDS)}")
@@ -46,4 +49,5 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
 
 
 __all__ = ["Batch", "Loader", "Recipe", "ViewSpec", "ViewRecipe", "BYOL", "SIMCLR", "MOCOV2", "SWAV_MULTICROP",
-           "LOCA", "SINGLE", "PRESETS", "get_recipe", "build_loader", "BACKENDS", "CorruptImageError"]
+           "LOCA", "SINGLE", "PRESETS", "get_recipe", "build_loader", "BACKENDS", "CorruptImageError",
+           "DEFAULT_MAX_PIXELS"]

@@ -6,6 +6,8 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
+from .image_header import DEFAULT_MAX_PIXELS, check_max_pixels
+
 
 class Batch:
     """One batch of a view plan: ``views[k]`` is view k of every sample, (B, 3, H_k, W_k)
@@ -97,8 +99,10 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
 
-def check_loader_options(on_corrupt: str, rank: int, world_size: int, seed: int) -> None:
+def check_loader_options(on_corrupt: str, rank: int, world_size: int, seed: int,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """The options every backend takes, checked alike: a bad value is a ValueError naming it."""
+    check_max_pixels(max_pixels)
     if on_corrupt not in ("skip", "error"):
         raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}")
     if not 0 <= rank < world_size:

@@ -54,14 +54,15 @@ A batch's samples and draws depend on (seed, epoch, rank, batch number) only, so
 ``set_epoch(epoch, start_batch)`` resumes exactly (bit for bit on CPU).
 
 Bad files: the feeder rejects bytes without a JPEG/PNG/WebP signature, end marker or
-readable frame header. If the DALI decoder still fails (damage inside the data), the files
-in flight are decoded one by one with the same decoder to find the culprit, which is then
-treated like the others, and the pipeline restarts at the failed batch. Replacement,
-counting and naming follow :mod:`pipelines.corrupt`.
+readable frame header, and an image whose header declares more than ``max_pixels`` pixels
+(:mod:`pipelines.image_header`), before DALI sees any of them. If the DALI decoder still
+fails (damage inside the data), the files in flight are decoded one by one with the same
+decoder to find the culprit, which is then treated like the others, and the pipeline
+restarts at the failed batch. Replacement, counting and naming follow
+:mod:`pipelines.corrupt`.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import sampler
 from .batch import Batch, check_loader_options
@@ -78,6 +78,7 @@ from .colour_cpu import LUMA
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
+from .image_header import DEFAULT_MAX_PIXELS, check_pixels, image_shape
 from .prefetch import Prefetcher, hand_over
 from .recipe import BYOL, Recipe, ViewRecipe
 from .resample import crop_resize
@@ -282,61 +283,6 @@ def _decode_check_pipeline(source, dali_device: str):
 
 # --------------------------------------------------------------------------- reading bytes
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_shape(b: memoryview) -> tuple[int, int]:
-    i, n = 2, len(b)
-    while i + 9 < n:
-        if b[i] != 0xFF:
-            raise ValueError("corrupt JPEG header (marker expected)")
-        m = b[i + 1]
-        if m == 0xFF:  # fill byte
-            i += 1
-        elif m in (0xD8, 0x01) or 0xD0 <= m <= 0xD7:
-            i += 2
-        elif m in _JPEG_FRAMES:
-            return (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
-        elif m in (0xDA, 0xD9):
-            break
-        else:
-            i += 2 + ((b[i + 2] << 8) | b[i + 3])
-    raise ValueError("corrupt JPEG header (no frame header)")
-
-
-def image_shape(data: bytes | np.ndarray) -> tuple[int, int]:
-    """(height, width) of encoded JPEG/PNG/WebP bytes, as the decoder will see them (EXIF
-    orientation ignored, as in every backend); ValueError saying why when the bytes cannot be
-    an intact image. Cheap enough for the main thread: signature, end marker or declared size,
-    and the frame header; damage inside the data is left to the decoder (see DaliLoader)."""
-    b = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
-    n = len(b)
-    if n < 32:
-        raise ValueError("file too short to be an image")
-    if b[0] == 0xFF and b[1] == 0xD8 and b[2] == 0xFF:
-        if b"\xff\xd9" not in bytes(b[-4096:]):
-            raise ValueError("truncated JPEG (no end-of-image marker)")
-        h, w = _jpeg_shape(b)
-    elif bytes(b[:8]) == _PNG_SIGNATURE:
-        if b"IEND" not in bytes(b[-64:]) or bytes(b[12:16]) != b"IHDR":
-            raise ValueError("truncated or malformed PNG")
-        w, h = int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
-    elif bytes(b[:4]) == b"RIFF" and bytes(b[8:12]) == b"WEBP":
-        if int.from_bytes(b[4:8], "little") + 8 > n:
-            raise ValueError("truncated WebP")
-        try:
-            with Image.open(io.BytesIO(bytes(b))) as img:
-                w, h = img.size
-        except Exception as exc:  # PIL raises many types for damaged headers
-            raise ValueError(f"unreadable WebP header ({exc})") from None
-    else:
-        raise ValueError("not a JPEG, PNG or WebP file")
-    if h < 1 or w < 1:
-        raise ValueError(f"unsupported image size {w}x{h}")
-    return h, w
-
-
 def release_pipeline(pipe) -> None:
     """Stop a DALI pipeline's threads now. Left to the garbage collector, a pipeline (which
     sits in reference cycles) may be finalised in a process forked later (a DataLoader or
@@ -367,7 +313,9 @@ class _EpochFeeder:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            return (np.frombuffer(data, dtype=np.uint8), image_shape(data)), None
+            h, w = image_shape(data)
+            check_pixels(w, h, self.loader.max_pixels)
+            return (np.frombuffer(data, dtype=np.uint8), (h, w)), None
         except (OSError, ValueError) as exc:
             return None, str(exc)
 
@@ -467,9 +415,9 @@ class DaliLoader:
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
                  prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
                  max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False, colour: str | None = None,
-                 host_crop: bool | None = None):
+                 host_crop: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         require_dali()
-        check_loader_options(on_corrupt, rank, world_size, seed)
+        check_loader_options(on_corrupt, rank, world_size, seed, max_pixels)
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
         self.images = scan_image_folder(data_dir)
@@ -481,7 +429,7 @@ class DaliLoader:
         self.num_workers = max(1, int(num_workers))
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last, self.shuffle, self.on_corrupt = drop_last, shuffle, on_corrupt
-        self.prefetch, self.max_replacements = prefetch, max_replacements
+        self.prefetch, self.max_replacements, self.max_pixels = prefetch, max_replacements, max_pixels
         # the GPU graph needs the GPU-style steps; on CPU they are a test hook
         self.gpu_style = bool(gpu_style) or self.dali_device == "gpu"
         self.positions = rank_positions(len(self.paths), batch_size, rank, world_size, drop_last,

@@ -25,13 +25,15 @@ few batches, so that an epoch reads the file nearly sequentially (useful with
 ``os_cache=False`` on slow disks). ``set_epoch(e, start_batch=k)`` yields exactly batches
 k.. of the uninterrupted epoch e, whatever ``num_workers``.
 
-Unreadable images are left out by the writer. An image that still fails to decode here (a
-damaged file) follows :mod:`pipelines.corrupt` like every backend (named ``sample <index> of
-<file>``): 'error' raises :class:`~pipelines.corrupt.CorruptImageError`; 'skip' replaces it
-by the next readable sample of the epoch order, counted in ``Batch.skipped``. The
-replacement is rare, so it is cut outside the compiled decoder, from the sample's stored
-bytes, by the torch backend's :func:`~pipelines.torch_loader.render_views` with the
-replacement's own draws; the colour pass then treats it like the rest of the batch.
+Unreadable images, and those above the writer's pixel cap, are left out by the writer. An
+image that still fails to decode here (a damaged file), or whose stored size is above this
+loader's ``max_pixels`` (read from the file's metadata: never decoded), follows
+:mod:`pipelines.corrupt` like every backend (named ``sample <index> of <file>``): 'error'
+raises :class:`~pipelines.corrupt.CorruptImageError`; 'skip' replaces it by the next readable
+sample of the epoch order, counted in ``Batch.skipped``. The replacement is rare, so it is
+cut outside the compiled decoder, from the sample's stored bytes, by the torch backend's
+:func:`~pipelines.torch_loader.render_views` with the replacement's own draws; the colour
+pass then treats it like the rest of the batch.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .ffcv_writer import FFCV_INSTALL_HINT
 from .geometry import windows_to_coords
+from .image_header import DEFAULT_MAX_PIXELS, above_cap, check_max_pixels
 from .prefetch import hand_over
 from .recipe import BYOL, Recipe
 from .resample import crop_resize, decode_reduction
@@ -128,7 +131,9 @@ class ViewPlanDecoder(Operation):
     decoded image's ``height, width`` and ``ok`` (0 when libjpeg reported an error; the view
     is then mid-grey until the loader replaces the sample); ``params`` (B, V,
     len(PARAM_NAMES)) float64, the draws of :mod:`pipelines.sampler` for key (seed, epoch,
-    dataset index of the sample, view).
+    dataset index of the sample, view). A sample whose stored image has more than
+    ``max_pixels`` pixels (0: no cap) is not decoded: it reports ``ok`` 0 like a failed
+    decode, and the scratch buffers are sized for the largest image within the cap.
 
     FFCV's threads take the batch's samples one at a time (numba's parallel chunk size 1)
     rather than in equal shares fixed up front: on the CPU the loader's colour thread
@@ -143,8 +148,10 @@ class ViewPlanDecoder(Operation):
     """
 
     def __init__(self, recipe: Recipe, image_size: int, keys: np.ndarray, seed: int = 0,
-                 scale_decode: bool = True):
+                 scale_decode: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__()
+        check_max_pixels(max_pixels)
+        self.max_pixels = int(max_pixels)
         self.spec = sampler.recipe_spec(recipe, image_size)
         self.sizes = np.array(recipe.output_sizes(image_size), dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(3 * self.sizes * self.sizes)]).astype(np.int64)
@@ -157,15 +164,17 @@ class ViewPlanDecoder(Operation):
         self.state[0], self.state[1] = int(seed), int(epoch)
 
     def declare_state_and_memory(self, previous_state: State):
-        widths, heights = self.metadata["width"], self.metadata["height"]
-        self.max_width, self.max_height = int(widths.max()), int(heights.max())
+        pixels = self.metadata["width"].astype(np.int64) * self.metadata["height"].astype(np.int64)
+        if self.max_pixels:
+            pixels = pixels[pixels <= self.max_pixels]
+        self.scratch_pixels = int(pixels.max()) if len(pixels) else 1
         nv = len(self.sizes)
         u8 = np.dtype("<u1")
         total = int(self.offsets[-1])
         return (replace(previous_state, jit_mode=True, shape=(total,), dtype=u8),
                 (AllocationQuery((total,), u8), AllocationQuery((nv, 8), np.dtype("<i4")),
                  AllocationQuery((nv, len(sampler.PARAM_NAMES)), np.dtype("<f8")),
-                 AllocationQuery((self.max_height * self.max_width * 3,), u8)))
+                 AllocationQuery((self.scratch_pixels * 3,), u8)))
 
     def generate_code(self):
         mem_read = self.memory_read
@@ -176,7 +185,7 @@ class ViewPlanDecoder(Operation):
         state_address, keys_address = self.state.ctypes.data, self.keys.ctypes.data
         spec, sizes, offsets = self.spec, self.sizes, self.offsets
         nv = len(self.sizes)
-        scale_decode = self.scale_decode
+        scale_decode, max_pixels = self.scale_decode, self.max_pixels
         draw_sample, reduction = sampler.draw_sample, decode_reduction
         TOP, LEFT, HEIGHT, WIDTH, FLIP = (sampler.P[k] for k in ("top", "left", "height", "width", "flip"))
 
@@ -199,7 +208,14 @@ class ViewPlanDecoder(Operation):
                 temp = temp_storage[dst_ix]
                 ok = 1
                 denom = 1
-                if field["mode"] == jpg:
+                if max_pixels > 0 and height * width > max_pixels:
+                    # above the cap: never decoded. A 1x1 grey stand-in, every window (0, 0, 1, 1)
+                    # through denom = the longer side, until the loader replaces the sample
+                    ok = 0
+                    denom = max(height, width)
+                    dh, dw = 1, 1
+                    temp[:3] = 128
+                elif field["mode"] == jpg:
                     if scale_decode:
                         denom = reduction(rows, sizes)
                     dh = (height + denom - 1) // denom
@@ -314,7 +330,7 @@ class FFCVLoader:
                  os_cache: bool = True, batches_ahead: int = 3, on_corrupt: str = "skip",
                  image_field: str = "image", dtype: torch.dtype = torch.float32, scale_decode: bool = True,
                  colour_chunk: int | None = None, colour_threads: int = 1, prefetch: int = 2,
-                 max_replacements: int = MAX_REPLACEMENTS,
+                 max_replacements: int = MAX_REPLACEMENTS, max_pixels: int = DEFAULT_MAX_PIXELS,
                  pin_memory=None, prefetch_factor=None, persistent_workers=None):
         if data_dir is None:
             raise ValueError("the ffcv backend reads a .beton file: pass its path as data_dir")
@@ -327,7 +343,7 @@ class FFCVLoader:
                                     f"(write one with: python -m pipelines.ffcv_writer --data DIR --out {path})")
         if order not in ("random", "quasi_random"):
             raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
-        check_loader_options(on_corrupt, rank, world_size, seed)
+        check_loader_options(on_corrupt, rank, world_size, seed, max_pixels)
         self.path, self.batch_size, self.image_size, self.recipe = path, batch_size, image_size, recipe
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
@@ -336,12 +352,12 @@ class FFCVLoader:
         self.num_workers = (os.cpu_count() or 1) if num_workers is None or num_workers < 1 else num_workers
         from ffcv.reader import Reader
         self._index_of = self._index_column(Reader(str(path)))
-        self.decoder = ViewPlanDecoder(recipe, image_size, self._index_of, seed, scale_decode)
+        self.decoder = ViewPlanDecoder(recipe, image_size, self._index_of, seed, scale_decode, max_pixels)
         self.sizes = recipe.output_sizes(image_size)
         self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk, reuse_outputs=True)
                        for v in recipe.views]
         self.corrupt = CorruptFiles(on_corrupt)
-        self.max_replacements = max_replacements
+        self.max_replacements, self.max_pixels = max_replacements, max_pixels
         self.last_params: np.ndarray | None = None
         self._orders: tuple[int, np.ndarray] | None = None
 
@@ -424,6 +440,12 @@ class FFCVLoader:
     def _sample_name(self, sample_id: int) -> str:
         return f"sample {int(self._index_of[sample_id])} of {self.path}"
 
+    def _above_cap(self, sample_id: int) -> str | None:
+        """Why the decoder left a sample out for its size, from the file's metadata, or None."""
+        reader = self._ffcv.reader
+        field = reader.metadata[f"f{list(reader.handlers).index('image')}"][sample_id]
+        return above_cap(int(field["width"]), int(field["height"]), self.max_pixels)
+
     def _stored_bytes(self, sample_id: int) -> np.ndarray:
         """The image field's stored bytes of one sample (its JPEG), read from the file."""
         offset, size = stored_image_span(self._ffcv.reader, sample_id)
@@ -441,7 +463,8 @@ class FFCVLoader:
                 data = io.BytesIO(self._stored_bytes(sample_id).tobytes())
                 arrays, coords, rows = render_views(data, self.recipe, self.image_size, self.seed, epoch,
                                                     int(self._index_of[sample_id]), colour=False,
-                                                    spec=self.decoder.spec, planar=True)
+                                                    spec=self.decoder.spec, planar=True,
+                                                    max_pixels=self.max_pixels)
             except Exception as exc:  # PIL raises many types for damaged data
                 self.corrupt.report(self._sample_name(sample_id), str(exc) or type(exc).__name__)
                 continue
@@ -455,7 +478,8 @@ class FFCVLoader:
         sample_ids = sample_ids.astype(np.int64)
         failed = np.flatnonzero(~info[:, :, INFO_OK].all(axis=1))
         for j in failed:
-            self.corrupt.report(self._sample_name(sample_ids[j]), "libjpeg-turbo failed to decode it")
+            self.corrupt.report(self._sample_name(sample_ids[j]),
+                                self._above_cap(sample_ids[j]) or "libjpeg-turbo failed to decode it")
         t = torch.from_numpy(info.astype(np.int64))
         nv = len(self.sizes)
         coords = [windows_to_coords(t[:, v, INFO_TOP], t[:, v, INFO_LEFT], t[:, v, INFO_HEIGHT], t[:, v, INFO_WIDTH],

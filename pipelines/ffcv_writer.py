@@ -1,7 +1,7 @@
 """Turn an image folder into an FFCV ``.beton`` file for the ``ffcv`` loader backend.
 
     python -m pipelines.ffcv_writer --data DIR --out FILE.beton --max-resolution 512 \\
-        --jpeg-quality 90 [--num-workers N] [--write-mode jpg] [--force]
+        --jpeg-quality 90 [--num-workers N] [--write-mode jpg] [--max-pixels N] [--force]
 
 Fields: ``image`` (RGBImageField, longer side at most ``max_resolution``), ``index`` (the
 file's position in :func:`pipelines.image_folder.list_images` order, so batches can be
@@ -9,15 +9,17 @@ traced back to files whatever was skipped) and ``label`` (class number, -1 when 
 has no class sub-folders).
 
 Two passes: a quick check decodes every file (JPEGs at 1/8 scale through libjpeg's DCT
-scaling) so that unreadable files are left out and reported by name, then FFCV's
-``DatasetWriter`` decodes, resizes and encodes the rest in its worker processes. The file
-is written under a temporary name and moved into place at the end, so an interrupted run
-never leaves a truncated ``.beton`` behind, and an existing file is only replaced with
-``force``.
+scaling) so that unreadable files, and those whose header declares more than
+``max_pixels`` pixels (:mod:`pipelines.image_header`; never decoded), are left out and
+reported by name with the reason, then FFCV's ``DatasetWriter`` decodes, resizes and
+encodes the rest in its worker processes. The file is written under a temporary name and
+moved into place at the end, so an interrupted run never leaves a truncated ``.beton``
+behind, and an existing file is only replaced with ``force``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import math
 import multiprocessing as mp
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from .corrupt import plain_reason
 from .image_folder import scan_image_folder
+from .image_header import DEFAULT_MAX_PIXELS, ImageTooLarge, check_max_pixels, open_image
 
 WRITE_MODES = ("jpg", "raw", "smart", "proportion")
 FFCV_INSTALL_HINT = ("FFCV is not installed: install the system libraries first "
@@ -80,11 +83,12 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
-def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, max_resolution: int | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode to an RGB uint8 array. JPEGs are decoded with libjpeg's DCT scaling down to the
     smallest size that still keeps the longer side >= ``max_resolution`` (FFCV's own area
-    resize takes it the rest of the way)."""
-    with Image.open(path) as img:
+    resize takes it the rest of the way). Above the pixel cap: ImageTooLarge, undecoded."""
+    with open_image(Path(path).read_bytes(), max_pixels) as img:
         if max_resolution and img.format == "JPEG":
             w, h = img.size
             s = max_resolution / max(w, h)
@@ -94,10 +98,11 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
         return _to_rgb_array(img)
 
 
-def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
-    """(None, (width, height)) when ``path`` decodes, else (the reason it does not, (0, 0))."""
+def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, tuple[int, int]]:
+    """(None, (width, height)) when ``path`` decodes within the pixel cap, else (the reason it
+    does not, (0, 0))."""
     try:
-        with Image.open(path) as img:
+        with open_image(Path(path).read_bytes(), max_pixels) as img:
             size = img.size
             if img.format == "JPEG":
                 img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
@@ -106,6 +111,8 @@ def check_image(path: str) -> tuple[str | None, tuple[int, int]]:
         if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
             return f"unexpected decoded shape {arr.shape}", (0, 0)
         return None, size
+    except ImageTooLarge as exc:
+        return str(exc), (0, 0)
     except Exception as exc:  # PIL raises many types for damaged files
         return plain_reason(f"{type(exc).__name__}: {exc}"), (0, 0)
 
@@ -121,16 +128,16 @@ class _FolderSource:
     """
 
     def __init__(self, paths: list[str], indices: list[int], labels: list[int], max_resolution: int | None,
-                 failure_dir: str):
+                 failure_dir: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.paths, self.indices, self.labels = paths, indices, labels
-        self.max_resolution, self.failure_dir = max_resolution, failure_dir
+        self.max_resolution, self.failure_dir, self.max_pixels = max_resolution, failure_dir, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_rgb(self.paths[i], self.max_resolution)
+            img = load_rgb(self.paths[i], self.max_resolution, self.max_pixels)
         except Exception as exc:
             Path(self.failure_dir, f"{i}.txt").write_text(f"{self.paths[i]}\n{type(exc).__name__}: {exc}")
             img = np.full((8, 8, 3), 128, dtype=np.uint8)
@@ -139,12 +146,14 @@ class _FolderSource:
 
 # --------------------------------------------------------------------------- writing
 
-def _check_all(paths: list[str], num_workers: int, progress: bool) -> list[tuple[str | None, tuple[int, int]]]:
+def _check_all(paths: list[str], num_workers: int, progress: bool,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[str | None, tuple[int, int]]]:
     bar = dict(total=len(paths), desc="checking images", unit="img", disable=not progress)
+    check = functools.partial(check_image, max_pixels=max_pixels)
     if num_workers <= 1:
-        return [check_image(p) for p in tqdm(paths, **bar)]
+        return [check(p) for p in tqdm(paths, **bar)]
     with mp.Pool(num_workers) as pool:
-        return list(tqdm(pool.imap(check_image, paths, chunksize=16), **bar))
+        return list(tqdm(pool.imap(check, paths, chunksize=16), **bar))
 
 
 def _page_size(sizes: list[tuple[int, int]], max_resolution: int | None) -> int:
@@ -160,8 +169,10 @@ def _page_size(sizes: list[tuple[int, int]], max_resolution: int | None) -> int:
 
 def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | None = 512, jpeg_quality: int = 90,
                 num_workers: int | None = None, force: bool = False, write_mode: str = "jpg",
-                compress_probability: float = 0.5, chunk_size: int = 100, progress: bool = True) -> WriteReport:
-    """Write the images under ``data_dir`` to ``out``; returns what was written and skipped.
+                compress_probability: float = 0.5, chunk_size: int = 100, progress: bool = True,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> WriteReport:
+    """Write the images under ``data_dir`` to ``out``; returns what was written and skipped
+    (unreadable files, and those of more than ``max_pixels`` pixels; 0: no cap).
 
     Raises FileExistsError when ``out`` exists and ``force`` is False, FileNotFoundError when
     the folder has no images (or none readable).
@@ -175,6 +186,7 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
         raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {write_mode!r}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must lie in [1, 100], got {jpeg_quality}")
+    check_max_pixels(max_pixels)
     if max_resolution is not None and max_resolution <= 0:
         max_resolution = None
     require_ffcv()
@@ -185,7 +197,7 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
     num_workers = max(1, num_workers if num_workers is not None else (os.cpu_count() or 1))
     paths = [str(p) for p in listing.paths]
     gc.collect()  # finalise garbage here, not in the forked workers (a finaliser may hang in a child)
-    checked = _check_all(paths, num_workers, progress)
+    checked = _check_all(paths, num_workers, progress, max_pixels)
     reasons = [r for r, _ in checked]
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     keep = [i for i, r in enumerate(reasons) if r is None]
@@ -202,7 +214,7 @@ def write_beton(data_dir: str | Path, out: str | Path, max_resolution: int | Non
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     failure_dir = tempfile.mkdtemp(prefix="ffcv_writer_")
     source = _FolderSource([paths[i] for i in keep], keep, [listing.labels[i] for i in keep], max_resolution,
-                           failure_dir)
+                           failure_dir, max_pixels)
     try:
         page_size = _page_size([checked[i][1] for i in keep], max_resolution)
         writer = DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=num_workers)
@@ -257,12 +269,15 @@ def main(argv=None) -> int:
                          "proportion: JPEG-compress a random --compress-probability share")
     ap.add_argument("--compress-probability", type=float, default=0.5)
     ap.add_argument("--num-workers", type=int, default=None, help="processes (default: all cores)")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help="skip images whose header declares more pixels than this, undecoded (0: no cap)")
     ap.add_argument("--force", action="store_true", help="replace FILE if it exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
         report = write_beton(args.data, args.out, args.max_resolution, args.jpeg_quality, args.num_workers,
-                             args.force, args.write_mode, args.compress_probability, progress=not args.quiet)
+                             args.force, args.write_mode, args.compress_probability, progress=not args.quiet,
+                             max_pixels=args.max_pixels)
     except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportError,
             ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

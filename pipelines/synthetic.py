@@ -28,7 +28,7 @@ class SyntheticLoader:
                  seed: int = 0, batches_per_epoch: int = 50, rank: int = 0,
                  world_size: int = 1, num_workers: int | None = None, drop_last: bool = True,
                  on_corrupt: str = "skip", pin_memory=None, prefetch_factor=None,
-                 persistent_workers=None):
+                 persistent_workers=None, max_pixels=None):
         if batches_per_epoch < 1:
             raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe

@@ -27,13 +27,14 @@ The portable CPU fast path. Per sample, ONE decode serves every view of the reci
 
 Determinism: epoch order and sharding are :mod:`pipelines.epoch`'s; a sample's draws come
 from (seed, epoch, dataset index, view) only, so the output depends neither on the number
-of workers nor on which rank or worker handles it. Unreadable images follow
-:mod:`pipelines.corrupt` (replaced by the next readable sample of the epoch order).
+of workers nor on which rank or worker handles it. Unreadable images, and those whose
+header declares more than ``max_pixels`` pixels (:mod:`pipelines.image_header`; never
+decoded), follow :mod:`pipelines.corrupt` (replaced by the next readable sample of the
+epoch order).
 """
 from __future__ import annotations
 
 import gc
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from .corrupt import (MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, plain_r
                       too_many_unreadable)
 from .epoch import EpochCursor, epoch_order, rank_positions
 from .image_folder import scan_image_folder
+from .image_header import DEFAULT_MAX_PIXELS, open_image
 from .prefetch import hand_over
 from .recipe import BYOL, Recipe, ViewRecipe
 
@@ -210,7 +212,8 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray:
 
 def render_views(path: str | Path, recipe: Recipe, image_size: int, seed: int, epoch: int, sample: int,
                  reducing_gap: float | None = 2.0, colour: bool = True, spec: np.ndarray | None = None,
-                 planar: bool = False) -> tuple[list[np.ndarray], list[tuple[float, ...]], np.ndarray]:
+                 planar: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+                 ) -> tuple[list[np.ndarray], list[tuple[float, ...]], np.ndarray]:
     """Decode ``path`` once and produce every view of the recipe as uint8 arrays (flip
     applied), their coords per the box contract, and the (V, len(PARAM_NAMES)) draws of
     :mod:`pipelines.sampler` for key (seed, epoch, sample).
@@ -224,14 +227,16 @@ def render_views(path: str | Path, recipe: Recipe, image_size: int, seed: int, e
     3xHxW views from :func:`pipelines.resample.crop_resize`, the same filter in about half
     of PIL's time, in the layout the colour pass reads; an RGB or grey JPEG that needs no
     draft reduction is then decoded by :func:`decode_jpeg_rgb`. ``colour=False`` leaves the
-    colour work out (the caller applies the drawn parameters itself)."""
+    colour work out (the caller applies the drawn parameters itself). An image of more than
+    ``max_pixels`` pixels is refused from its header, undecoded
+    (:class:`pipelines.image_header.ImageTooLarge`)."""
     if planar and colour:
         raise ValueError("planar views leave the colour work to the caller: pass colour=False")
     spec = sampler.recipe_spec(recipe, image_size) if spec is None else spec
     sizes = [int(s) for s in spec[:, sampler.S["size"]]]
     data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
     pixels = None
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data, max_pixels) as img:
         width, height = img.size
         rows = np.zeros((len(recipe.views), len(sampler.PARAM_NAMES)))
         sampler.draw_sample(rows, spec, seed, epoch, sample, height, width)
@@ -319,7 +324,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path], recipe: Recipe, image_size: int, seed: int, on_corrupt: str = "skip",
                  reducing_gap: float | None = 2.0, max_replacements: int = MAX_REPLACEMENTS, colour: str = "pil",
-                 shuffle: bool = True):
+                 shuffle: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.paths = [str(p) for p in paths]
         self.recipe, self.image_size, self.seed = recipe, image_size, seed
         self.spec = sampler.recipe_spec(recipe, image_size)
@@ -329,7 +334,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
         # workers crop straight into the planar uint8 layout the colour pass reads (PIL's colour
         # ops work on interleaved images)
         self.planar = self.colour != "pil"
-        self.shuffle = shuffle
+        self.shuffle, self.max_pixels = shuffle, max_pixels
         self._order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -353,7 +358,7 @@ class ViewPlanDataset(torch.utils.data.Dataset):
             try:
                 arrays, coords, rows = render_views(path, self.recipe, self.image_size, self.seed, epoch, index,
                                                     self.reducing_gap, colour=self.colour == "pil", spec=self.spec,
-                                                    planar=self.planar)
+                                                    planar=self.planar, max_pixels=self.max_pixels)
                 return arrays, coords, rows, index, bad
             except Exception as exc:  # PIL raises many types for damaged files
                 if self.on_corrupt == "error":
@@ -426,15 +431,15 @@ class TorchLoader:
                  rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
                  pin_memory: bool | None = None, prefetch_factor: int | None = None,
                  persistent_workers: bool | None = None, shuffle: bool = True,
-                 reducing_gap: float | None = 2.0, colour: str = "auto"):
-        check_loader_options(on_corrupt, rank, world_size, seed)
+                 reducing_gap: float | None = 2.0, colour: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
+        check_loader_options(on_corrupt, rank, world_size, seed, max_pixels)
         self.images = scan_image_folder(data_dir)
         self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
         self.device = torch.device(device)
         self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
         self.colour = resolve_colour(colour)
         self.dataset = ViewPlanDataset(list(self.images.paths), recipe, image_size, seed, on_corrupt, reducing_gap,
-                                       colour=self.colour, shuffle=shuffle)
+                                       colour=self.colour, shuffle=shuffle, max_pixels=max_pixels)
         self.plan = _EpochPlan(len(self.images), batch_size, seed, rank, world_size, drop_last, shuffle,
                                str(self.images.root))
         if pin_memory is None:

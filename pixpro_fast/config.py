@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pipelines import BACKENDS as LOADERS
+from pipelines import DEFAULT_MAX_PIXELS
 from pipelines.recipe import PRESETS as RECIPES
 from pipelines.recipe import get_recipe
 
@@ -90,6 +91,8 @@ class TrainConfig:
                                    "apply", min=0, max=1024)
     on_corrupt: str = _opt("skip", "an unreadable image: skip (counted, replaced) or error (stop)", "apply",
                            choices=("skip", "error"))
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "an image whose header declares more pixels than this is "
+                           "unreadable (see --on-corrupt) and never decoded; 0: no cap", "apply", min=0)
     scenes_images: int = _opt(512, "size of the built-in scenes dataset when --data is not given", min=1)
     # objective and model
     method: str = _opt("pixpro", "self-supervised objective; also loads its bundled defaults", choices=METHODS)

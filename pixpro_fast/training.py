@@ -78,7 +78,8 @@ def build_loader_for(cfg: TrainConfig, device: torch.device, rank: int = 0, worl
         data = str(ensure_scenes(n_images=cfg.scenes_images, seed=0))
         if log is not None:
             print(f"no --data given: using the built-in scenes dataset at {data}", file=log)
-    opts = dict(device=device, seed=cfg.seed, rank=rank, world_size=world_size, on_corrupt=cfg.on_corrupt)
+    opts = dict(device=device, seed=cfg.seed, rank=rank, world_size=world_size, on_corrupt=cfg.on_corrupt,
+                max_pixels=cfg.max_pixels)
     if cfg.num_workers is not None:
         opts["num_workers"] = cfg.num_workers
     try:

@@ -1,7 +1,10 @@
-"""Helpers the test packages share: which loader backends are installed, small JPEG folders."""
+"""Helpers the test packages share: which loader backends are installed, small JPEG folders,
+small files of enormous images."""
 from __future__ import annotations
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -28,3 +31,18 @@ def jpeg_folder(root: Path, n: int, first: tuple[int, int], step: tuple[int, int
         arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
         Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
     return root
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of ``width`` x ``height`` black pixels, written row by row
+    (never held as pixels here): 12000 x 12000 is about 50 KB, and PIL decodes it to 144 MB."""
+    row = bytes((width + 7) // 8 + 1)  # filter byte 0, then the packed pixels
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+            + _png_chunk(b"IEND", b""))

@@ -212,3 +212,95 @@ def test_a_pass_repeats_exactly_and_resumes_mid_epoch(backend, planes):
     rest = epoch(1, 1)
     assert len(rest) == 1 and same(rest[0], full[1])
     assert not same(epoch(2)[0], full[0])  # another epoch, other draws
+
+
+# --------------------------------------------------------------------------- images above the pixel cap
+
+CAP = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def oversized(planes, tmp_path_factory):
+    """The planes plus a constant 1200 x 1200 PNG (1.44 megapixels, above CAP): in a copy of
+    the folder and in a .beton written without a cap; and its dataset index."""
+    import shutil
+    from PIL import Image
+    from pipelines.image_folder import scan_image_folder
+    folder, beton = planes
+    root = tmp_path_factory.mktemp("oversized")
+    copy = root / "img"
+    shutil.copytree(folder, copy)
+    Image.new("RGB", (1200, 1200), (90, 140, 200)).save(copy / "big.png")
+    big = [p.name for p in scan_image_folder(copy).paths].index("big.png")
+    if beton is not None:
+        from pipelines import ffcv_writer as FW
+        beton = root / "oversized.beton"
+        FW.write_beton(copy, beton, max_resolution=0, jpeg_quality=95, num_workers=1, progress=False, max_pixels=0)
+    return copy, beton, big
+
+
+def _big_name(backend, big):
+    return f"sample {big} of" if backend == "ffcv" else "big.png"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_image_above_the_pixel_cap_is_skipped_and_named_with_its_size(backend, oversized, caplog):
+    import logging
+    import warnings
+    from PIL import Image
+    folder, beton, big = oversized
+    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, max_pixels=CAP)
+    with caplog.at_level(logging.WARNING, logger="pipelines"), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        batches = list(loader)
+    index = torch.cat([b.index for b in batches]).tolist()
+    assert len(index) == len(PLANE_SIZES) + 1 and big not in index
+    assert sum(b.skipped for b in batches) == 1
+    warned = [r.getMessage() for r in caplog.records if "cap (max_pixels)" in r.getMessage()]
+    assert len(warned) == 1 and _big_name(backend, big) in warned[0], warned
+    assert "1200 x 1200 = 1.4 megapixels, above the 1-megapixel cap (max_pixels)" in warned[0]
+    if backend == "ffcv":  # the decoder's scratch memory is sized for the images within the cap
+        assert loader.decoder.scratch_pixels == max(h * w for h, w in PLANE_SIZES)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_image_above_the_pixel_cap_in_error_mode_names_it(backend, oversized):
+    from pipelines.corrupt import CorruptImageError
+    folder, beton, big = oversized
+    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, max_pixels=CAP,
+                     on_corrupt="error")
+    with pytest.raises(CorruptImageError, match=f"{_big_name(backend, big)}.*: 1200 x 1200 = 1.4 megapixels"):
+        list(loader)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_default_cap_refuses_a_huge_image_from_its_header(backend, planes, tmp_path, monkeypatch, caplog):
+    """A 20 KB PNG of 12000 x 12000 pixels beside the planes is never decoded, and no library
+    warns about it: the torch and DALI loaders skip it, the FFCV writer leaves it out."""
+    import logging
+    import shutil
+    import warnings
+    from PIL import Image, ImageFile
+    from sample_data import black_png
+    folder = tmp_path / "img"
+    shutil.copytree(planes[0], folder)
+    (folder / "huge.png").write_bytes(black_png(12000, 12000))
+    load = ImageFile.ImageFile.load
+
+    def small_only(img):
+        assert img.size[0] * img.size[1] <= CAP, f"decoded an image of {img.size}"
+        return load(img)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", small_only)
+    huge = "12000 x 12000 = 144.0 megapixels, above the 50-megapixel cap (max_pixels)"
+    with caplog.at_level(logging.WARNING, logger="pipelines"), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if backend == "ffcv":
+            from pipelines import ffcv_writer as FW
+            report = FW.write_beton(folder, tmp_path / "x.beton", max_resolution=0, num_workers=1, progress=False)
+            assert report.skipped == [(str(folder / "huge.png"), huge)]
+            assert report.written == len(PLANE_SIZES)
+            return
+        batches = list(_loader(backend, (folder, None), get_recipe("byol"), drop_last=False))
+    assert sum(b.skipped for b in batches) == 1
+    warned = [r.getMessage() for r in caplog.records if "huge.png" in r.getMessage()]
+    assert len(warned) == 1 and huge in warned[0], warned

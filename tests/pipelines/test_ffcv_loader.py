@@ -363,6 +363,16 @@ def test_writer_reports_skipped_images_and_refuses_overwrite(folder, folder_beto
     assert int(np.maximum(image_meta["width"], image_meta["height"]).max()) == 64
 
 
+def test_writer_leaves_out_images_above_its_pixel_cap(folder, tmp_path, capsys):
+    out = tmp_path / "capped.beton"
+    capsys.readouterr()
+    assert FW.main(["--data", str(folder), "--out", str(out), "--quiet", "--num-workers", "1",
+                    "--max-pixels", "6000"]) == 0   # only img_00 (90 x 60) is within it
+    text = capsys.readouterr().out
+    assert "wrote 1 images" in text and "skipped 25 unreadable image(s)" in text
+    assert "img_01.jpg: 93 x 67 = 0.0062 megapixels, above the 0.006-megapixel cap (max_pixels)" in text
+
+
 def test_writer_with_nothing_readable(tmp_path):
     (tmp_path / "only.jpg").write_bytes(b"garbage")
     with pytest.raises(FileNotFoundError, match="could be decoded"):

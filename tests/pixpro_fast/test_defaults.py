@@ -23,10 +23,10 @@ from pixpro_fast.training import build_training
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(arch="resnet18", image_size=32, proj_hidden_dim=32, proj_dim=16, batch_size=4, num_workers=0,
             tensorboard=False, log_every=1, warmup_epochs=0.0, loader="synthetic", precision="fp32")
-APPLY = {"num_workers", "on_corrupt", "device", "channels_last", "compile", "out", "log_every", "ckpt_every",
-         "keep_ckpts", "resume", "tensorboard", "profile", "probe_every", "probe_images", "max_steps", "weight_decay",
-         "lars_trust", "sgd_momentum", "final_lr", "final_lr_fraction", "clip_grad_norm", "compile_mode",
-         "attention", "sync_bn"}
+APPLY = {"num_workers", "on_corrupt", "max_pixels", "device", "channels_last", "compile", "out", "log_every",
+         "ckpt_every", "keep_ckpts", "resume", "tensorboard", "profile", "probe_every", "probe_images", "max_steps",
+         "weight_decay", "lars_trust", "sgd_momentum", "final_lr", "final_lr_fraction", "clip_grad_norm",
+         "compile_mode", "attention", "sync_bn"}
 
 
 @pytest.fixture
@@ -202,7 +202,8 @@ def test_resume_differences_and_applied_changes():
                                          (dict(base_lr=-1.0), "base_lr"), (dict(lars_trust=-0.1), "lars_trust"),
                                          (dict(weight_decay=-1e-5), "weight_decay"), (dict(num_workers=-1), "num_workers"),
                                          (dict(num_workers=100_000), "num_workers"), (dict(image_size=65_536), "image_size"),
-                                         (dict(batch_size="8"), "batch_size"), (dict(device="gpu"), "device")])
+                                         (dict(batch_size="8"), "batch_size"), (dict(device="gpu"), "device"),
+                                         (dict(max_pixels=-1), "max_pixels")])
 def test_bad_values_name_the_field(change, key):
     with pytest.raises(ConfigError) as info:
         TrainConfig(**change).validate()
@@ -229,6 +230,7 @@ def _cli_error(argv, capsys):
     (["--num-workers", "-1"], "--num-workers must be at least 0, got -1"),
     (["--num-workers", "5000"], "--num-workers must be at most 1024, got 5000"),
     (["--image-size", "8192"], "--image-size must be at most 4096, got 8192"),
+    (["--max-pixels", "-1"], "--max-pixels must be at least 0, got -1"),
     (["--batch-size", "x"], "--batch-size: invalid int value: 'x'"),
 ])
 def test_bad_flags_end_with_one_line_and_status_2(argv, needle, capsys):
@@ -252,6 +254,25 @@ def test_bad_data_and_batch_end_before_training(tmp_path, capsys):
                             "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "--batch-size 8" in err and "3 images" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_max_pixels_flag_reaches_the_loader(tmp_path):
+    from PIL import Image
+
+    from pixpro_fast.cli import _Parser, add_config_flags, config_from_args
+    from pixpro_fast.training import build_loader_for
+    for i in range(4):   # 64 x 48 = 3072 pixels, or 40 x 30
+        Image.new("RGB", (64, 48) if i % 2 else (40, 30), (i * 40, 0, 0)).save(tmp_path / f"{i}.jpg")
+    parser = _Parser()
+    add_config_flags(parser)
+    args = parser.parse_args(["--data", str(tmp_path), "--loader", "torch", "--batch-size", "2", "--max-pixels", "3000",
+                              "--num-workers", "0", "--out", str(tmp_path / "o")])
+    cfg = config_from_args(args)
+    assert cfg.max_pixels == 3000 and TrainConfig().max_pixels == 50_000_000
+    loader = build_loader_for(cfg, torch.device("cpu"))
+    assert loader.dataset.max_pixels == 3000
+    batches = list(loader)
+    assert sum(b.skipped for b in batches) == 2 and set(torch.cat([b.index for b in batches]).tolist()) == {0, 2}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
