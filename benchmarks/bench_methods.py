@@ -23,7 +23,7 @@ from pipelines.synthetic import SyntheticLoader
 from pixpro_fast.hardware import resolve_precision
 
 from .bench_step import matmul_flops_per_sec
-from .common import markdown_table, time_interleaved, write_json
+from .common import add_shared_options, default_device, markdown_table, time_interleaved, write_json
 
 MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,13 +78,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device=default_device(), out="bench_out")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--methods", help="comma-separated subset (default: all)")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, args.precision, args.iters,
                  args.methods.split(",") if args.methods else None, args.vit_arch)

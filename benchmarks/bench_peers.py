@@ -31,7 +31,7 @@ from pixpro_fast.engine import autocast
 from pixpro_fast.hardware import resolve_precision
 
 from .bench_step import StepSetting, pixpro_step
-from .common import markdown_table, time_interleaved, write_json
+from .common import add_shared_options, markdown_table, time_interleaved, write_json
 
 PACKAGE = "pixel_level_contrastive_learning"
 PIP_NAME = "pixel-level-contrastive-learning"
@@ -133,11 +133,8 @@ def table(result: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device="cpu", out="bench_out")
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, iters=args.iters)
     print(table(result))

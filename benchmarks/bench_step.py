@@ -50,7 +50,7 @@ from pixpro_fast.hardware import emulated_reason
 from pixpro_fast.methods.pixpro import PixPro
 from pipelines.synthetic import SyntheticLoader
 
-from .common import markdown_table, sync, time_interleaved, write_json
+from .common import add_shared_options, markdown_table, sync, time_interleaved, write_json
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -304,9 +304,7 @@ def table(result: dict, absolute: bool = False) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device="cpu", out="bench_out")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--compiled", default="best", choices=["none", "best", "channels-last", "all"])
     ap.add_argument("--iters", type=int, default=5)
@@ -317,7 +315,6 @@ def main(argv=None):
                          "precision and one row per lever on top of it (concat-views, compile modes)")
     ap.add_argument("--only", metavar="LEVERS", default=None,
                     help=f"with --levers: a comma-separated subset of {', '.join(LEVERS)} (default: all)")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
     if only is not None and not args.levers:

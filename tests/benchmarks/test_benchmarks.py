@@ -451,6 +451,84 @@ def test_every_gpu_plan_part_parses_with_its_benchmark(monkeypatch, tmp_path):
         assert ns.workers == int(cores) and ns.images >= (timed + 2 * ns.workers + 2) * ns.batch_size
 
 
+# -- the command line -------------------------------------------------------------------------
+
+def test_command_line_lists_each_benchmark_once_and_the_tools_apart(capsys):
+    from benchmarks import __main__ as cli
+    for argv in ([], ["list"], ["--help"]):
+        assert cli.main(argv) is None
+        out = capsys.readouterr().out
+        benchmarks_part, tools_part = out.split("evaluations and tools:")
+        for name in cli.BENCHMARKS:
+            assert f"\n  {name} " in benchmarks_part
+        for name in ("quality", "loca_position", "gpu_plan"):
+            assert f"\n  {name} " in tools_part and f"\n  {name} " not in benchmarks_part
+    # every bench_ module is listed; the helpers are not listed as benchmarks
+    modules = {entry[0] for entry in cli.BENCHMARKS.values()}
+    assert {p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")} <= modules
+    assert not {"quality", "loca_position", "photos", "chart", "common", "baseline_loader", "gpu_plan"} & modules
+
+
+def test_command_line_runs_one_benchmark_by_name(monkeypatch, capsys):
+    from benchmarks import __main__ as cli
+    from benchmarks import suite
+    calls = []
+    monkeypatch.setattr(bench_step, "main", lambda argv: calls.append(("step", argv)) or "ran")
+    monkeypatch.setattr(suite, "run", lambda mode, out, *a, **k: calls.append(("suite", mode, out)))
+    assert cli.main(["step", "--iters", "1"]) == "ran"
+    cli.main(["bench_step"])
+    cli.main(["suite", "--smoke", "--out", "o"])
+    cli.main(["--quick"])   # options alone: the suite, as before
+    cli.main(["suite"])
+    assert calls == [("step", ["--iters", "1"]), ("step", []), ("suite", "smoke", "o"),
+                     ("suite", "quick", "bench_out"), ("suite", "full", "bench_out")]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["no_such_benchmark"])
+    assert stop.value.code == 2 and "unknown benchmark 'no_such_benchmark'" in capsys.readouterr().err
+
+
+def test_shared_options_keep_each_benchmarks_defaults(monkeypatch):
+    """The shared flags come from common.add_shared_options, each with the default the
+    benchmark had before; options a benchmark does not take are not added."""
+    import argparse
+    import importlib
+    from benchmarks.common import add_shared_options, default_device
+    ap = add_shared_options(argparse.ArgumentParser(), batch_size=8, rounds=2, out="o", helps={"rounds": "processes"})
+    ns = ap.parse_args([])
+    assert vars(ns) == {"batch_size": 8, "rounds": 2, "out": "o"}
+    assert "processes (default: 2)" in ap.format_help()
+    assert ap.parse_args(["--batch-size", "3"]).batch_size == 3
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    gpu = default_device()
+    expected = {
+        "bench_attention": dict(batch_size=32, device=gpu, threads=None, out="bench_out"),
+        "bench_end_to_end": dict(batch_size=32, image_size=128, device="cpu", out="bench_out"),
+        "bench_epoch_turn": dict(batch_size=16, image_size=224, device="cpu", rounds=2, out="bench_out"),
+        "bench_hugepages": dict(batch_size=32, image_size=128, rounds=3, threads=None, out="bench_out"),
+        "bench_loaders": dict(batch_size=32, image_size=224, device="cpu", rounds=2, out="bench_out"),
+        "bench_loss": dict(device=gpu, out="bench_out"),
+        "bench_methods": dict(batch_size=32, image_size=64, device=gpu, out="bench_out"),
+        "bench_peers": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
+        "bench_pretext": dict(batch_size=32, image_size=64, device=gpu, out="benchmarks/results/pretext.json"),
+        "bench_resample": dict(image_size=224, out="bench_out"),
+        "bench_colour": dict(image_size=224, out="bench_out"),
+        "bench_step": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
+        "bench_torch_loader": dict(batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out"),
+    }
+    for module, defaults in expected.items():
+        with pytest.raises(_Parsed) as parsed:
+            importlib.import_module(f"benchmarks.{module}").main([])
+        ns = vars(parsed.value.args[0])
+        assert {k: ns[k] for k in defaults} == defaults, module
+        shared = {"batch_size", "image_size", "device", "rounds", "threads", "out"}
+        assert shared & set(ns) == set(defaults), module
+
+
 def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path):
     import json
     from benchmarks.gpu_plan import Part, run_plan, select, gpu_parts
