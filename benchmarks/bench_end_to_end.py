@@ -28,7 +28,7 @@ from pixpro_fast.hardware import native_precisions, resolve_precision
 from pixpro_fast.metrics import verdict
 
 from .bench_torch_loader import images_per_second
-from .common import add_shared_options, batches_forever, sync, table_with_skips, write_json
+from .common import add_shared_options, batches_forever, rate_columns, sync, table_with_skips, write_json
 
 
 def summarise(waits: list[float], computes: list[float], batch_size: int, loader: str | None = None,
@@ -116,10 +116,11 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
             "device": device, "data_dir": str(data_dir), "rows": rows, "skipped": skipped}
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = (["backend", "wait_fraction", "vs_compute_ceiling", "feed_vs_compute_ceiling", "verdict"]
-            + (["images_per_s", "feed_images_per_s"] if absolute else []))
-    return table_with_skips(result["rows"], cols, result["skipped"])
+def table(result: dict) -> str:
+    rows, rates = rate_columns(result["rows"], result.get("device", "cpu"),
+                               {"images_per_s": "images/s", "feed_images_per_s": "feed images/s"})
+    cols = ["backend", "wait_fraction", rates[0], "vs_compute_ceiling", rates[1], "feed_vs_compute_ceiling", "verdict"]
+    return table_with_skips(rows, cols, result["skipped"])
 
 
 def main(argv=None):
@@ -141,7 +142,7 @@ def main(argv=None):
     result = run(data_dir, tuple(args.backends.split(",")), args.arch, args.image_size, args.batch_size, args.steps,
                  skip=args.skip, precision=args.precision, compiled=args.compile, workers=args.workers,
                  device=args.device)
-    print(table(result, absolute=args.device != "cpu"))
+    print(table(result))
     print("wrote", write_json(args.out, "end_to_end.json", result))
     return result
 

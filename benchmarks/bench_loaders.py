@@ -43,7 +43,7 @@ from pipelines.recipe import BYOL, SWAV_MULTICROP, Recipe, get_recipe
 
 from .baseline_loader import build_baseline_loader
 from .bench_torch_loader import decode_loader, images_per_second
-from .common import add_shared_options, table_with_skips, write_json
+from .common import add_shared_options, rate_columns, table_with_skips, write_json
 
 DECODE, TV_DECODE, BASELINE = "decode ceiling", "decode ceiling, torchvision", "baseline (torchvision 2-view)"
 
@@ -268,10 +268,10 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
             "warmup_batches": b.warmup, "rates": rates, "rows": table_rows, "skipped": skipped}
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = (["pipeline", "backend", "vs_baseline", "vs_decode_ceiling", "vs_torchvision_decode"]
-            + (["images_per_s"] if absolute else []))
-    return table_with_skips(result["rows"], cols, result["skipped"])
+def table(result: dict) -> str:
+    rows, rate = rate_columns(result["rows"], result.get("device", "cpu"), {"images_per_s": "images/s"})
+    cols = ["pipeline", "backend", *rate, "vs_baseline", "vs_decode_ceiling", "vs_torchvision_decode"]
+    return table_with_skips(rows, cols, result["skipped"])
 
 
 def main(argv=None):
@@ -288,7 +288,7 @@ def main(argv=None):
     data_dir = args.data_dir or benchmark_images(args.source, -(-need // 512) * 512)
     result = run(data_dir, args.batch_size, args.image_size, args.workers, args.batches, args.rounds,
                  device=args.device, work_dir=args.out)
-    print(table(result, absolute=args.device != "cpu"))
+    print(table(result))
     print("wrote", write_json(args.out, "loaders.json", result))
     return result
 

@@ -126,6 +126,23 @@ def machine() -> dict:
     return info
 
 
+def device_label(device) -> str:
+    """The device a rate was measured on, by name where it has one (a GPU's model)."""
+    d = torch.device(device)
+    if d.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(d)
+    return d.type
+
+
+def rate_columns(rows: list[dict], device, rates: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """The rows with each rate (``{key: label}``, images/sec) also under a column that names the
+    device, e.g. ``images/s (cpu)``; returns the rows and those column names."""
+    where = device_label(device)
+    names = {key: f"{label} ({where})" for key, label in rates.items()}
+    rows = [{**r, **{name: r[key] for key, name in names.items() if key in r}} for r in rows]
+    return rows, list(names.values())
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):

@@ -56,6 +56,10 @@ def test_smoke_writes_json_markdown_and_chart(smoke):
     for heading in ("## Loaders", "## Step", "## End to end", "## Peers", "## Summary"):
         assert heading in md
     assert "| pipeline |" in stdout and "speedup_vs_fp32_eager" in stdout
+    # every table gives the absolute rate, the device named, beside its ratios
+    for header in ("| images/s (cpu) |", "| PixPro images/s (cpu) |", "| feed images/s (cpu) |"):
+        assert header in stdout and header in md
+    assert ("mfu_vs_bf16_matmul" in stdout) == ("bf16" in native_precisions("cpu"))
 
 
 def test_smoke_loader_ratios_match_rates(smoke):
@@ -92,8 +96,10 @@ def test_smoke_step_ratios_match_times(smoke):
         assert close(r["flop_throughput_ratio"],
                      flops["pixpro"] * r["supervised_step_s"] / (flops["supervised"] * r["pixpro_step_s"]))
         assert close(r["pixpro_images_per_s"], sec["batch_size"] / r["pixpro_step_s"])
-        assert 0 < r["mfu_vs_bf16_matmul"]
-        assert close(r["mfu_vs_bf16_matmul"], r["pixpro_flops_per_s"] / sec["matmul_flops_per_s"]["bf16"])
+        ref = "bf16" if "bf16" in native_precisions("cpu") else "fp32"   # bf16 MFU only where native
+        assert sec["mfu_reference"] == ref and f"mfu_vs_{'fp32' if ref == 'bf16' else 'bf16'}_matmul" not in r
+        assert 0 < r[f"mfu_vs_{ref}_matmul"]
+        assert close(r[f"mfu_vs_{ref}_matmul"], r["pixpro_flops_per_s"] / sec["matmul_flops_per_s"][ref])
 
 
 def test_smoke_end_to_end_split_and_verdict(smoke):
@@ -254,6 +260,33 @@ def test_step_levers_are_rows_beside_the_step_they_change():
     assert bench_step.supervised_setting(only[1]) == only[0]
     assert (rows["fp32/channels-last/eager +concat-views"]["supervised_step_s"]
             == rows["fp32/channels-last/eager"]["supervised_step_s"])
+
+
+def test_step_mfu_is_held_to_bf16_only_where_bf16_is_native(monkeypatch):
+    """On a device without native bf16 the table has no "vs bf16 matmul" column: MFU is held to
+    an fp32 matmul and the column says so; the rate column names the device."""
+    monkeypatch.setattr(bench_step, "native_precisions", lambda device: ("fp32",))
+    monkeypatch.setattr(bench_step, "pixpro_flops_per_image", lambda *a, **k: 3e9)
+    monkeypatch.setattr(bench_step, "supervised_flops_per_image", lambda *a, **k: 1e9)
+    result = bench_step.run("resnet18", 32, 2, [bench_step.BASELINE], "cpu", warmup=0, iters=1, proj_hidden_dim=32,
+                            matmul_n=64, log=lambda *a: None)
+    assert result["mfu_reference"] == "fp32" and set(result["matmul_flops_per_s"]) == {"fp32"}
+    (row,) = result["rows"]
+    assert close(row["mfu_vs_fp32_matmul"], row["pixpro_flops_per_s"] / result["matmul_flops_per_s"]["fp32"])
+    assert "mfu_vs_bf16_matmul" not in row
+    text = bench_step.table(result)
+    assert "mfu_vs_fp32_matmul" in text and "bf16" not in text.splitlines()[0]
+    assert "| PixPro images/s (cpu) | supervised images/s (cpu) |" in text
+
+
+def test_peers_table_gives_both_rates_beside_the_ratio():
+    row = {"device": "cpu", "arch": "resnet18", "image_size": 64, "batch_size": 8, "comparison": "same setting",
+           "ours_step_s": 0.5, "pixelcl_step_s": 1.0, "speedup_vs_pixelcl": 2.0,
+           "ours_images_per_s": 16.0, "pixelcl_images_per_s": 8.0}
+    text = bench_peers.table({"device": "cpu", "rows": [row], "skipped": None})
+    header, _, line = text.splitlines()
+    assert "| ours images/s (cpu) | PixelCL images/s (cpu) | speedup_vs_pixelcl |" in header
+    assert "| 16 | 8 | 2 |" in line
 
 
 def test_bench_step_writes_its_json_after_every_round(tmp_path, monkeypatch):
