@@ -41,6 +41,7 @@ def smoke(tmp_path_factory):
                            "--backends", "torch", "--threads", "1", "--no-cuda"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Attempted to fork" not in proc.stderr
     return out, json.loads((out / "suite.json").read_text()), proc.stdout
 
 
@@ -186,6 +187,24 @@ def test_batches_forever_runs_across_epochs_with_their_own_order():
     got = [next(stream) for _ in range(5)]
     assert got == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)] and loader.epochs == [0, 1, 2]
     assert [next(batches_forever([1, 2])) for _ in range(2)] == [1, 1]   # no set_epoch: a plain iterable
+
+
+def test_loader_section_forks_its_workers_without_numba_warnings(tmp_path):
+    """numba's TBB pool (started on the main thread, as importing FFCV does) warns on stderr when
+    a process forks from another thread: the torch loader starts its workers in the consumer's
+    thread, not in its colour thread."""
+    data = image_folder(tmp_path / "data", n=12)
+    script = (
+        "import numba\n"
+        "numba.get_num_threads()   # starts numba's thread pool here, on the main thread\n"
+        "from benchmarks import bench_loaders\n"
+        f"bench_loaders.run({str(data)!r}, batch_size=2, image_size=32, workers=1, batches=1, rounds=1,\n"
+        f"                  backends=('torch',), work_dir={str(tmp_path)!r}, log=lambda *a: None)\n"
+        "print('layer', numba.threading_layer())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layer " in proc.stdout and "Attempted to fork" not in proc.stderr
 
 
 def test_end_to_end_runs_past_an_epoch_and_reports_the_feed_rate(tmp_path):
