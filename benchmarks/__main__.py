@@ -68,20 +68,21 @@ def module_for(name: str) -> str | None:
 def suite_main(argv=None, prog: str = f"{PROG} suite") -> dict:
     from . import suite
     from .bench_loaders import BACKENDS
+    from .common import add_shared_options
     ap = argparse.ArgumentParser(prog=prog, description="Run the benchmark suite. Prints markdown tables as each "
                                  "section finishes and writes suite.json, suite.md and suite.png into --out. "
                                  "Without --quick or --smoke the full suite runs (long on a CPU).")
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="resnet18 at small sizes, a subset of settings")
     size.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every section runs")
-    ap.add_argument("--out", default="bench_out", help="output folder (default: bench_out/)")
     ap.add_argument("--sections", default=",".join(suite.SECTIONS),
                     help=f"comma-separated subset of {','.join(suite.SECTIONS)}")
     ap.add_argument("--backends", default=",".join(BACKENDS),
                     help="loader backends for the loader and end-to-end sections (missing ones are skipped)")
     ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch compute threads (default: torch's choice); fewer on a machine shared with others")
+    add_shared_options(ap, threads=True, out="bench_out",
+                       helps={"out": "output folder", "threads": "torch compute threads (default: torch's choice); "
+                                                                 "fewer on a machine shared with others"})
     ap.add_argument("--no-cuda", action="store_true", help="CPU only, even when a GPU is present")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile on the CPU (minutes of compilation; GPU rows always have it)")
