@@ -23,7 +23,7 @@ from pixpro_fast.hardware import resolve_precision
 from pixpro_fast.vit import PATCH
 
 from .bench_methods import method_step
-from .common import markdown_table, time_interleaved, write_json
+from .common import add_shared_options, default_device, markdown_table, time_interleaved, write_json
 
 
 def variants(compile: bool) -> dict[str, dict]:
@@ -65,13 +65,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--vit-archs", default="vit_tiny_patch16", help="comma-separated ViTs")
     ap.add_argument("--image-sizes", default="128,224", help="comma-separated view sizes (reference and query 0)")
     ap.add_argument("--precisions", default="auto,fp32", help="comma-separated: auto, fp32, bf16, fp16")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_shared_options(ap, batch_size=32, device=default_device(), threads=True, out="bench_out")
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--compile", action="store_true",
                     help="also time each kernel under torch.compile (each compiles first: minutes on a CPU)")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import add_shared_options, markdown_table, write_json
 from pipelines.dali_loader import COLOUR_MODES, DaliLoader, require_dali
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
@@ -157,17 +157,14 @@ def main(argv=None):
     ap.add_argument("--source", default="scenes", choices=("scenes", "photos"),
                     help="images to generate when no --data-dir: the built-in scenes or real-photo-like JPEGs")
     ap.add_argument("--images", type=int, default=None, help="scenes to generate when no --data-dir")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out",
+                       helps={"device": "training device: cpu (DALI CPU-only) or cuda (GPU mode)"})
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                     else os.cpu_count())
     ap.add_argument("--batches", type=int, default=12, help="timed batches per row and round")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="training device: cpu (DALI CPU-only) or cuda (GPU mode)")
     ap.add_argument("--check", action="store_true", help="run the box/batch contract self-check first")
-    ap.add_argument("--out", default="bench_out", help="folder for the JSON result")
     args = ap.parse_args(argv)
     require_dali()
 

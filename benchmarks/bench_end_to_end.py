@@ -28,7 +28,7 @@ from pixpro_fast.hardware import native_precisions, resolve_precision
 from pixpro_fast.metrics import verdict
 
 from .bench_torch_loader import images_per_second
-from .common import batches_forever, sync, table_with_skips, write_json
+from .common import add_shared_options, batches_forever, rate_columns, sync, table_with_skips, write_json
 
 
 def summarise(waits: list[float], computes: list[float], batch_size: int, loader: str | None = None,
@@ -116,10 +116,11 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
             "device": device, "data_dir": str(data_dir), "rows": rows, "skipped": skipped}
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = (["backend", "wait_fraction", "vs_compute_ceiling", "feed_vs_compute_ceiling", "verdict"]
-            + (["images_per_s", "feed_images_per_s"] if absolute else []))
-    return table_with_skips(result["rows"], cols, result["skipped"])
+def table(result: dict) -> str:
+    rows, rates = rate_columns(result["rows"], result.get("device", "cpu"),
+                               {"images_per_s": "images/s", "feed_images_per_s": "feed images/s"})
+    cols = ["backend", "wait_fraction", rates[0], "vs_compute_ceiling", rates[1], "feed_vs_compute_ceiling", "verdict"]
+    return table_with_skips(rows, cols, result["skipped"])
 
 
 def main(argv=None):
@@ -128,23 +129,20 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--backends", default="torch,dali,ffcv")
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_shared_options(ap, batch_size=32, image_size=128, device="cpu", out="bench_out")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--precision", default="auto",
                     help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (its first steps are skipped)")
     ap.add_argument("--skip", type=int, default=2, help="untimed first steps (start-up, compilation)")
     ap.add_argument("--workers", type=int, default=None, help="loader workers/threads (default: all cores)")
     ap.add_argument("--images", type=int, default=512, help="scenes to generate when no --data-dir")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or ensure_scenes(args.images)
     result = run(data_dir, tuple(args.backends.split(",")), args.arch, args.image_size, args.batch_size, args.steps,
                  skip=args.skip, precision=args.precision, compiled=args.compile, workers=args.workers,
                  device=args.device)
-    print(table(result, absolute=args.device != "cpu"))
+    print(table(result))
     print("wrote", write_json(args.out, "end_to_end.json", result))
     return result
 

@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from benchmarks.common import markdown_table, sync, write_json
+from benchmarks.common import add_shared_options, markdown_table, sync, write_json
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
 from pipelines.torch_loader import build_torch_loader
@@ -84,16 +84,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
     ap.add_argument("--images", type=int, default=256, help="scenes to generate when no --data-dir")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, batch_size=16, image_size=224, device="cpu", rounds=2, out="bench_out")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4, help="timed epochs per mode and round (after one untimed)")
-    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--step-factor", type=float, default=1.5,
                     help="the stand-in step's time over the loader's time per batch")
     ap.add_argument("--recipe", default="byol")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="bench_out", help="folder for the JSON result")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or ensure_scenes(args.images)
     result = run(data_dir, args.batch_size, args.image_size, args.workers, args.epochs, args.rounds,

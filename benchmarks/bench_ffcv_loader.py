@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_torch_loader import decode_loader
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import add_shared_options, markdown_table, write_json
 from pipelines.ffcv_writer import require_ffcv, write_beton
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
@@ -122,15 +122,12 @@ def main(argv=None):
     ap.add_argument("--beton", default=None, help=".beton to use (default: written under --out, reused)")
     ap.add_argument("--max-resolution", type=int, default=512)
     ap.add_argument("--jpeg-quality", type=int, default=90)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out",
+                       helps={"out": "folder for the JSON result (and the .beton)"})
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="FFCV threads / DataLoader workers")
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batches", type=int, default=10, help="timed batches per row and round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="bench_out", help="folder for the JSON result (and the .beton)")
     args = ap.parse_args(argv)
 
     data_dir = Path(args.data_dir) if args.data_dir else benchmark_images(args.source, args.images)

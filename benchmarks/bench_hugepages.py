@@ -93,19 +93,16 @@ def run(argv: list[str], rounds: int = 3, log=print) -> dict:
 
 
 def main(argv=None) -> dict | None:
-    from .common import markdown_table, write_json
+    from .common import add_shared_options, markdown_table, write_json
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_hugepages", description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="pixpro")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_shared_options(ap, batch_size=32, image_size=128, rounds=3, threads=True, out="bench_out",
+                       helps={"rounds": "processes per mode, the modes alternating"})
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--rounds", type=int, default=3, help="processes per mode, the modes alternating")
-    ap.add_argument("--out", default="bench_out")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)

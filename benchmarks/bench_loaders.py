@@ -43,7 +43,7 @@ from pipelines.recipe import BYOL, SWAV_MULTICROP, Recipe, get_recipe
 
 from .baseline_loader import build_baseline_loader
 from .bench_torch_loader import decode_loader, images_per_second
-from .common import table_with_skips, write_json
+from .common import add_shared_options, rate_columns, table_with_skips, write_json
 
 DECODE, TV_DECODE, BASELINE = "decode ceiling", "decode ceiling, torchvision", "baseline (torchvision 2-view)"
 
@@ -268,10 +268,10 @@ def run(data_dir, batch_size: int = 32, image_size: int = 224, workers: int | No
             "warmup_batches": b.warmup, "rates": rates, "rows": table_rows, "skipped": skipped}
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = (["pipeline", "backend", "vs_baseline", "vs_decode_ceiling", "vs_torchvision_decode"]
-            + (["images_per_s"] if absolute else []))
-    return table_with_skips(result["rows"], cols, result["skipped"])
+def table(result: dict) -> str:
+    rows, rate = rate_columns(result["rows"], result.get("device", "cpu"), {"images_per_s": "images/s"})
+    cols = ["pipeline", "backend", *rate, "vs_baseline", "vs_decode_ceiling", "vs_torchvision_decode"]
+    return table_with_skips(rows, cols, result["skipped"])
 
 
 def main(argv=None):
@@ -280,19 +280,15 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None, help="image folder (default: --source)")
     ap.add_argument("--source", default="scenes", choices=("scenes", "photos"),
                     help="images to generate when no --data-dir: the built-in scenes or real-photo-like JPEGs")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, batch_size=32, image_size=224, device="cpu", rounds=2, out="bench_out")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     need = (args.batches + 2 * args.workers + 2) * args.batch_size
     data_dir = args.data_dir or benchmark_images(args.source, -(-need // 512) * 512)
     result = run(data_dir, args.batch_size, args.image_size, args.workers, args.batches, args.rounds,
                  device=args.device, work_dir=args.out)
-    print(table(result, absolute=args.device != "cpu"))
+    print(table(result))
     print("wrote", write_json(args.out, "loaders.json", result))
     return result
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pixpro_fast.loss import pixpro_loss
-from .common import markdown_table, time_interleaved, write_json
+from .common import add_shared_options, default_device, markdown_table, time_interleaved, write_json
 
 
 def straightforward_direction(q, k, coord_q, coord_k, pos_ratio=0.7):
@@ -79,10 +79,9 @@ def run(device="cpu", batches=(64, 128), maps=(7, 14), channels=256, iters=10, c
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_shared_options(ap, device=default_device(), out="bench_out")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="also time the shipped loss under torch.compile")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     rows = run(args.device, iters=args.iters, compiled=args.compile)
     cols = ["device", "B", "map", "C", "straightforward_ms", "shipped_ms", "speedup", "max_abs_value_diff"]

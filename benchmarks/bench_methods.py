@@ -22,10 +22,10 @@ from pipelines.synthetic import SyntheticLoader
 
 from pixpro_fast.hardware import resolve_precision
 
-from .bench_step import matmul_flops_per_sec
-from .common import markdown_table, time_interleaved, write_json
+from .bench_step import MATMUL_DTYPES, matmul_flops_per_sec
+from .common import (add_shared_options, default_device, markdown_table, rate_columns, time_interleaved,
+                     write_json)
 
-MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def method_step(method: str, arch: str, image_size: int, batch_size: int, device: str, precision: str,
@@ -69,28 +69,27 @@ def run(arch="resnet18", image_size=64, batch_size=32, device="cpu", precision="
             "precision": precision, "matmul_precision": matmul_precision, "matmul_flops_per_sec": peak, "rows": rows}
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = ["method", "arch", "gflops_per_image", "step_time_vs_pixpro", "images_per_sec_vs_pixpro", "mfu"]
-    return markdown_table(result["rows"], cols + (["images_per_sec", "tflops_per_sec"] if absolute else []))
+def table(result: dict) -> str:
+    rows, rate = rate_columns(result["rows"], result["device"], {"images_per_sec": "images/s"})
+    cols = ["method", "arch", "gflops_per_image", *rate, "step_time_vs_pixpro", "images_per_sec_vs_pixpro", "mfu",
+            "tflops_per_sec"]
+    return markdown_table(rows, cols)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device=default_device(), out="bench_out")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--methods", help="comma-separated subset (default: all)")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, args.precision, args.iters,
                  args.methods.split(",") if args.methods else None, args.vit_arch)
     print(f"{args.arch}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}; "
           f"mfu against a {result['matmul_precision']} matmul at {result['matmul_flops_per_sec'] / 1e12:.2f} TFLOP/s")
-    print(table(result, absolute=args.device.startswith("cuda")))
+    print(table(result))
     print("wrote", write_json(args.out, "methods.json", result))
     return result
 

@@ -31,7 +31,7 @@ from pixpro_fast.engine import autocast
 from pixpro_fast.hardware import resolve_precision
 
 from .bench_step import StepSetting, pixpro_step
-from .common import markdown_table, time_interleaved, write_json
+from .common import add_shared_options, markdown_table, rate_columns, time_interleaved, write_json
 
 PACKAGE = "pixel_level_contrastive_learning"
 PIP_NAME = "pixel-level-contrastive-learning"
@@ -118,7 +118,8 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, devi
                  "pixelcl_setting": shipped.name + " +kornia augmentations", "pixelcl_augment": True,
                  "ours_step_s": ours, "pixelcl_step_s": theirs, "speedup_vs_pixelcl": theirs / ours})
     for r in rows:
-        r.update(common)
+        r.update(common, ours_images_per_s=batch_size / r["ours_step_s"],
+                 pixelcl_images_per_s=batch_size / r["pixelcl_step_s"])
     return {**common, "optimisers": {"ours": "LARS (engine)", "pixelcl": "Adam lr 1e-4 (its README)"},
             "warmup": warmup, "iters": iters, "rows": rows, "skipped": None}
 
@@ -126,18 +127,17 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, devi
 def table(result: dict) -> str:
     if result.get("skipped"):
         return f"PixelCL comparison skipped: {result['skipped']}"
-    return markdown_table(result["rows"], ["device", "arch", "image_size", "batch_size", "comparison",
-                                           "speedup_vs_pixelcl"])
+    rows, rates = rate_columns(result["rows"], result["device"],
+                               {"ours_images_per_s": "ours images/s", "pixelcl_images_per_s": "PixelCL images/s"})
+    return markdown_table(rows, ["device", "arch", "image_size", "batch_size", "comparison", *rates,
+                                 "speedup_vs_pixelcl"])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device="cpu", out="bench_out")
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     result = run(args.arch, args.image_size, args.batch_size, args.device, iters=args.iters)
     print(table(result))

@@ -20,6 +20,7 @@ from pixpro_fast.methods.denoising_ae import DenoisingAE
 from pixpro_fast.methods.jigsaw import Jigsaw
 from pixpro_fast.methods.relative_location import RelativeLocation
 from pixpro_fast.methods.rotation import Rotation, rotations
+from .common import add_shared_options, default_device
 
 
 def task_of(method, x):
@@ -46,11 +47,9 @@ def timed(fn, device, repeats):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_shared_options(ap, batch_size=32, image_size=64, device=default_device(),
+                       out="benchmarks/results/pretext.json", helps={"out": "the JSON file to write"})
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="benchmarks/results/pretext.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import markdown_table, time_interleaved, write_json
+from benchmarks.common import add_shared_options, markdown_table, time_interleaved, write_json
 from benchmarks.photos import benchmark_images
 from pipelines import resample, sampler
 from pipelines.image_folder import list_images
@@ -101,10 +101,9 @@ def per_view_arguments(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--source", default="photos", choices=("scenes", "photos"))
     ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, image_size=224, out="bench_out")
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--out", default="bench_out")
     return ap
 
 

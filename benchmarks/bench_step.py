@@ -14,8 +14,10 @@ steps (a PixPro "image" is one sample with its two views), so each row reports t
 step's FLOP throughput relative to the supervised step's: above 1 means the PixPro step
 keeps the hardware at least as busy as plain supervised training does. Each row also gives
 its speedup over the fp32 / contiguous / eager PixPro step of the same run and its model
-FLOP utilisation against a large bf16 ``torch.matmul`` timed on the same device in the
-same run (on a GPU, that is MFU against the GPU's achievable bf16 matmul rate).
+FLOP utilisation against a large ``torch.matmul`` timed on the same device in the same run:
+a bf16 matmul where the device has native bf16 (on a GPU, MFU against its achievable bf16
+matmul rate), else an fp32 one; the column says which (``mfu_vs_bf16_matmul`` or
+``mfu_vs_fp32_matmul``), and ``mfu_reference`` in the result.
 
 A precision the device only emulates (bf16 on a CPU without bf16 instructions, fp16 on
 most CPUs; see :mod:`pixpro_fast.hardware`) is listed as skipped, with why, unless
@@ -46,11 +48,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer, autocast
-from pixpro_fast.hardware import emulated_reason
+from pixpro_fast.hardware import emulated_reason, native_precisions
 from pixpro_fast.methods.pixpro import PixPro
 from pipelines.synthetic import SyntheticLoader
 
-from .common import markdown_table, sync, time_interleaved, write_json
+from .common import add_shared_options, markdown_table, rate_columns, sync, time_interleaved, write_json
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -175,6 +177,9 @@ def supervised_step(arch: str, image_size: int, batch_size: int, setting: StepSe
 
 # -- FLOPs and the matmul rate ------------------------------------------------------------
 
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _count(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -239,8 +244,8 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
                 log(f"  step {arch} {s.name}: skipped ({reason})")
     flops_pix = pixpro_flops_per_image(arch, image_size, proj_hidden_dim=proj_hidden_dim)
     flops_sup = supervised_flops_per_image(arch, image_size)
-    matmul = {"bf16": matmul_flops_per_sec(device, torch.bfloat16, matmul_n),
-              "fp32": matmul_flops_per_sec(device, torch.float32, matmul_n)}
+    reference = mfu_reference(device)
+    matmul = {p: matmul_flops_per_sec(device, MATMUL_DTYPES[p], matmul_n) for p in dict.fromkeys((reference, "fp32"))}
 
     fns = {}
     for s in settings:
@@ -278,13 +283,13 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
                 "speedup_vs_fp32_eager": base / t_pix,
                 "flop_throughput_ratio": pix_rate / sup_rate,
                 "pixpro_flops_per_s": pix_rate, "supervised_flops_per_s": sup_rate,
-                "mfu_vs_bf16_matmul": pix_rate / matmul["bf16"],
-                "supervised_mfu_vs_bf16_matmul": sup_rate / matmul["bf16"],
+                f"mfu_vs_{reference}_matmul": pix_rate / matmul[reference],
+                f"supervised_mfu_vs_{reference}_matmul": sup_rate / matmul[reference],
             })
         return {"device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
                 "proj_hidden_dim": proj_hidden_dim, "warmup": warmup, "iters": iters,
                 "flops_per_image": {"pixpro": flops_pix, "supervised": flops_sup, "ratio": flops_pix / flops_sup},
-                "matmul_flops_per_s": matmul, "rows": rows, "skipped": skipped}
+                "matmul_flops_per_s": matmul, "mfu_reference": reference, "rows": rows, "skipped": skipped}
 
     def partial(times: dict, rounds: int) -> None:
         if on_partial is not None:
@@ -293,20 +298,24 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
     return result(time_interleaved(fns, device, warmup=warmup, iters=iters, on_round=partial))
 
 
-def table(result: dict, absolute: bool = False) -> str:
-    cols = ["device", "arch", "image_size", "setting", "speedup_vs_fp32_eager", "flop_throughput_ratio",
-            "mfu_vs_bf16_matmul"]
-    if absolute:
-        cols += ["pixpro_images_per_s", "supervised_images_per_s"]
-    return markdown_table(result["rows"], cols)
+def mfu_reference(device: str) -> str:
+    """The matmul precision MFU is held to: bf16 only where it is native on ``device`` (an
+    emulated bf16 matmul is slow, so a utilisation against it would flatter the step)."""
+    return "bf16" if "bf16" in native_precisions(device) else "fp32"
+
+
+def table(result: dict) -> str:
+    rows, rates = rate_columns(result["rows"], result["device"], {"pixpro_images_per_s": "PixPro images/s",
+                                                                  "supervised_images_per_s": "supervised images/s"})
+    mfu = f"mfu_vs_{result.get('mfu_reference', 'bf16')}_matmul"
+    cols = ["device", "arch", "image_size", "setting", *rates, "speedup_vs_fp32_eager", "flop_throughput_ratio", mfu]
+    return markdown_table(rows, cols)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    add_shared_options(ap, batch_size=32, image_size=64, device="cpu", out="bench_out")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--compiled", default="best", choices=["none", "best", "channels-last", "all"])
     ap.add_argument("--iters", type=int, default=5)
@@ -317,7 +326,6 @@ def main(argv=None):
                          "precision and one row per lever on top of it (concat-views, compile modes)")
     ap.add_argument("--only", metavar="LEVERS", default=None,
                     help=f"with --levers: a comma-separated subset of {', '.join(LEVERS)} (default: all)")
-    ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     only = tuple(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
     if only is not None and not args.levers:
@@ -331,7 +339,7 @@ def main(argv=None):
         settings = settings_grid(tuple(args.precisions.split(",")), args.compiled)
     result = run(args.arch, args.image_size, args.batch_size, settings, args.device, iters=args.iters,
                  emulated=args.emulated, on_partial=lambda partial: write_json(args.out, "step.json", partial))
-    print(table(result, absolute=args.device != "cpu"))
+    print(table(result))
     print("wrote", write_json(args.out, "step.json", result))
     return result
 

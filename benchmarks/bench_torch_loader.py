@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from benchmarks.baseline_loader import build_baseline_loader
-from benchmarks.common import batches_forever, markdown_table, steady_rate, sync, write_json
+from benchmarks.common import add_shared_options, batches_forever, markdown_table, steady_rate, sync, write_json
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
@@ -105,16 +105,12 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None, help="image folder (default: the built-in scenes)")
     ap.add_argument("--images", type=int, default=None,
                     help="scenes to generate when no --data-dir (default: enough for one pass)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--image-size", type=int, default=224)
+    add_shared_options(ap, batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out")
     ap.add_argument("--recipe", default="byol")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--batches", type=int, default=12,
                     help="timed batches per pipeline and round (at least 4 per worker)")
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpu-batches", type=int, default=2, help="batches per in-process CPU-cost measurement")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="bench_out", help="folder for the JSON result")
     args = ap.parse_args(argv)
 
     warmup = 2 * args.workers + 2  # drains the prefetch queue (prefetch_factor 2 per worker)

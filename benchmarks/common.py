@@ -1,6 +1,7 @@
 """Small shared pieces of the benchmark scripts: timing, tables, JSON, machine description."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,6 +10,34 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_shared_options(ap: argparse.ArgumentParser, *, batch_size: int | None = None, image_size: int | None = None,
+                       device: str | None = None, rounds: int | None = None, threads: bool = False,
+                       out: str | None = None, helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """Add the options many benchmarks share (``--batch-size``, ``--image-size``, ``--device``,
+    ``--rounds``, ``--threads``, ``--out``), each with this benchmark's default. An option whose
+    default is None is left out; ``threads=True`` adds ``--threads`` (default: torch's count).
+    ``helps`` replaces an option's help text, keyed by its dest (``rounds``, ``out``, ...)."""
+    helps = helps or {}
+    options = [("--batch-size", batch_size, int, "images per batch"),
+               ("--image-size", image_size, int, "side of each view in pixels"),
+               ("--device", device, str, "cpu or cuda"),
+               ("--rounds", rounds, int, "timed rounds, the median reported")]
+    for flag, default, kind, text in options:
+        if default is not None:
+            dest = flag[2:].replace("-", "_")
+            ap.add_argument(flag, type=kind, default=default, help=f"{helps.get(dest, text)} (default: {default})")
+    if threads:
+        ap.add_argument("--threads", type=int, default=None,
+                        help=helps.get("threads", "torch intra-op threads (default: torch's)"))
+    if out is not None:
+        ap.add_argument("--out", default=out, help=f"{helps.get('out', 'folder for the JSON result')} (default: {out})")
+    return ap
 
 
 def sync(device) -> None:
@@ -95,6 +124,23 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def device_label(device) -> str:
+    """The device a rate was measured on, by name where it has one (a GPU's model)."""
+    d = torch.device(device)
+    if d.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(d)
+    return d.type
+
+
+def rate_columns(rows: list[dict], device, rates: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """The rows with each rate (``{key: label}``, images/sec) also under a column that names the
+    device, e.g. ``images/s (cpu)``; returns the rows and those column names."""
+    where = device_label(device)
+    names = {key: f"{label} ({where})" for key, label in rates.items()}
+    rows = [{**r, **{name: r[key] for key, name in names.items() if key in r}} for r in rows]
+    return rows, list(names.values())
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

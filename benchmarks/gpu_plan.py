@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bench_torch_loader import timed_batches
-from .common import machine
+from .common import add_shared_options, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADER_BATCHES = 12   # timed batches per loader row (at least 4 per worker)
@@ -210,9 +210,8 @@ def select(parts: list[Part], names: str | None) -> list[Part]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="gpu_out", help="output folder (default: gpu_out/)")
+    add_shared_options(ap, device="cuda", out="gpu_out", helps={"out": "output folder, one sub-folder a part"})
     ap.add_argument("--parts", default=None, help="comma-separated subset, in the order given (default: all)")
-    ap.add_argument("--device", default="cuda")
     ap.add_argument("--list", action="store_true", help="print the parts and their commands, run nothing")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="the whole plan's seconds (a device lease): each part's limit is cut to what is left, "

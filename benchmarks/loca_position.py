@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import markdown_table, write_json
+from benchmarks.common import add_shared_options, markdown_table, write_json
 from pipelines import build_loader, get_recipe
 from pipelines.scenes import ensure_scenes
 from pixpro_fast.methods.loca import PositionHead, patch_position_labels
@@ -126,15 +126,13 @@ def run(image_size: int = 128, arch: str = "vit_tiny_patch16", scenes: int = 102
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.loca_position", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--image-size", type=int, default=128)
+    add_shared_options(ap, batch_size=32, image_size=128, out="bench_out/loca_position")
     ap.add_argument("--arch", default="vit_tiny_patch16", choices=sorted(VIT_ARCHS))
     ap.add_argument("--scenes", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--head-steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default="bench_out/loca_position")
     args = ap.parse_args(argv)
     try:
         result = run(args.image_size, args.arch, args.scenes, args.batch_size, args.head_steps, args.lr,

@@ -78,7 +78,7 @@ from pixpro_fast.methods import METHODS
 from pixpro_fast.pair_losses import PAIR_LOSSES
 from pixpro_fast.vit import PATCH
 
-from .common import markdown_table, write_json
+from .common import add_shared_options, markdown_table, write_json
 
 REFERENCE = "pixpro"
 # a row METHOD:VARIANT trains METHOD with one config field set to VARIANT: the method, the
@@ -386,8 +386,10 @@ def main(argv=None) -> dict:
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    ap.add_argument("--image-size", type=int, default=64, help="pretraining image size")
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_shared_options(ap, batch_size=32, image_size=64, threads=True, out="bench_out/quality",
+                       helps={"image_size": "pretraining image size", "out": "output folder",
+                              "threads": "torch intra-op threads (default: torch's); 1 on a shared 2-core machine, "
+                                         "where a second thread mostly waits for a busy core"})
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
     ap.add_argument("--lars-trust", type=float, default=0.02,
                     help="LARS trust coefficient of the methods that use LARS (the paper's 0.001 barely moves "
@@ -396,16 +398,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--precision", default="auto",
                     help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
     ap.add_argument("--workers", type=int, default=None, help="loader worker processes")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's); 1 on a shared 2-core machine, where a "
-                         "second thread mostly waits for a busy core")
     ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
     ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
     ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
     ap.add_argument("--probe-train-images", type=int, default=probe.ProbeConfig.train_images)
     ap.add_argument("--probe-val-images", type=int, default=probe.ProbeConfig.val_images)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench_out/quality")
     args = ap.parse_args(argv)
     try:
         methods = parse_methods(args.methods, reference=not args.no_reference, pair_losses=args.pair_losses)

@@ -120,18 +120,18 @@ def markdown(result: dict) -> str:
         ld = s["loaders"]
         lines += ["## Loaders", "", f"{ld['images']} images, batch {ld['batch_size']}, {ld['image_size']}px, "
                   f"{ld['workers']} workers, recipe {ld['recipe']}, median of {ld['rounds']} rounds.", "",
-                  bench_loaders.table(ld, absolute=bool(gpu)), ""]
+                  bench_loaders.table(ld), ""]
     for sec in s.get("step") or []:
         f = sec["flops_per_image"]
         lines += [f"## Step: {sec['device']} {sec['arch']} at {sec['image_size']}px, batch {sec['batch_size']}", "",
                   f"FLOPs per image: PixPro {f['pixpro'] / 1e9:.3g} G, supervised {f['supervised'] / 1e9:.3g} G "
-                  f"(ratio {f['ratio']:.2f}).", "", bench_step.table(sec, absolute=sec["device"] == "cuda"), ""]
+                  f"(ratio {f['ratio']:.2f}).", "", bench_step.table(sec), ""]
         for sk in sec["skipped"]:
             lines.append(f"- {sk['setting']}: skipped ({sk['reason']})")
     if s.get("end_to_end"):
         e = s["end_to_end"]
         lines += [f"## End to end: {e['arch']} at {e['image_size']}px, batch {e['batch_size']}, {e['precision']}, "
-                  f"{e['workers']} workers, {e['steps']} steps", "", bench_end_to_end.table(e, absolute=bool(gpu)), ""]
+                  f"{e['workers']} workers, {e['steps']} steps", "", bench_end_to_end.table(e), ""]
     for sec in s.get("peers") or []:
         lines += [f"## Peers: {sec['device']} {sec['arch']} at {sec['image_size']}px, batch {sec['batch_size']}", "",
                   bench_peers.table(sec), ""]
@@ -169,16 +169,16 @@ def run(mode: str = "quick", out: str | Path = "bench_out", sections=SECTIONS, d
         log(f"== {name}")
         if name == "loaders":
             res = bench_loaders.run(data_dir, backends=backends, work_dir=out, log=log, **p["loaders"])
-            log(bench_loaders.table(res, absolute=cuda))
+            log(bench_loaders.table(res))
         elif name == "step":
             res = []
             for job in p["step"]:
                 res.append(bench_step.run(log=log, **job))
-                log(bench_step.table(res[-1], absolute=job["device"] == "cuda"))
+                log(bench_step.table(res[-1]))
         elif name == "end_to_end":
             res = bench_end_to_end.run(data_dir, backends=backends, data_for=_data_for(backends, data_dir, out),
                                        log=log, **p["end_to_end"])
-            log(bench_end_to_end.table(res, absolute=cuda))
+            log(bench_end_to_end.table(res))
         else:
             res = []
             for job in p["peers"]:

@@ -486,14 +486,21 @@ class TorchLoader:
         """The pass's raw batches. With persistent workers they come from one stream that runs
         on into the following epochs, so the workers prepare the next epoch's first batches
         while this one ends; a pass that does not start where the stream stands (a
-        ``set_epoch`` elsewhere, an abandoned pass) starts the stream again there."""
+        ``set_epoch`` elsewhere, an abandoned pass) starts the stream again there.
+
+        The DataLoader's iterator, which forks the worker processes, is made here, in the
+        caller's thread, not lazily in the colour thread that reads the batches: a fork from a
+        thread other than the one that started numba's TBB pool (FFCV starts it on import)
+        leaves TBB in an undefined state in the workers, and numba says so on stderr."""
         if self.num_workers > 0 and getattr(self._loader, "_iterator", None) is None:
             gc.collect()  # finalise garbage here, not in the workers about to be forked (a finaliser may hang there)
         if not self.plan.run_on:
-            yield from self._loader
-            return
+            return iter(self._loader)
         if self._stream is None or self._stream_at != (epoch, start):
             self._stream = iter(self._loader)   # (re)starts the sampler at the cursor
+        return self._stream_batches(epoch, start)
+
+    def _stream_batches(self, epoch: int, start: int) -> Iterator:
         last = self.plan.num_batches() - 1
         for b in range(start, last + 1):
             raw = next(self._stream)
@@ -502,11 +509,11 @@ class TorchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.plan.cursor.begin_pass()
-        made = (self._to_batch(raw) for raw in self._raw_batches(epoch, start))
         # on a CPU device the colour pass runs in a thread beside the consumer
         thread = "torch-colour" if self.colour == "device" and self.device.type == "cpu" else None
         remaining = self.plan.num_batches() - start
         try:
+            made = (self._to_batch(raw) for raw in self._raw_batches(epoch, start))   # workers start here
             for batch in hand_over(self, made, thread):  # stops the colour thread before the workers below
                 remaining -= 1
                 yield batch

@@ -41,6 +41,7 @@ def smoke(tmp_path_factory):
                            "--backends", "torch", "--threads", "1", "--no-cuda"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Attempted to fork" not in proc.stderr
     return out, json.loads((out / "suite.json").read_text()), proc.stdout
 
 
@@ -56,6 +57,10 @@ def test_smoke_writes_json_markdown_and_chart(smoke):
     for heading in ("## Loaders", "## Step", "## End to end", "## Peers", "## Summary"):
         assert heading in md
     assert "| pipeline |" in stdout and "speedup_vs_fp32_eager" in stdout
+    # every table gives the absolute rate, the device named, beside its ratios
+    for header in ("| images/s (cpu) |", "| PixPro images/s (cpu) |", "| feed images/s (cpu) |"):
+        assert header in stdout and header in md
+    assert ("mfu_vs_bf16_matmul" in stdout) == ("bf16" in native_precisions("cpu"))
 
 
 def test_smoke_loader_ratios_match_rates(smoke):
@@ -92,8 +97,10 @@ def test_smoke_step_ratios_match_times(smoke):
         assert close(r["flop_throughput_ratio"],
                      flops["pixpro"] * r["supervised_step_s"] / (flops["supervised"] * r["pixpro_step_s"]))
         assert close(r["pixpro_images_per_s"], sec["batch_size"] / r["pixpro_step_s"])
-        assert 0 < r["mfu_vs_bf16_matmul"]
-        assert close(r["mfu_vs_bf16_matmul"], r["pixpro_flops_per_s"] / sec["matmul_flops_per_s"]["bf16"])
+        ref = "bf16" if "bf16" in native_precisions("cpu") else "fp32"   # bf16 MFU only where native
+        assert sec["mfu_reference"] == ref and f"mfu_vs_{'fp32' if ref == 'bf16' else 'bf16'}_matmul" not in r
+        assert 0 < r[f"mfu_vs_{ref}_matmul"]
+        assert close(r[f"mfu_vs_{ref}_matmul"], r["pixpro_flops_per_s"] / sec["matmul_flops_per_s"][ref])
 
 
 def test_smoke_end_to_end_split_and_verdict(smoke):
@@ -182,6 +189,24 @@ def test_batches_forever_runs_across_epochs_with_their_own_order():
     assert [next(batches_forever([1, 2])) for _ in range(2)] == [1, 1]   # no set_epoch: a plain iterable
 
 
+def test_loader_section_forks_its_workers_without_numba_warnings(tmp_path):
+    """numba's TBB pool (started on the main thread, as importing FFCV does) warns on stderr when
+    a process forks from another thread: the torch loader starts its workers in the consumer's
+    thread, not in its colour thread."""
+    data = image_folder(tmp_path / "data", n=12)
+    script = (
+        "import numba\n"
+        "numba.get_num_threads()   # starts numba's thread pool here, on the main thread\n"
+        "from benchmarks import bench_loaders\n"
+        f"bench_loaders.run({str(data)!r}, batch_size=2, image_size=32, workers=1, batches=1, rounds=1,\n"
+        f"                  backends=('torch',), work_dir={str(tmp_path)!r}, log=lambda *a: None)\n"
+        "print('layer', numba.threading_layer())\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layer " in proc.stdout and "Attempted to fork" not in proc.stderr
+
+
 def test_end_to_end_runs_past_an_epoch_and_reports_the_feed_rate(tmp_path):
     """More steps than one pass holds: the run goes on into the next epoch instead of being
     skipped, and the loader's own rate (no step) stands beside the step's."""
@@ -254,6 +279,33 @@ def test_step_levers_are_rows_beside_the_step_they_change():
     assert bench_step.supervised_setting(only[1]) == only[0]
     assert (rows["fp32/channels-last/eager +concat-views"]["supervised_step_s"]
             == rows["fp32/channels-last/eager"]["supervised_step_s"])
+
+
+def test_step_mfu_is_held_to_bf16_only_where_bf16_is_native(monkeypatch):
+    """On a device without native bf16 the table has no "vs bf16 matmul" column: MFU is held to
+    an fp32 matmul and the column says so; the rate column names the device."""
+    monkeypatch.setattr(bench_step, "native_precisions", lambda device: ("fp32",))
+    monkeypatch.setattr(bench_step, "pixpro_flops_per_image", lambda *a, **k: 3e9)
+    monkeypatch.setattr(bench_step, "supervised_flops_per_image", lambda *a, **k: 1e9)
+    result = bench_step.run("resnet18", 32, 2, [bench_step.BASELINE], "cpu", warmup=0, iters=1, proj_hidden_dim=32,
+                            matmul_n=64, log=lambda *a: None)
+    assert result["mfu_reference"] == "fp32" and set(result["matmul_flops_per_s"]) == {"fp32"}
+    (row,) = result["rows"]
+    assert close(row["mfu_vs_fp32_matmul"], row["pixpro_flops_per_s"] / result["matmul_flops_per_s"]["fp32"])
+    assert "mfu_vs_bf16_matmul" not in row
+    text = bench_step.table(result)
+    assert "mfu_vs_fp32_matmul" in text and "bf16" not in text.splitlines()[0]
+    assert "| PixPro images/s (cpu) | supervised images/s (cpu) |" in text
+
+
+def test_peers_table_gives_both_rates_beside_the_ratio():
+    row = {"device": "cpu", "arch": "resnet18", "image_size": 64, "batch_size": 8, "comparison": "same setting",
+           "ours_step_s": 0.5, "pixelcl_step_s": 1.0, "speedup_vs_pixelcl": 2.0,
+           "ours_images_per_s": 16.0, "pixelcl_images_per_s": 8.0}
+    text = bench_peers.table({"device": "cpu", "rows": [row], "skipped": None})
+    header, _, line = text.splitlines()
+    assert "| ours images/s (cpu) | PixelCL images/s (cpu) | speedup_vs_pixelcl |" in header
+    assert "| 16 | 8 | 2 |" in line
 
 
 def test_bench_step_writes_its_json_after_every_round(tmp_path, monkeypatch):
@@ -449,6 +501,87 @@ def test_every_gpu_plan_part_parses_with_its_benchmark(monkeypatch, tmp_path):
         timed = bench_torch_loader.timed_batches(ns.batches, ns.workers)
         assert timed >= 4 * ns.workers
         assert ns.workers == int(cores) and ns.images >= (timed + 2 * ns.workers + 2) * ns.batch_size
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def test_command_line_lists_each_benchmark_once_and_the_tools_apart(capsys):
+    from benchmarks import __main__ as cli
+    for argv in ([], ["list"], ["--help"]):
+        assert cli.main(argv) is None
+        out = capsys.readouterr().out
+        benchmarks_part, tools_part = out.split("evaluations and tools:")
+        for name in cli.BENCHMARKS:
+            assert f"\n  {name} " in benchmarks_part
+        for name in ("quality", "loca_position", "gpu_plan"):
+            assert f"\n  {name} " in tools_part and f"\n  {name} " not in benchmarks_part
+    # every bench_ module is listed; the helpers are not listed as benchmarks
+    modules = {entry[0] for entry in cli.BENCHMARKS.values()}
+    assert {p.stem for p in (ROOT / "benchmarks").glob("bench_*.py")} <= modules
+    assert not {"quality", "loca_position", "photos", "chart", "common", "baseline_loader", "gpu_plan"} & modules
+
+
+def test_command_line_runs_one_benchmark_by_name(monkeypatch, capsys):
+    from benchmarks import __main__ as cli
+    from benchmarks import suite
+    calls = []
+    monkeypatch.setattr(bench_step, "main", lambda argv: calls.append(("step", argv)) or "ran")
+    monkeypatch.setattr(suite, "run", lambda mode, out, *a, **k: calls.append(("suite", mode, out)))
+    assert cli.main(["step", "--iters", "1"]) == "ran"
+    cli.main(["bench_step"])
+    cli.main(["suite", "--smoke", "--out", "o"])
+    cli.main(["--quick"])   # options alone: the suite, as before
+    cli.main(["suite"])
+    assert calls == [("step", ["--iters", "1"]), ("step", []), ("suite", "smoke", "o"),
+                     ("suite", "quick", "bench_out"), ("suite", "full", "bench_out")]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["no_such_benchmark"])
+    assert stop.value.code == 2 and "unknown benchmark 'no_such_benchmark'" in capsys.readouterr().err
+
+
+def test_shared_options_keep_each_benchmarks_defaults(monkeypatch):
+    """The shared flags come from common.add_shared_options, each with the default the
+    benchmark had before; options a benchmark does not take are not added."""
+    import argparse
+    import importlib
+    from benchmarks.common import add_shared_options, default_device
+    ap = add_shared_options(argparse.ArgumentParser(), batch_size=8, rounds=2, out="o", helps={"rounds": "processes"})
+    ns = ap.parse_args([])
+    assert vars(ns) == {"batch_size": 8, "rounds": 2, "out": "o"}
+    assert "processes (default: 2)" in ap.format_help()
+    assert ap.parse_args(["--batch-size", "3"]).batch_size == 3
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    gpu = default_device()
+    expected = {
+        "bench_attention": dict(batch_size=32, device=gpu, threads=None, out="bench_out"),
+        "bench_end_to_end": dict(batch_size=32, image_size=128, device="cpu", out="bench_out"),
+        "bench_epoch_turn": dict(batch_size=16, image_size=224, device="cpu", rounds=2, out="bench_out"),
+        "bench_hugepages": dict(batch_size=32, image_size=128, rounds=3, threads=None, out="bench_out"),
+        "bench_loaders": dict(batch_size=32, image_size=224, device="cpu", rounds=2, out="bench_out"),
+        "bench_loss": dict(device=gpu, out="bench_out"),
+        "bench_methods": dict(batch_size=32, image_size=64, device=gpu, out="bench_out"),
+        "bench_peers": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
+        "bench_pretext": dict(batch_size=32, image_size=64, device=gpu, out="benchmarks/results/pretext.json"),
+        "bench_resample": dict(image_size=224, out="bench_out"),
+        "bench_colour": dict(image_size=224, out="bench_out"),
+        "bench_step": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
+        "bench_torch_loader": dict(batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out"),
+        "quality": dict(batch_size=32, image_size=64, threads=None, out="bench_out/quality"),
+        "loca_position": dict(batch_size=32, image_size=128, out="bench_out/loca_position"),
+        "gpu_plan": dict(device="cuda", out="gpu_out"),
+    }
+    for module, defaults in expected.items():
+        with pytest.raises(_Parsed) as parsed:
+            importlib.import_module(f"benchmarks.{module}").main([])
+        ns = vars(parsed.value.args[0])
+        assert {k: ns[k] for k in defaults} == defaults, module
+        shared = {"batch_size", "image_size", "device", "rounds", "threads", "out"}
+        assert shared & set(ns) == set(defaults), module
 
 
 def test_gpu_plan_runs_on_past_a_failed_a_timed_out_and_a_skipped_part(tmp_path):
