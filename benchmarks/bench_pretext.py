@@ -48,7 +48,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
     add_shared_options(ap, batch_size=32, image_size=64, device=default_device(),
-                       out="benchmarks/results/pretext.json", helps={"out": "the JSON file to write"})
+                       out="bench_out/pretext.json", helps={"out": "the JSON file to write"})
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     device = torch.device(args.device)

@@ -566,7 +566,7 @@ def test_shared_options_keep_each_benchmarks_defaults(monkeypatch):
         "bench_loss": dict(device=gpu, out="bench_out"),
         "bench_methods": dict(batch_size=32, image_size=64, device=gpu, out="bench_out"),
         "bench_peers": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
-        "bench_pretext": dict(batch_size=32, image_size=64, device=gpu, out="benchmarks/results/pretext.json"),
+        "bench_pretext": dict(batch_size=32, image_size=64, device=gpu, out="bench_out/pretext.json"),
         "bench_resample": dict(image_size=224, out="bench_out"),
         "bench_colour": dict(image_size=224, out="bench_out"),
         "bench_step": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
