@@ -8,6 +8,11 @@ import sys
 from .config import PRESETS_DIR, ConfigError, TrainConfig, field_type
 
 SUBCOMMANDS = ("train", "export", "eval")
+EPILOG = ("Ctrl-C (SIGINT), SIGTERM and SIGUSR1 finish the step in progress, write a checkpoint and exit; "
+          "a second signal aborts at once. Exit status: 0 the run ended (schedule or --max-steps done); "
+          "2 a bad setting, a refused resume, a diverged run or a full disk; 128 + the signal's number when "
+          "stopped by a signal (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1), so a scheduler sees the run as unfinished. "
+          "Running the same command again resumes from the newest checkpoint in --out.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +101,8 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         return 0
     ap = _Parser(prog="train.py", description="PixPro pretraining. Subcommands: train (default), export, eval "
-                                              "(dense linear probe). Every TrainConfig field is a flag.")
+                                              "(dense linear probe). Every TrainConfig field is a flag.",
+                 epilog=EPILOG)
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
@@ -119,7 +125,7 @@ def main(argv=None) -> int:
     except CheckpointWriteError as e:
         print(f"error: {e.strerror}", file=sys.stderr)
         return 2
-    except AbortRun:
+    except AbortRun as e:
         print("\naborted at once: nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
-    return 130 if result.status == "interrupted" else 0
+        return 128 + e.signum
+    return 128 + result.signal if result.status == "interrupted" else 0

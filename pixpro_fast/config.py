@@ -184,6 +184,9 @@ class TrainConfig:
     out: str = _opt("runs/pixpro", "output folder: checkpoints, metrics.jsonl, tb/", "apply")
     log_every: int = _opt(10, "optimiser steps between metric lines", "apply", min=1)
     ckpt_every: int = _opt(500, "optimiser steps between checkpoints (0: epoch ends only)", "apply", min=0)
+    ckpt_every_minutes: float = _opt(30.0, "also write a checkpoint when this many minutes of wall time have passed "
+                                     "since the last one, so a kill -9 loses at most that much work (0: off)",
+                                     "apply", min=0)
     keep_ckpts: int = _opt(3, "newest checkpoints kept in --out", "apply", min=1)
     resume: bool = _opt(True, "continue from the newest checkpoint in --out when there is one", "apply")
     tensorboard: bool = _opt(True, "write TensorBoard events to --out/tb when TensorBoard is installed", "apply")
