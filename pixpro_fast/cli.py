@@ -107,8 +107,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        from .training import resolve_device
-        resolve_device(cfg.device)
+        from .training import check_sync_bn, resolve_device
+        from .engine import dist_info
+        _, world_size, local_rank = dist_info()
+        check_sync_bn(cfg, resolve_device(cfg.device, local_rank), world_size)   # before any process group
     except (ValueError, FileNotFoundError) as e:
         ap.error(error_line(e))
     from .checkpoint import CheckpointWriteError

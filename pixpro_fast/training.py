@@ -44,6 +44,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def check_sync_bn(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
+    """A :class:`ConfigError` naming ``sync_bn`` when it would fail: several processes on a
+    device other than CUDA (PyTorch's SyncBatchNorm runs only on GPUs). In a single process
+    there is nothing to synchronise and the flag is left unused on any device, so a GPU
+    command tried on one CPU still runs."""
+    if cfg.sync_bn and world_size > 1 and device.type != "cuda":
+        raise ConfigError("sync_bn", f"needs CUDA devices: SyncBatchNorm runs only on GPUs, and these "
+                                     f"{world_size} processes train on {device.type}; drop --sync-bn for CPU runs")
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a resolved precision (fp32: none)."""
     if precision == "fp32":
@@ -189,6 +199,7 @@ def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | N
     peak_lr = scaled_lr(cfg.base_lr, global_batch, cfg.lr_scaling)
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 
+    check_sync_bn(cfg, device, world_size)
     method = build_method(cfg)
     if cfg.sync_bn and world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
