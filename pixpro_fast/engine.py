@@ -402,18 +402,18 @@ class Trainer:
         except KeyboardInterrupt:   # a stop signal (or a SIGINT where no handler could be installed)
             status = "interrupted"
             self._stop_signal = self._stop_signal or signal.SIGINT
-            by = f" by {signal_label(self._stop_signal)}"
+            by = signal_label(self._stop_signal)
             try:
                 if win["stats"] is not None and not math.isfinite(float(win["stats"][0])):
                     raise NonFiniteLossError(self._divergence_message(f"the loss became {float(win['stats'][0])}"))
                 if self._saved_step != self.step:   # not saved at this step already (--ckpt-every)
                     last_ckpt = self.save() or last_ckpt
                 if self.is_main:
-                    print(f"\ninterrupted{by}: saved {last_ckpt or resumed} at step {self.step}; run again to resume",
+                    print(f"\ninterrupted: saved {last_ckpt or resumed} at step {self.step} ({by}); run again to resume",
                           file=self.log_stream)
             except NonFiniteLossError as e:
                 if self.is_main:
-                    print(f"\ninterrupted{by}, nothing saved: {e}", file=self.log_stream)
+                    print(f"\ninterrupted ({by}), nothing saved: {e}", file=self.log_stream)
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
