@@ -415,8 +415,8 @@ class Trainer:
                 if self.is_main:
                     print(f"\ninterrupted ({by}), nothing saved: {e}", file=self.log_stream)
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+            for signum, handler in previous_handlers.items():   # None: one not set from Python, not restorable
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
             logger.close()
             if profiler is not None:
                 self._finish_profiler(profiler)
