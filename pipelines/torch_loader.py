@@ -34,8 +34,11 @@ epoch order).
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -406,6 +409,36 @@ def _no_collate(item):
     return item
 
 
+def _stop_signals_from_owner_only(owner: int, worker_id: int) -> None:
+    """A worker ends on SIGTERM or SIGUSR1 only when ``owner``, the process that iterates the
+    loader, sent it (the DataLoader's and multiprocessing's shutdown) or has gone. Slurm and
+    torchrun send these signals to every process of a job; the training process handles them
+    (finish the step, save), and a worker killed by one would fail the batch that process may
+    be waiting for. The signals are blocked in the worker and read by a thread that sees the
+    sender."""
+    if not hasattr(signal, "sigwaitinfo"):   # not on macOS or Windows: the default actions stay
+        return
+    stops = {signal.SIGTERM, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)   # threads started later inherit the mask
+
+    def wait():
+        while True:
+            info = signal.sigwaitinfo(stops)
+            if info.si_pid == owner or not _alive(owner):
+                os._exit(128 + info.si_signo)
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 # --------------------------------------------------------------------------- main-process side
 
 def normalise_uint8(views: torch.Tensor, mean, std) -> torch.Tensor:
@@ -448,6 +481,7 @@ class TorchLoader:
         self._loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, sampler=self.plan, num_workers=self.num_workers,
             collate_fn=_no_collate, pin_memory=pin_memory,
+            worker_init_fn=functools.partial(_stop_signals_from_owner_only, os.getpid()),
             prefetch_factor=(prefetch_factor or 2) if workers else None,
             persistent_workers=(workers if persistent_workers is None else persistent_workers and workers))
         # persistent workers read on into the next epoch while this one is consumed: one stream

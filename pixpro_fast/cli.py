@@ -9,6 +9,11 @@ import sys
 from .config import PRESETS_DIR, ConfigError, TrainConfig, field_owners, field_type
 
 SUBCOMMANDS = ("train", "export", "eval", "finetune")
+EPILOG = ("Ctrl-C (SIGINT), SIGTERM and SIGUSR1 finish the step in progress, write a checkpoint and exit; "
+          "a second signal aborts at once. Exit status: 0 the run ended (schedule or --max-steps done); "
+          "2 a bad setting, a refused resume, a diverged run or a full disk; 128 + the signal's number when "
+          "stopped by a signal (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1), so a scheduler sees the run as unfinished. "
+          "Running the same command again resumes from the newest checkpoint in --out.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +81,7 @@ def error_line(exc: Exception, cfg: TrainConfig | None = None) -> str:
         return f"{flag_name(exc.key)} {exc.detail}"
     if source.endswith("'s defaults"):
         return f"{exc.key} (from {source}) {exc.detail}"
-    return f"{exc.key} in {source} {exc.detail} (change it there, or override it with {flag_name(exc.key)})"
+    return f"{exc.key} in {source}: {exc.detail}"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -123,13 +128,16 @@ def main(argv=None) -> int:
                                               "export (the encoder of a checkpoint, for sharing: train.py export "
                                               "--help), eval (dense linear probe of a checkpoint: train.py eval "
                                               "--help), finetune (supervised evaluation by fine-tuning: "
-                                              "train.py finetune --help).")
+                                              "train.py finetune --help).",
+                 epilog=EPILOG)
     add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        from .training import resolve_device
-        resolve_device(cfg.device)
+        from .training import check_sync_bn, resolve_device
+        from .engine import dist_info
+        _, world_size, local_rank = dist_info()
+        check_sync_bn(cfg, resolve_device(cfg.device, local_rank), world_size)   # before any process group
     except (ValueError, FileNotFoundError) as e:
         ap.error(error_line(e))
     from .checkpoint import CheckpointWriteError, UnsafeCheckpointError
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
     except CheckpointWriteError as e:
         print(f"error: {e.strerror}", file=sys.stderr)
         return 2
-    except AbortRun:
+    except AbortRun as e:
         print("\naborted at once: nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
-    return 130 if result.status == "interrupted" else 0
+        return 128 + e.signum
+    return 128 + result.signal if result.status == "interrupted" else 0

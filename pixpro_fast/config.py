@@ -203,6 +203,9 @@ class TrainConfig:
                            "with --config PRESET)", "apply")
     log_every: int = _opt(10, "optimiser steps between metric lines", "apply", min=1)
     ckpt_every: int = _opt(500, "optimiser steps between checkpoints (0: epoch ends only)", "apply", min=0)
+    ckpt_every_minutes: float = _opt(30.0, "also write a checkpoint when this many minutes of wall time have passed "
+                                     "since the last one, so a kill -9 loses at most that much work (0: off)",
+                                     "apply", min=0)
     keep_ckpts: int = _opt(3, "newest checkpoints kept in --out", "apply", min=1)
     resume: bool = _opt(True, "continue from the newest checkpoint in --out when there is one", "apply")
     tensorboard: bool = _opt(True, "write TensorBoard events to --out/tb when TensorBoard is installed", "apply")
@@ -327,8 +330,8 @@ class TrainConfig:
                 came = self.source(f.name)
                 raise ConfigError(f.name, f"{getattr(self, f.name)!r} is a setting of {', '.join(owners)} only; "
                                           f"method {self.method!r} does not read it (leave it at its default, "
-                                          f"{f.default!r})" + ("" if came in ("given", "default") else
-                                                               f"; it came from {came}, made for another method"))
+                                          f"{f.default!r})" + ("" if came in NOT_PRESETS + ("default",) else
+                                                               "; the preset was made for another method"))
         # each schedule reads one of the two final rates; the other, set, would do nothing
         relative = self.lr_schedule == "warmup_cosine_relative"
         for key, reader in (("final_lr", "warmup_cosine"), ("final_lr_fraction", "warmup_cosine_relative")):

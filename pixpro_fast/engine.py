@@ -2,8 +2,9 @@
 
 Mixed precision, channels-last, optional torch.compile, LARS with per-step schedules, the
 momentum target update, gradient accumulation, torchrun + DistributedDataParallel, atomic
-checkpoints with exact resume, Ctrl-C handling, a stop on non-finite loss, and metrics
-that include the fraction of time spent waiting for data.
+checkpoints (every N steps and every M minutes) with exact resume, a clean stop on Ctrl-C,
+SIGTERM or SIGUSR1, a stop on non-finite loss, and metrics that include the fraction of time
+spent waiting for data.
 """
 from __future__ import annotations
 
@@ -40,7 +41,27 @@ class ResumeMismatchError(ValueError):
 
 
 class AbortRun(BaseException):
-    """Ctrl-C pressed a second time: leave at once, saving nothing more."""
+    """A second stop signal (Ctrl-C pressed again): leave at once, saving nothing more.
+    ``signum`` is that signal's number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+# Signals that end a run cleanly: the step in progress finishes, a checkpoint is written and
+# the process exits with status 128 + the signal's number (130, 143, 138 on Linux).
+# Schedulers send SIGTERM before they kill (Slurm, Kubernetes, preemptible machines), and
+# Slurm's --signal is often SIGUSR1.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+# A SIGTERM or SIGUSR1 repeated within this many seconds is the same request: Slurm signals
+# every process of a job, and torchrun forwards the signal it got to its workers as well.
+REPEAT_WINDOW_S = 1.0
+
+
+def signal_label(signum: int) -> str:
+    """How a stop signal is named to the user: "Ctrl-C" for SIGINT, else its name."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 @dataclass
@@ -54,6 +75,7 @@ class FitResult:
     checkpoint: Path | None
     metrics_path: Path
     out_dir: Path
+    signal: int | None = None   # the stop signal of an interrupted run (signal.SIGTERM, ...)
 
 
 def _no_buffer_sync() -> dict:
@@ -64,7 +86,8 @@ def _no_buffer_sync() -> dict:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def _dist_info() -> tuple[int, int, int]:
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) that torchrun set for this process; (0, 1, 0) without it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
@@ -73,12 +96,14 @@ class Trainer:
     """``Trainer(cfg).fit()``. A loader may be injected (tests, benchmarks); otherwise it
     is built from the config with :func:`pipelines.build_loader`."""
 
+    clock = time.monotonic   # seconds, for --ckpt-every-minutes (a test may replace it)
+
     def __init__(self, cfg: TrainConfig, loader=None, log_stream=None):
         cfg = cfg.validate()
         if cfg.data:   # recorded absolute: a resume from another folder must not read another dataset
             cfg = cfg.replace(data=str(Path(cfg.data).resolve()))
         self.cfg = cfg
-        self.rank, self.world_size, self.local_rank = _dist_info()
+        self.rank, self.world_size, self.local_rank = dist_info()
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
             dist.init_process_group(backend)
@@ -107,11 +132,18 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **_no_buffer_sync())
         self.ddp = forward if self.world_size > 1 else None
+        # the stop and timed-save decisions travel on a CPU group: a NCCL collective read back
+        # on the host would wait for the GPU at every step
+        self._control_group = None
+        if self.world_size > 1 and dist.get_backend() != "gloo":
+            self._control_group = dist.new_group(backend="gloo")
         self.forward = torch.compile(forward, mode=cfg.compile_mode) if cfg.compile else forward
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps
         self._probe = None        # OnlineProbe, built on first use (cfg.probe_every)
+        self._signal_received = None   # (signal, time) of the first stop signal this process got in fit
+        self._saved_at = self.clock()  # when the last checkpoint was written or fit started
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -154,6 +186,7 @@ class Trainer:
                 f"{len(bad)} tensors of the model and optimiser state became non-finite by step {self.step} "
                 f"(first: {bad[0]})"))
         self._saved_step = self.step
+        self._saved_at = self.clock()
         if not self.is_main:
             return None
         return save_checkpoint(state, self.out_dir, self.step, self.cfg.keep_ckpts)
@@ -225,13 +258,34 @@ class Trainer:
         self._stat_names = ("loss", *out.stats)
         return torch.stack(stats).mean(0), lr
 
-    def _on_sigint(self, signum, frame):
-        if self._stop_requested:
-            raise AbortRun
-        self._stop_requested = True
+    def _on_signal(self, signum, frame):
+        """First stop signal: note it, the loop stops after this step and saves. A second one
+        aborts at once (AbortRun), except a SIGTERM or SIGUSR1 repeated within REPEAT_WINDOW_S
+        of the first (see there)."""
+        now = time.monotonic()
+        if self._signal_received:
+            first, at = self._signal_received
+            if signum == first and signum != signal.SIGINT and now - at < REPEAT_WINDOW_S:
+                return
+            raise AbortRun(signum)
+        self._signal_received = (signum, now)
         if self.is_main:
-            print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort at once)",
+            again = "press again to abort" if signum == signal.SIGINT else "a second signal aborts"
+            print(f"\n{signal_label(signum)}: finishing this step, then saving a checkpoint ({again} at once)",
                   file=self.log_stream, flush=True)
+
+    def _poll(self) -> tuple[int, bool]:
+        """After a step: (the stop signal, or 0; whether a timed checkpoint is due), the same on
+        every rank. A signal may reach only some ranks and only rank 0's clock decides, so with
+        several ranks both travel in one small all_reduce (MAX) per step."""
+        minutes = self.cfg.ckpt_every_minutes
+        due = bool(self.is_main and minutes > 0 and self.clock() - self._saved_at >= 60.0 * minutes)
+        received = self._signal_received[0] if self._signal_received else 0
+        if self.world_size == 1:
+            return received, due
+        flags = torch.tensor([received, int(due)], dtype=torch.int64)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._control_group)
+        return int(flags[0]), bool(flags[1])
 
     def _momentum(self) -> float:
         return self.training.momentum_at(self.step)
@@ -252,14 +306,16 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg = self.cfg
         space_note = check_disk_space(self.out_dir, self.state_dict(), cfg.keep_ckpts) if self.is_main else None
-        self._stop_requested = False
-        previous_handler = None
-        if threading.current_thread() is threading.main_thread():
-            previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._signal_received = None   # (signal, time) of the first stop signal this process got
+        self._stop_signal = 0          # the stop signal the ranks agreed on
+        previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():   # Python allows handlers only there
+            previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self.resume_changes = []
         self._housekeeping()
         resumed = self.maybe_resume()
         self._saved_step = self.step if resumed else None
+        self._saved_at = self.clock()   # --ckpt-every-minutes counts from the start or resume
         if self.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         stop_at = self.training.stop_step
@@ -306,7 +362,8 @@ class Trainer:
                     try:
                         micro = [next(it) for _ in range(cfg.accum_steps)]
                     except Exception:
-                        if self._stop_requested:   # Ctrl-C also reached the loader's worker processes
+                        if self._signal_received:   # the signal also reached the loader's worker processes
+                            self._stop_signal = self._signal_received[0]
                             raise KeyboardInterrupt from None
                         raise
                     waited = time.perf_counter() - t_wait
@@ -330,10 +387,11 @@ class Trainer:
                     elif meter.steps == 1 and self.is_main:
                         # a first sign of life: the window goes on to the first log step unchanged
                         logger.show(self.step, self._window_values(win, lr)[0])
-                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self._stop_signal, timed = self._poll()
+                    if timed or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                         self._check_finite(win, last_loss)
                         last_ckpt = self.save() or last_ckpt
-                    if self._stop_requested:
+                    if self._stop_signal:
                         raise KeyboardInterrupt
                 del it
                 if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
@@ -351,27 +409,31 @@ class Trainer:
             if self.step and self._saved_step != self.step:
                 self._check_finite(win, last_loss)
                 last_ckpt = self.save() or last_ckpt
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:   # a stop signal (or a SIGINT where no handler could be installed)
             status = "interrupted"
+            self._stop_signal = self._stop_signal or signal.SIGINT
+            by = signal_label(self._stop_signal)
             try:
                 if win["stats"] is not None and not math.isfinite(float(win["stats"][0])):
                     raise NonFiniteLossError(self._divergence_message(f"the loss became {float(win['stats'][0])}"))
-                last_ckpt = self.save() or last_ckpt
+                if self._saved_step != self.step:   # not saved at this step already (--ckpt-every)
+                    last_ckpt = self.save() or last_ckpt
                 if self.is_main:
-                    print(f"\ninterrupted: saved {last_ckpt} at step {self.step}; run again to resume",
+                    print(f"\ninterrupted: saved {last_ckpt or resumed} at step {self.step} ({by}); run again to resume",
                           file=self.log_stream)
             except NonFiniteLossError as e:
                 if self.is_main:
-                    print(f"\ninterrupted, nothing saved: {e}", file=self.log_stream)
+                    print(f"\ninterrupted ({by}), nothing saved: {e}", file=self.log_stream)
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():   # None: one not set from Python, not restorable
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
             logger.close()
             if profiler is not None:
                 self._finish_profiler(profiler)
         fraction = run_wait / run_wall if run_wall > 0 else 0.0
         result = FitResult(self.step, self.epoch, status, run_images / run_wall if run_wall > 0 else 0.0, fraction,
-                           last_loss, last_ckpt, logger.path, self.out_dir)
+                           last_loss, last_ckpt, logger.path, self.out_dir,
+                           self._stop_signal if status == "interrupted" else None)
         if self.is_main:
             in_use = tuple(name for name, on in (("bf16 autocast", self.precision != "fp32"),
                                                  ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))

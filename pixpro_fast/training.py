@@ -44,6 +44,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def check_sync_bn(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
+    """A :class:`ConfigError` naming ``sync_bn`` when it would fail: several processes on a
+    device other than CUDA (PyTorch's SyncBatchNorm runs only on GPUs). In a single process
+    there is nothing to synchronise and the flag is left unused on any device, so a GPU
+    command tried on one CPU still runs."""
+    if cfg.sync_bn and world_size > 1 and device.type != "cuda":
+        raise ConfigError("sync_bn", f"needs CUDA devices: SyncBatchNorm runs only on GPUs, and these "
+                                     f"{world_size} processes train on {device.type}; drop --sync-bn for CPU runs")
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a resolved precision (fp32: none)."""
     if precision == "fp32":
@@ -159,7 +169,9 @@ class Training:
 def resolve_sync_bn(cfg: TrainConfig, device: torch.device, world_size: int) -> bool:
     """Whether BatchNorm is synchronised across processes: ``--sync-bn``/``--no-sync-bn`` as
     given (only where there is more than one process); unset, on for a multi-GPU CUDA run of
-    a method whose reference implementation syncs it (its registry entry), off otherwise."""
+    a method whose reference implementation syncs it (its registry entry), off otherwise.
+    An explicit ``--sync-bn`` that cannot run is refused by :func:`check_sync_bn`."""
+    check_sync_bn(cfg, device, world_size)
     if world_size < 2:
         return False
     if cfg.sync_bn is not None:
@@ -210,8 +222,8 @@ def build_training(cfg: TrainConfig, loader=None, device: torch.device | str | N
     peak_lr = scaled_lr(cfg.base_lr, global_batch, cfg.lr_scaling)
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 
-    method = build_method(cfg)
     sync_bn = resolve_sync_bn(cfg, device, world_size)
+    method = build_method(cfg)
     if sync_bn:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

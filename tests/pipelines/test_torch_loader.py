@@ -392,6 +392,35 @@ def test_persistent_workers_read_on_into_the_next_epoch(small_dir):
     assert ref.plan.cursor.epoch == loader.plan.cursor.epoch == 4
 
 
+def test_workers_outlive_a_stop_signal_sent_to_the_whole_job(small_dir):
+    """SIGTERM and SIGUSR1 from another process (Slurm and torchrun signal every process of a
+    job; the training process handles them) leave the workers reading the same batches; the
+    owner still stops them, also when it exits with them running (multiprocessing's shutdown
+    sends them SIGTERM), which must not hang."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    kw = dict(batch_size=2, image_size=32, seed=1)
+    ref = build_loader("torch", small_dir, num_workers=0, **kw)
+    want = _collect(ref, epoch=0) + _collect(ref, epoch=1)
+    loader = build_loader("torch", small_dir, num_workers=2, **kw)
+    loader.set_epoch(0)
+    it = iter(loader)
+    got = [next(it)]
+    pids = [str(w.pid) for w in loader._loader._iterator._workers]
+    for name in ("TERM", "USR1"):
+        subprocess.run(["kill", "-s", name, *pids], check=True)
+    got += list(it) + _collect(loader, epoch=1)
+    assert len(got) == len(want) and all(_same(x, y) for x, y in zip(got, want))
+    code = ("import sys; from pipelines import build_loader; "
+            f"loader = build_loader('torch', {str(small_dir)!r}, num_workers=2, batch_size=2, image_size=32); "
+            "next(iter(loader)); sys.exit(3)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], timeout=120,
+                          capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+
+
 def test_resume_offset_holds_on_a_fresh_loader_with_workers(small_dir):
     """A resumed run's first pass is the first pass of a new DataLoader, which asks its
     sampler for an iterator twice: the offset must survive both calls."""

@@ -353,3 +353,27 @@ def test_the_loader_workers_live_through_the_epochs_of_a_run(tmp_path, monkeypat
     res = trainer.fit()
     assert res.steps == 6 and res.status == "finished"
     assert starts == [0] and stops == []      # one stream of batches, started once, never stopped
+
+
+def test_sync_bn_on_cpu_processes_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Several processes on CPUs cannot run SyncBatchNorm: --sync-bn there ends with one line
+    naming the flag and exit status 2, before any process group, data or model. A single
+    process has nothing to synchronise and runs with it on any device."""
+    import torch.distributed as dist
+    from pixpro_fast.cli import main as cli_main
+    from pixpro_fast.config import ConfigError
+    from pixpro_fast.training import check_sync_bn
+    with pytest.raises(ConfigError, match="needs CUDA devices"):
+        check_sync_bn(TrainConfig(sync_bn=True), torch.device("cpu"), 2)
+    check_sync_bn(TrainConfig(sync_bn=True), torch.device("cpu"), 1)
+    check_sync_bn(TrainConfig(sync_bn=True), torch.device("cuda", 0), 2)
+    check_sync_bn(TrainConfig(), torch.device("cpu"), 2)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)           # as torchrun sets them
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["--sync-bn", "--device", "cpu", "--loader", "synthetic", "--arch", "resnet18",
+                  "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert "--sync-bn needs CUDA devices" in err and "drop --sync-bn for CPU runs" in err, err
+    assert not dist.is_initialized() and not (tmp_path / "o").exists()

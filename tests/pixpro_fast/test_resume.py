@@ -15,7 +15,7 @@ import torch
 
 from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint, non_finite_entries
 from pixpro_fast.config import TrainConfig
-from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
+from pixpro_fast.engine import AbortRun, NonFiniteLossError, ResumeMismatchError, Trainer
 from sample_data import BACKEND_MODULES
 from test_engine import ROOT, TINY, cli_flags, image_folder
 
@@ -38,9 +38,9 @@ def _records(out: Path) -> list[dict]:
     return out
 
 
-def _launch(args):
+def _launch(args, env=ENV, **popen):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=env, **popen)
 
 
 def _kill_when(proc, ready, timeout=180) -> bool:
@@ -335,3 +335,143 @@ def test_resume_reads_the_same_data_folder_however_it_is_named(tmp_path, monkeyp
     with pytest.raises(ResumeMismatchError, match="steps per epoch: checkpoint has 2, this run has 3"):
         Trainer(TrainConfig(**dict(base, data=str(tmp_path / "a" / "imgs"), max_steps=4))).fit()
     assert load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["step"] == 3   # nothing lost
+
+
+# -- stop signals and timed checkpoints ------------------------------------------------------
+
+# the built-in scenes (12: 3 steps per epoch), default loader workers, no step-count checkpoint
+SIGNALLED = dict(KILLED, scenes_images=12, ckpt_every=1000)
+
+
+@pytest.fixture(scope="module")
+def scenes_run(cache, tmp_path_factory):
+    """An uninterrupted run on the built-in scenes: the reference of the signal tests."""
+    env = {**ENV, "PIXPRO_FAST_CACHE": str(cache)}
+    out = tmp_path_factory.mktemp("straight")
+    proc = _launch(cli_flags(dict(SIGNALLED, out=str(out))), env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return out, env
+
+
+@pytest.mark.parametrize("name, group, rerun", [("SIGTERM", True, True), ("SIGUSR1", False, False)])
+def test_a_stop_signal_saves_and_the_same_command_continues_exactly(name, group, rerun, scenes_run, tmp_path):
+    """SIGTERM to the whole process group, loader workers included (as Slurm and torchrun send
+    it), or SIGUSR1 to the training process: the step finishes, a checkpoint is written, the
+    exit status is 128 + the signal's number, and the same command then ends where an
+    uninterrupted run does (run again after SIGTERM only: the resume is the same after either)."""
+    straight, env = scenes_run
+    signum = getattr(signal, name)
+    out = tmp_path / "run"
+    args = cli_flags(dict(SIGNALLED, out=str(out)))
+    proc = _launch(args, env, start_new_session=True)   # its own process group, as under a scheduler
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not _records(out):
+        time.sleep(0.005)
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"{name}: finishing this step" in err and "interrupted: saved" in err and f"({name})" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stopped = load_checkpoint(list_checkpoints(out)[-1])["step"]
+    assert stopped == len(_records(out)) < 6
+    if rerun:
+        proc = _launch(args, env)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and f"at step {stopped}" in err, err[-3000:]
+        _same_final_state(straight, out)
+
+
+def test_a_second_stop_signal_aborts_but_a_forwarded_copy_does_not(tmp_path):
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path), precision="fp32"))
+    tr = Trainer(cfg, loader=_synthetic(cfg))
+    tr._on_signal(signal.SIGTERM, None)
+    tr._on_signal(signal.SIGTERM, None)      # the same signal again at once: torchrun forwarding it
+    assert tr._poll() == (signal.SIGTERM, False)
+    with pytest.raises(AbortRun) as abort:
+        tr._on_signal(signal.SIGUSR1, None)
+    assert abort.value.signum == signal.SIGUSR1
+    tr._signal_received = (signal.SIGTERM, time.monotonic() - 5)
+    with pytest.raises(AbortRun):            # the same signal seconds later: a second request
+        tr._on_signal(signal.SIGTERM, None)
+    tr._signal_received = None
+    tr._on_signal(signal.SIGINT, None)
+    with pytest.raises(AbortRun) as abort:   # Ctrl-C twice aborts however fast
+        tr._on_signal(signal.SIGINT, None)
+    assert abort.value.signum == signal.SIGINT
+
+
+def test_timed_checkpoints_leave_the_run_unchanged_and_resume_exactly(tmp_path):
+    """--ckpt-every-minutes writes checkpoints at steps --ckpt-every does not: the run goes on
+    exactly as one without them, and a resume from one ends where that run does. The clock is
+    the step count (a minute a step); the signal handlers are the earlier ones afterwards."""
+    base = dict(TINY, loader="synthetic", epochs=1, precision="fp32", ckpt_every=0, ckpt_every_minutes=2.5)
+    plain = TrainConfig(**dict(base, out=str(tmp_path / "plain"), ckpt_every_minutes=0))
+    Trainer(plain, loader=_synthetic(plain, batches=5)).fit()
+    cfg = TrainConfig(**dict(base, out=str(tmp_path / "timed")))
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+    tr = Trainer(cfg, loader=_synthetic(cfg, batches=5))
+    tr.clock = lambda: 60.0 * tr.step
+    assert tr.fit().steps == 5
+    assert handlers == [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+    ckpts = list_checkpoints(tmp_path / "timed")
+    assert [load_checkpoint(p)["step"] for p in ckpts] == [3, 5]   # 3 by the clock, 5 the end
+    _same_final_state_of(tmp_path / "plain", tmp_path / "timed", steps=5)
+    for p in ckpts[1:]:
+        p.unlink()                            # the run was lost after its timed checkpoint at step 3
+    again = Trainer(cfg, loader=_synthetic(cfg, batches=5))
+    assert again.fit().steps == 5 and again.resume_changes == []
+    _same_final_state_of(tmp_path / "plain", tmp_path / "timed", steps=5)
+
+
+def _same_final_state_of(a: Path, b: Path, steps: int) -> None:
+    sa, sb = load_checkpoint(list_checkpoints(a)[-1]), load_checkpoint(list_checkpoints(b)[-1])
+    assert sa["step"] == sb["step"] == steps
+    assert all(torch.equal(v, sb["model"][k]) for k, v in sa["model"].items())
+    assert all(torch.equal(v, sb["optimizer"]["state"][i][k])
+               for i, st in sa["optimizer"]["state"].items() for k, v in st.items())
+    assert [(r["step"], r["loss"]) for r in _records(a)] == [(r["step"], r["loss"]) for r in _records(b)]
+    assert [r["step"] for r in _records(a)] == list(range(1, steps + 1))
+
+
+SIGNAL_WORKER = r'''
+import json, os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from pixpro_fast.config import TrainConfig
+from pixpro_fast.engine import Trainer
+from pipelines import build_loader
+cfg = TrainConfig(arch="resnet18", image_size=64, proj_hidden_dim=64, proj_dim=32, batch_size=4, epochs=4,
+                  loader="synthetic", tensorboard=False, out=sys.argv[1], device="cpu", warmup_epochs=0.0,
+                  ckpt_every=0, keep_ckpts=10, ckpt_every_minutes=1.0, precision="fp32")
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+tr = Trainer(cfg, loader=build_loader("synthetic", None, 4, 64, batches_per_epoch=4, seed=rank, rank=rank,
+                                      world_size=world))
+tr.clock = lambda: 60.0 if tr.step >= 1 else 0.0     # read on rank 0 only: a minute has passed after step 1
+step = tr._train_step
+
+def train_step(micro):
+    if rank == 1 and tr.step == 2:                   # only rank 1 is signalled, during step 3
+        os.kill(os.getpid(), signal.SIGTERM)
+    return step(micro)
+
+tr._train_step = train_step
+res = tr.fit()
+json.dump({"steps": res.steps, "status": res.status, "signal": res.signal},
+          open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w"))
+'''
+
+
+def test_ranks_agree_on_a_signal_one_rank_got_and_on_rank_0s_clock(tmp_path):
+    """Two CPU processes: a timed checkpoint that rank 0's clock calls for and a SIGTERM that
+    reaches rank 1 alone are acted on by both ranks at the same step: no rank waits in a
+    collective the other never enters."""
+    script = tmp_path / "worker.py"
+    script.write_text(SIGNAL_WORKER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29551", str(script), str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300, env={**ENV, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"steps": 3, "status": "interrupted", "signal": int(signal.SIGTERM)}] * 2
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path)] == [1, 3]
+    assert "interrupted: saved" in proc.stderr and "at step 3 (SIGTERM)" in proc.stderr
