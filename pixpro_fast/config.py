@@ -313,11 +313,10 @@ class TrainConfig:
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
              or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        need(self.method != "pixcontrast" or self.pixcontrast_weight > 0, "pixcontrast_weight",
-             "must be > 0 for method 'pixcontrast' (start from --config pixcontrast)")
-        need(self.method != "pixpro_ins" or self.ins_loss_weight > 0, "ins_loss_weight",
-             "must be > 0 for method 'pixpro_ins' (start from --config pixpro_ins)")
         entry = method_entry(self.method)
+        for key in entry.positive:
+            need(getattr(self, key) > 0, key, f"must be > 0 for method {self.method!r}: it weighs the loss term "
+                                              f"that makes the method what it is")
         views = len(get_recipe(self.recipe).views)
         wants = entry.cls
         need((wants.num_views is None or views == wants.num_views) and views >= wants.min_views, "recipe",

@@ -25,10 +25,10 @@ PIXPRO_REFERENCE = dict(arch="resnet50", recipe="byol", optimizer="lars", base_l
 
 
 @register_method("pixcontrast", "pixel-level InfoNCE between views (PixContrast)", settings=PIXEL_SETTINGS, sync_bn=True,
-                 defaults=dict(PIXPRO_REFERENCE, neg_ratio=0.7, temperature=0.3, pixpro_weight=0.0,
-                               pixcontrast_weight=1.0))
+                 positive=("pixcontrast_weight",),
+                 defaults=dict(PIXPRO_REFERENCE, neg_ratio=0.7, temperature=0.3, pixpro_weight=0.0, pixcontrast_weight=1.0))
 @register_method("pixpro_ins", "PixPro plus the BYOL-style instance branch", settings=PIXEL_SETTINGS, sync_bn=True,
-                 defaults=dict(PIXPRO_REFERENCE, ins_loss_weight=1.0))
+                 positive=("ins_loss_weight",), defaults=dict(PIXPRO_REFERENCE, ins_loss_weight=1.0))
 @register_method("pixpro", "pixel propagation consistency (PixPro)", settings=PIXEL_SETTINGS, sync_bn=True,
                  defaults=PIXPRO_REFERENCE)
 class PixPro(Method):

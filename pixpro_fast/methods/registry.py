@@ -22,6 +22,7 @@ class MethodEntry:
     settings: tuple[str, ...] = ()   # the method-specific TrainConfig fields this method reads
     encoder: str = "resnet"          # one of ENCODER_KINDS
     sync_bn: bool = False            # its reference syncs BatchNorm in multi-GPU runs
+    positive: tuple[str, ...] = ()   # settings that must stay above zero (the loss term defining it)
 
     @property
     def recipe(self) -> str:
@@ -33,7 +34,8 @@ METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(name: str, description: str, *, defaults: Mapping[str, Any] | None = None,
-                    settings: tuple[str, ...] = (), encoder: str = "resnet", sync_bn: bool = False):
+                    settings: tuple[str, ...] = (), encoder: str = "resnet", sync_bn: bool = False,
+                    positive: tuple[str, ...] = ()):
     """Class decorator: adds the entry ``name`` for the decorated class (a class may carry
     several entries that differ in their settings, e.g. PixPro's family)."""
     if encoder not in ENCODER_KINDS:
@@ -43,7 +45,7 @@ def register_method(name: str, description: str, *, defaults: Mapping[str, Any] 
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = MethodEntry(name, cls, description, MappingProxyType(dict(defaults or {})), tuple(settings),
-                                    encoder, sync_bn)
+                                    encoder, sync_bn, tuple(positive))
         return cls
     return add
 
