@@ -42,6 +42,8 @@ BENCHMARKS = {
 # runnable modules that are not throughput benchmarks
 TOOLS = {
     "quality": ("quality", "evaluation: pretrain each method on the scenes, probe it beside random init"),
+    "finetune": ("finetune_table", "evaluation: pretrain methods on the scenes, then k-NN, linear, head-only and "
+                                   "full fine-tune at label fractions beside supervised training from scratch"),
     "loca_position": ("loca_position", "evaluation: LOCA's position task at initialisation, and its head's "
                                        "learning"),
     "gpu_plan": ("gpu_plan", "the GPU measurements, each benchmark in its own process under a time limit"),

@@ -1,4 +1,4 @@
-"""PNG charts: a suite run (loaders, step levers, peers, end-to-end time split) and the quality table."""
+"""PNG charts: a suite run (loaders, step levers, peers, end-to-end time split), the quality table and the fine-tuning table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -98,4 +98,39 @@ def draw_quality(payload: dict, path: str | Path) -> Path:
     c = payload.get("pretrain", {})
     fig.suptitle(f"Quality of every method, budget {payload.get('budget', '?')}: {c.get('steps', '?')} steps at "
                  f"{c.get('image_size', '?')} px, batch {c.get('batch_size', '?')}", fontsize=10)
+    return _save(fig, path)
+
+
+def draw_finetune(payload: dict, path: str | Path) -> Path:
+    """One panel per label fraction of a fine-tuning table (as written to finetune.json): each
+    row's k-NN, linear, head-only and fine-tune top-1 (mean over seeds, the std as error bars),
+    a supervised-from-scratch row's top-1 as a dashed line."""
+    import numpy as np
+    fractions = payload.get("fractions", [])
+    results = payload.get("results", {})
+    fig, axes = plt.subplots(1, max(len(fractions), 1), figsize=(7 * max(len(fractions), 1), 4.8), squeeze=False)
+    parts = [("knn", "k-NN"), ("linear", "linear"), ("head", "head-only"), ("finetune", "fine-tune")]
+    for ax, f in zip(axes[0], fractions):
+        names = [n for n, r in results.items() if r.get("pretrained") and "cells" in r]
+        width = 0.8 / len(parts)
+        for j, (key, label) in enumerate(parts):
+            means, stds = [], []
+            for n in names:
+                vals = [100 * c[key] for c in results[n]["cells"][str(f)].values() if key in c]
+                means.append(float(np.mean(vals)) if vals else 0.0)
+                stds.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+            ax.bar(np.arange(len(names)) + (j - (len(parts) - 1) / 2) * width, means, width, yerr=stds,
+                   label=label, capsize=2)
+        for n, r in results.items():
+            if not r.get("pretrained") and "cells" in r:
+                vals = [100 * c["scratch"] for c in r["cells"][str(f)].values()]
+                ax.axhline(float(np.mean(vals)), color="tab:red", linestyle="--", linewidth=1, label=n)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.set_title(f"label fraction {f:g} ({payload.get('counts', {}).get(str(f), '?')} images)", fontsize=9)
+        ax.legend(fontsize=7)
+    c = payload.get("pretrain", {})
+    fig.suptitle(f"Pretrained on the scenes ({c.get('steps', '?')} steps at {c.get('image_size', '?')} px), then "
+                 f"classified with labels: {payload.get('task', {}).get('name', '?')}", fontsize=10)
     return _save(fig, path)

@@ -367,9 +367,9 @@ def write_outputs(out: Path, payload: dict) -> dict[str, Path]:
             "png": draw_quality(payload, out / "quality.png")}
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def add_pretrain_options(ap: argparse.ArgumentParser, out: str) -> None:
+    """The options of the shared pretraining (every method, the same budget), declared once
+    for this table and the fine-tuning table (:mod:`benchmarks.finetune_table`)."""
     ap.add_argument("--methods", "--method", default="all",
                     help=f"'all' (the registry: {', '.join(METHODS)}) or a comma list; pixpro always runs first; "
                          f"simclr:LOSS trains SimCLR with that pair loss ({', '.join(PAIR_LOSSES)})")
@@ -386,8 +386,9 @@ def main(argv=None) -> dict:
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    add_shared_options(ap, batch_size=32, image_size=64, threads=True, out="bench_out/quality",
-                       helps={"image_size": "pretraining image size", "out": "output folder",
+    add_shared_options(ap, batch_size=32, image_size=64, threads=True, out=out,
+                       helps={"image_size": "pretraining image size", "batch_size": "pretraining batch size",
+                              "out": "output folder",
                               "threads": "torch intra-op threads (default: torch's); 1 on a shared 2-core machine, "
                                          "where a second thread mostly waits for a busy core"})
     ap.add_argument("--scenes", type=int, default=1024, help="built-in scenes used for pretraining")
@@ -398,13 +399,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--precision", default="auto",
                     help="auto (bf16 where native on this device, else fp32), fp32, bf16 or fp16")
     ap.add_argument("--workers", type=int, default=None, help="loader worker processes")
-    ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
-    ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
-    ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
-    ap.add_argument("--probe-train-images", type=int, default=probe.ProbeConfig.train_images)
-    ap.add_argument("--probe-val-images", type=int, default=probe.ProbeConfig.val_images)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--seed", type=int, default=0, help="seed of pretraining and of the random inits")
+
+
+def pretrain_configs(ap: argparse.ArgumentParser, args) -> dict[str, TrainConfig]:
+    """Row name -> its pretraining config, every one checked before any training; a bad option
+    is the parser's error. Sets ``--threads``."""
     try:
         methods = parse_methods(args.methods, reference=not args.no_reference, pair_losses=args.pair_losses)
     except ValueError as e:
@@ -417,14 +417,33 @@ def main(argv=None) -> dict:
         if args.threads < 1:
             ap.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    start = time.perf_counter()
     try:
         settings = parse_settings(args.set, methods)
-        # every config checked before any training
-        configs = {m: method_config(m, args, out).replace(**settings.get(m, {})) for m in methods}
+        return {m: method_config(m, args, Path(args.out)).replace(**settings.get(m, {})) for m in methods}
     except ValueError as e:
         ap.error(str(e))
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--finetune" in argv:
+        from . import finetune_table
+        return finetune_table.main([a for a in argv if a != "--finetune"])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--finetune", action="store_true",
+                    help="the fine-tuning table instead (python -m benchmarks finetune --help: its options)")
+    add_pretrain_options(ap, "bench_out/quality")
+    ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
+    ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
+    ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
+    ap.add_argument("--probe-train-images", type=int, default=probe.ProbeConfig.train_images)
+    ap.add_argument("--probe-val-images", type=int, default=probe.ProbeConfig.val_images)
+    args = ap.parse_args(argv)
+    configs = pretrain_configs(ap, args)
+    methods = list(configs)
+    out = Path(args.out)
+    start = time.perf_counter()
     probe_cfg = probe.ProbeConfig(image_size=args.probe_image_size, layers=tuple(args.probe_layers.split(",")),
                                   steps=probe_steps_for(args.budget), train_images=args.probe_train_images,
                                   val_images=args.probe_val_images, seed=args.seed)

@@ -164,8 +164,10 @@ def _pattern(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, 
     return t.astype(np.float32)
 
 
-def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (uint8 HxWx3 image, uint8 HxW label map)."""
+def generate_scene(rng: np.random.Generator, objects: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (uint8 HxWx3 image, uint8 HxW label map). ``objects``, a list, receives
+    each drawn object as (class id, centre y, centre x, radius, box (y0, y1, x0, x1), mask of
+    the box); the scene is the same with or without it."""
     h, w = (int(s) for s in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
     img = _background(rng, h, w)
     labels = np.zeros((h, w), dtype=np.uint8)
@@ -190,6 +192,8 @@ def generate_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         region = img[y0:y1, x0:x1]
         region[mask] = fill[mask]
         labels[y0:y1, x0:x1][mask] = cls_id
+        if objects is not None:
+            objects.append((cls_id, cy, cx, r, (y0, y1, x0, x1), mask))
     img += rng.normal(0.0, rng.uniform(2.0, 6.0), size=(h, w, 1)).astype(np.float32)  # sensor noise
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
@@ -207,29 +211,27 @@ def _is_complete(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
-def ensure_scenes(n_images: int = 512, seed: int = 0, root: str | Path | None = None, split: str = "train",
-                  workers: int | None = None) -> Path:
-    """Generate (or reuse) ``n_images`` scenes of ``split``; returns the folder holding them."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    if n_images < 1:
-        raise ValueError(f"n_images must be positive, got {n_images}")
-    target = scenes_dir(n_images, seed, root, split)
+def _build(target: Path, seed: int, split: str, count: int, write_one, manifest: dict, subfolders=(),
+           workers: int | None = None) -> Path:
+    """Fill ``target`` with ``write_one((folder, seed, split code, i))`` for i < ``count`` (each
+    returns the names it wrote, or one name) in a temporary folder renamed into place, so a
+    folder that exists is complete; ``manifest`` gets the names and lands in MANIFEST."""
     if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=target.parent))
     try:
-        jobs = [(str(tmp), seed, SPLITS[split], i) for i in range(n_images)]
+        for name in subfolders:
+            (tmp / name).mkdir()
+        jobs = [(str(tmp), seed, SPLITS[split], i) for i in range(count)]
         workers = min(16, os.cpu_count() or 1) if workers is None else workers
-        if workers > 1 and n_images >= 32:
+        if workers > 1 and count >= 32:
             with ProcessPoolExecutor(workers) as pool:
-                names = list(pool.map(_write_one, jobs, chunksize=8))
+                written = list(pool.map(write_one, jobs, chunksize=8))
         else:
-            names = [_write_one(j) for j in jobs]
-        manifest = {"version": VERSION, "seed": seed, "split": split, "n_images": n_images,
-                    "classes": list(CLASSES), "images": names}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            written = [write_one(j) for j in jobs]
+        names = [n for w in written for n in ([w] if isinstance(w, str) else w)]
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "images": names}, indent=1))
         if target.exists() and not _is_complete(target):
             shutil.rmtree(target)  # left over from an interrupted older layout
         try:
@@ -241,6 +243,74 @@ def ensure_scenes(n_images: int = 512, seed: int = 0, root: str | Path | None = 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _check(split: str, count: int, what: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    if count < 1:
+        raise ValueError(f"{what} must be positive, got {count}")
+
+
+def ensure_scenes(n_images: int = 512, seed: int = 0, root: str | Path | None = None, split: str = "train",
+                  workers: int | None = None) -> Path:
+    """Generate (or reuse) ``n_images`` scenes of ``split``; returns the folder holding them."""
+    _check(split, n_images, "n_images")
+    manifest = {"version": VERSION, "seed": seed, "split": split, "n_images": n_images, "classes": list(CLASSES)}
+    return _build(scenes_dir(n_images, seed, root, split), seed, split, n_images, _write_one, manifest,
+                  workers=workers)
+
+
+# --------------------------------------------------------------------------- objects: a labelled ImageFolder
+
+OBJECT_SIZE = 96            # side of the saved object crops
+OBJECT_CONTEXT = 1.2        # crop side / object diameter
+OBJECT_MIN_VISIBLE = 0.6    # share of an object's own pixels still its class after later objects are drawn
+
+
+def object_crops(image: np.ndarray, labels: np.ndarray, objects: list) -> list[tuple[int, np.ndarray]]:
+    """(class id, uint8 OBJECT_SIZE^2 x 3 crop) of every object of a scene that later objects
+    leave at least OBJECT_MIN_VISIBLE visible: a square of OBJECT_CONTEXT x its diameter
+    around its centre, shifted to lie inside the image."""
+    h, w = labels.shape
+    crops = []
+    for cls_id, cy, cx, r, (y0, y1, x0, x1), mask in objects:
+        if not mask.any() or (labels[y0:y1, x0:x1][mask] == cls_id).mean() < OBJECT_MIN_VISIBLE:
+            continue
+        side = min(int(round(2 * r * OBJECT_CONTEXT)), h, w)
+        top = int(min(max(round(cy - side / 2), 0), h - side))
+        left = int(min(max(round(cx - side / 2), 0), w - side))
+        crop = Image.fromarray(image[top:top + side, left:left + side])
+        crops.append((cls_id, np.asarray(crop.resize((OBJECT_SIZE, OBJECT_SIZE), Image.Resampling.BILINEAR))))
+    return crops
+
+
+def objects_dir(n_scenes: int, seed: int = 0, root: str | Path | None = None, split: str = "train") -> Path:
+    """The folder :func:`ensure_objects` fills for these arguments."""
+    return cache_root(root) / f"objects-{VERSION}-{seed}-{n_scenes}" / split
+
+
+def _write_objects(args) -> list[str]:
+    folder, seed, split_code, i = args
+    objects: list = []
+    image, labels = generate_scene(np.random.default_rng((seed, split_code, i)), objects)
+    names = []
+    for k, (cls_id, crop) in enumerate(object_crops(image, labels, objects)):
+        name = f"{CLASSES[cls_id]}/scene_{i:05d}_{k}.jpg"
+        Image.fromarray(crop).save(Path(folder) / name, "JPEG", quality=JPEG_QUALITY)
+        names.append(name)
+    return names
+
+
+def ensure_objects(n_scenes: int = 256, seed: int = 0, root: str | Path | None = None, split: str = "train",
+                   workers: int | None = None) -> Path:
+    """The objects of the first ``n_scenes`` scenes of ``split`` (the same scenes as
+    :func:`ensure_scenes` draws) as an ImageFolder, one sub-folder per object class: an image
+    classification task from the built-in data (generated once, cached like the scenes)."""
+    _check(split, n_scenes, "n_scenes")
+    manifest = {"version": VERSION, "seed": seed, "split": split, "n_scenes": n_scenes, "classes": list(CLASSES[1:])}
+    return _build(objects_dir(n_scenes, seed, root, split), seed, split, n_scenes, _write_objects, manifest,
+                  CLASSES[1:], workers)
 
 
 def load_label_map(image_path: str | Path) -> np.ndarray:

@@ -93,13 +93,21 @@ def evaluate_images(encoder: nn.Module, train, val, num_classes: int, layers: tu
     val_images, val_labels = val.batch(list(range(len(val))))
     f_train = pooled_features(encoder, train_images, layers, device=device)
     f_val = pooled_features(encoder, val_images, layers, device=device)
+    knn, linear = classify_features(f_train, train_labels, f_val, val_labels, num_classes, k, temperature, steps,
+                                    lr, seed)
+    return ImageProbeResult(name, knn, linear, k, temperature, list(layers))
+
+
+def classify_features(f_train: torch.Tensor, train_labels: torch.Tensor, f_val: torch.Tensor,
+                      val_labels: torch.Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
+                      steps: int = 1000, lr: float = 1e-2, seed: int = 0) -> tuple[float, float]:
+    """(k-NN top-1, linear top-1) of the val features from the train features."""
     knn = knn_classify(f_train, train_labels, f_val, num_classes, k, temperature)
     with probe.single_thread():
         linear = train_linear(f_train, train_labels, num_classes, steps, lr, seed=seed)
         with torch.no_grad():
             lin = linear(f_val).argmax(1)
-    return ImageProbeResult(name, float((knn == val_labels).double().mean()),
-                            float((lin == val_labels).double().mean()), k, temperature, list(layers))
+    return float((knn == val_labels).double().mean()), float((lin == val_labels).double().mean())
 
 
 def format_image_table(results: list[ImageProbeResult]) -> str:

@@ -406,15 +406,17 @@ def evaluate_encoder(encoder: nn.Module, train: ProbeSplit, val: ProbeSplit, cfg
                        t1 - t0, t2 - t1, extra)
 
 
-def gain_verdict(pretrained: list[float], random_init: list[float]) -> dict:
-    """Is the pretrained encoder's mIoU gain over random init more than probe noise?
+def gain_verdict(pretrained: list[float], random_init: list[float], metric: str = "mIoU",
+                 baseline: str = "random init", seeds: str = "probe seed", more: str = "--probe-seeds 3") -> dict:
+    """Is the pretrained encoder's gain over a baseline (random init) more than seed noise?
 
-    Both lists hold one mIoU per probe seed (the same seeds, in order). The gain is the mean
-    of the per-seed differences; the noise is the combined seed-to-seed spread,
-    sqrt(std(pretrained)^2 + std(random_init)^2) (sample std). Rule: distinguishable when
-    |gain| > 2 x that spread; with one seed there is no spread, so no verdict."""
+    Both lists hold one score (a fraction) per seed (the same seeds, in order). The gain is
+    the mean of the per-seed differences; the noise is the combined seed-to-seed spread,
+    sqrt(std(pretrained)^2 + std(baseline)^2) (sample std). Rule: distinguishable when
+    |gain| > 2 x that spread; with one seed there is no spread, so no verdict. ``metric``,
+    ``baseline``, ``seeds`` and ``more`` (how to get more seeds) word the line."""
     if len(pretrained) != len(random_init) or not pretrained:
-        raise ValueError("need one mIoU per probe seed for both encoders, at least one seed")
+        raise ValueError("need one score per seed for both encoders, at least one seed")
     gains = [p - r for p, r in zip(pretrained, random_init)]
     n = len(gains)
     mean = sum(gains) / n
@@ -423,17 +425,17 @@ def gain_verdict(pretrained: list[float], random_init: list[float]) -> dict:
         m = sum(xs) / len(xs)
         return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     spread = math.sqrt(std(pretrained) ** 2 + std(random_init) ** 2)
-    head = (f"gain over random init: {100 * mean:+.2f} +/- {100 * std(gains):.2f} mIoU points over {n} probe seed"
+    head = (f"gain over {baseline}: {100 * mean:+.2f} +/- {100 * std(gains):.2f} {metric} points over {n} {seeds}"
             f"{'s' if n > 1 else ''} (min {100 * min(gains):+.2f}, max {100 * max(gains):+.2f})")
     if n < 2:
-        distinguishable, said = None, "one probe seed: no spread to judge it against (--probe-seeds 3)"
+        distinguishable, said = None, f"one {seeds}: no spread to judge it against ({more})"
     elif abs(mean) > 2 * spread:
         distinguishable = True
-        said = (f"{'better' if mean > 0 else 'worse'} than random init beyond noise "
+        said = (f"{'better' if mean > 0 else 'worse'} than {baseline} beyond noise "
                 f"(|gain| > 2 x combined seed spread {100 * spread:.2f})")
     else:
         distinguishable = False
-        said = (f"within noise: not distinguishable from random init "
+        said = (f"within noise: not distinguishable from {baseline} "
                 f"(|gain| <= 2 x combined seed spread {100 * spread:.2f})")
     return {"gain_mean": mean, "gain_std": std(gains), "gain_min": min(gains), "gain_max": max(gains),
             "combined_spread": spread, "seeds": n, "distinguishable": distinguishable, "line": f"{head}; {said}"}

@@ -155,3 +155,65 @@ def test_objects_are_patterned_and_background_is_smooth():
         inside.append(blocks[pure & (lab[:, 0] > 0)].std(1).mean())
         outside.append(blocks[pure & (lab[:, 0] == 0)].std(1).mean())
     assert np.median(inside) > 3 * np.median(outside), (inside, outside)
+
+
+# --------------------------------------------------------------------------- objects: the labelled ImageFolder
+
+def test_recording_objects_leaves_the_scene_unchanged():
+    plain = scenes.generate_scene(np.random.default_rng(11))
+    objects = []
+    recorded = scenes.generate_scene(np.random.default_rng(11), objects)
+    assert np.array_equal(plain[0], recorded[0]) and np.array_equal(plain[1], recorded[1])
+    assert 2 <= len(objects) <= 5
+    for cls_id, cy, cx, r, (y0, y1, x0, x1), mask in objects:
+        assert mask.shape == (y1 - y0, x1 - x0) and 1 <= cls_id < len(scenes.CLASSES)
+        assert y0 <= cy <= y1 and x0 <= cx <= x1
+
+
+def test_object_crops_keep_visible_objects_centred_and_drop_covered_ones():
+    """A hand-made scene: object A (class 1) wholly covered by B (class 2), C (class 3) alone
+    near the right edge. A is dropped; B's and C's crops are red (their own pixels) in the
+    middle; C's window is shifted inside the image, not cut."""
+    h, w = 100, 160
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 2] = 255                                   # blue background
+    labels = np.zeros((h, w), np.uint8)
+    box_b, box_c = (20, 60, 20, 60), (40, 80, 130, 160)
+    for y0, y1, x0, x1 in (box_b, box_c):
+        image[y0:y1, x0:x1] = (255, 0, 0)
+    labels[20:60, 20:60] = 2
+    labels[40:80, 130:160] = 3
+    full = lambda b: np.ones((b[1] - b[0], b[3] - b[2]), bool)   # noqa: E731
+    objects = [(1, 40.0, 40.0, 10.0, (30, 50, 30, 50), full((30, 50, 30, 50))),
+               (2, 40.0, 40.0, 20.0, box_b, full(box_b)),
+               (3, 60.0, 150.0, 15.0, box_c, full(box_c)[:, :30])]
+    crops = scenes.object_crops(image, labels, objects)
+    assert [c for c, _ in crops] == [2, 3]
+    mid = scenes.OBJECT_SIZE // 2
+    for _, crop in crops:
+        assert crop.shape == (scenes.OBJECT_SIZE, scenes.OBJECT_SIZE, 3)
+        assert tuple(crop[mid, mid]) == (255, 0, 0)
+    # B's window (side 48 around its centre) shows blue background at its corners
+    assert crops[0][1][0, 0, 2] > 200 and crops[0][1][0, 0, 0] < 50
+
+
+def test_objects_folder_is_an_image_folder_of_the_shape_classes(tmp_path):
+    from pipelines.image_folder import scan_image_folder
+    folder = scenes.ensure_objects(12, seed=3, root=tmp_path, workers=1)
+    found = scan_image_folder(folder)
+    manifest = __import__("json").loads((folder / scenes.MANIFEST).read_text())
+    assert len(found) == len(manifest["images"]) > 12           # two to five objects a scene, a few covered
+    assert set(found.classes) <= set(scenes.CLASSES[1:])
+    for path, label in zip(found.paths, found.labels):
+        assert path.parent.name == found.classes[label]
+        with Image.open(path) as im:
+            assert im.size == (scenes.OBJECT_SIZE, scenes.OBJECT_SIZE)
+    # each crop is of an object of its class: rebuild scene 0's objects and compare
+    objects = []
+    image, labels = scenes.generate_scene(np.random.default_rng((3, scenes.SPLITS["train"], 0)), objects)
+    kept = scenes.object_crops(image, labels, objects)
+    names = sorted((n for n in manifest["images"] if "scene_00000_" in n), key=lambda n: int(n[-5]))
+    assert [n.split("/")[0] for n in names] == [scenes.CLASSES[c] for c, _ in kept]
+    assert scenes.ensure_objects(12, seed=3, root=tmp_path, workers=1) == folder    # reused
+    with pytest.raises(ValueError, match="n_scenes"):
+        scenes.ensure_objects(0, root=tmp_path)
