@@ -29,7 +29,10 @@ most CPUs; see :mod:`pixpro_fast.hardware`) is listed as skipped, with why, unle
 ``--levers`` times the step's levers one by one, each a row beside the compiled step it
 changes: both views through the encoder in one call (``--concat-views``: shared BatchNorm
 statistics, so not the published method), ``torch.compile`` with ``max-autotune`` and, on a
-GPU, ``reduce-overhead`` (CUDA graphs). ``--only max-autotune`` (say) times one lever beside
+GPU, ``reduce-overhead`` (CUDA graphs), the whole step compiled as one graph (``whole-step``:
+forward, backward, optimiser and momentum update, :mod:`pixpro_fast.step`; on a GPU also
+replayed as CUDA graphs) and twice the batch (``batch-x2``; images/sec per row, so the
+rates compare). ``--only max-autotune`` (say) times one lever beside
 the step it changes, so that a slow compilation runs as its own job. Every lever row is held to
 the same supervised step (the precision's channels-last step compiled in the default mode),
 compiled once.
@@ -64,6 +67,8 @@ class StepSetting:
     compiled: bool = False
     compile_mode: str = "default"   # a lever: max-autotune, reduce-overhead (CUDA graphs)
     concat_views: bool = False      # a lever: both views in one encoder call (changes BN statistics)
+    whole_step: bool = False        # a lever: the whole step (backward, optimiser, momentum) compiled as one graph
+    batch_scale: int = 1            # a lever: this many times the batch per step
 
     @property
     def memory_format(self) -> str:
@@ -76,8 +81,12 @@ class StepSetting:
     @property
     def name(self) -> str:
         name = f"{self.precision}/{self.memory_format}/{self.mode}"
+        if self.whole_step:
+            name += " whole-step"
         if self.compiled and self.compile_mode != "default":
             name += f" {self.compile_mode}"
+        if self.batch_scale != 1:
+            name += f" batch x{self.batch_scale}"
         return name + (" +concat-views" if self.concat_views else "")
 
 
@@ -101,14 +110,17 @@ def settings_grid(precisions=PRECISIONS, compiled: str = "channels-last") -> lis
     return eager + extra
 
 
-LEVERS = ("concat-views", "max-autotune", "reduce-overhead")
+LEVERS = ("concat-views", "max-autotune", "reduce-overhead", "whole-step", "batch-x2")
 
 
 def lever_settings(precision: str, device: str, levers: tuple[str, ...] | None = None) -> list[StepSetting]:
     """One row per lever on top of the channels-last compiled step of ``precision``: the two
     views in one encoder call, eager and compiled ('concat-views'); compile modes 'max-autotune'
-    and, on a GPU, 'reduce-overhead' (CUDA graphs of the whole step's kernels). ``levers``
-    picks some (default: all), so that the slow-to-compile ones can run as their own job."""
+    and, on a GPU, 'reduce-overhead' (CUDA graphs of the model's kernels); 'whole-step': the
+    forward, backward, optimiser and momentum update compiled as one graph
+    (:mod:`pixpro_fast.step`), and on a GPU the same replayed as CUDA graphs; 'batch-x2': twice
+    the batch per step. ``levers`` picks some (default: all), so that the slow-to-compile ones
+    can run as their own job."""
     levers = LEVERS if levers is None else tuple(levers)
     unknown = [name for name in levers if name not in LEVERS]
     if unknown:
@@ -121,6 +133,12 @@ def lever_settings(precision: str, device: str, levers: tuple[str, ...] | None =
         rows.append(dataclasses.replace(best, compile_mode="max-autotune"))
     if "reduce-overhead" in levers and str(device).startswith("cuda"):
         rows.append(dataclasses.replace(best, compile_mode="reduce-overhead"))
+    if "whole-step" in levers:
+        rows.append(dataclasses.replace(best, whole_step=True))
+        if str(device).startswith("cuda"):
+            rows.append(dataclasses.replace(best, whole_step=True, compile_mode="reduce-overhead"))
+    if "batch-x2" in levers:
+        rows.append(dataclasses.replace(best, batch_scale=2))
     return rows
 
 
@@ -128,17 +146,19 @@ def supervised_setting(s: StepSetting) -> StepSetting:
     """The supervised step a PixPro setting is compared with: the same precision, memory format
     and compilation, in the default compile mode and with its one view. The lever rows thus share
     one reference step (compiled once) and differ only in what the lever does to PixPro."""
-    return dataclasses.replace(s, concat_views=False, compile_mode="default")
+    return dataclasses.replace(s, concat_views=False, compile_mode="default", whole_step=False, batch_scale=1)
 
 
 # -- the two steps ------------------------------------------------------------------------
 
 def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSetting, device: str = "cpu",
                 proj_hidden_dim: int = 4096):
-    """A closure running one engine training step on a fixed synthetic batch."""
+    """A closure running one engine training step on a fixed synthetic batch (``batch_size``
+    times the setting's ``batch_scale``)."""
+    batch_size *= setting.batch_scale
     cfg = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, proj_hidden_dim=proj_hidden_dim,
                       device=device, precision=setting.precision, channels_last=setting.channels_last,
-                      compile=setting.compiled, compile_mode=setting.compile_mode,
+                      compile=setting.compiled, compile_mode=setting.compile_mode, compile_step=setting.whole_step,
                       concat_views=setting.concat_views, tensorboard=False, epochs=1000, warmup_epochs=0.0,
                       out="bench_out/unused", resume=False)
     loader = SyntheticLoader(batch_size, image_size, device=device, batches_per_epoch=1)
@@ -272,15 +292,17 @@ def run(arch: str = "resnet18", image_size: int = 64, batch_size: int = 32, sett
             if ("pixpro", s) not in times:
                 continue
             t_pix, t_sup = times[("pixpro", s)], times[("supervised", supervised_setting(s))]
-            pix_rate = flops_pix * batch_size / t_pix
+            pix_batch = batch_size * s.batch_scale
+            pix_rate = flops_pix * pix_batch / t_pix
             sup_rate = flops_sup * batch_size / t_sup
             rows.append({
-                "device": device, "arch": arch, "image_size": image_size, "batch_size": batch_size,
+                "device": device, "arch": arch, "image_size": image_size, "batch_size": pix_batch,
                 "setting": s.name, "precision": s.precision, "memory_format": s.memory_format, "mode": s.mode,
                 "compile_mode": s.compile_mode if s.compiled else None, "concat_views": s.concat_views,
+                "whole_step": s.whole_step, "supervised_batch_size": batch_size,
                 "pixpro_step_s": t_pix, "supervised_step_s": t_sup, "supervised_setting": supervised_setting(s).name,
-                "pixpro_images_per_s": batch_size / t_pix, "supervised_images_per_s": batch_size / t_sup,
-                "speedup_vs_fp32_eager": base / t_pix,
+                "pixpro_images_per_s": pix_batch / t_pix, "supervised_images_per_s": batch_size / t_sup,
+                "speedup_vs_fp32_eager": (pix_batch / t_pix) / (batch_size / base),
                 "flop_throughput_ratio": pix_rate / sup_rate,
                 "pixpro_flops_per_s": pix_rate, "supervised_flops_per_s": sup_rate,
                 f"mfu_vs_{reference}_matmul": pix_rate / matmul[reference],

@@ -195,6 +195,9 @@ class TrainConfig:
     compile_mode: str = _opt("default", "torch.compile mode when compiling; the other two tune kernels (much longer "
                              "compilation) or capture CUDA graphs", "apply",
                              choices=("default", "max-autotune", "reduce-overhead"))
+    compile_step: bool = _opt(False, "torch.compile the whole training step (forward, backward, optimiser, momentum "
+                              "update) as one graph instead of the model, in --compile-mode; one process, one "
+                              "micro-batch per step, not fp16", "apply")
     sync_bn: bool | None = _opt(None, "synchronise BatchNorm statistics across GPU processes (torchrun); none: as "
                                       "the method's reference does, in multi-GPU runs only; CUDA devices only",
                                 "apply")

@@ -24,10 +24,11 @@ import torch.distributed as dist
 from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoints, load_checkpoint,
                          load_newest_intact, non_finite_entries, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
-from .config import TrainConfig, resume_applied_changes, resume_differences
+from .config import ConfigError, TrainConfig, resume_applied_changes, resume_differences
 from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
+from .step import TrainStep, compile_step, whole_step_problem
 from .training import (apply_optimizer_settings, autocast, build_loader_for, build_training,  # noqa: F401
                        resolve_device)
 
@@ -137,7 +138,14 @@ class Trainer:
         self._control_group = None
         if self.world_size > 1 and dist.get_backend() != "gloo":
             self._control_group = dist.new_group(backend="gloo")
-        self.forward = torch.compile(forward, mode=cfg.compile_mode) if cfg.compile else forward
+        if cfg.compile_step:
+            problem = whole_step_problem(cfg.accum_steps, self.world_size, self.precision)
+            if problem:
+                raise ConfigError("compile_step", f"cannot capture this run's step whole: {problem}")
+        self.forward = torch.compile(forward, mode=cfg.compile_mode) if cfg.compile and not cfg.compile_step else forward
+        self.train_step = TrainStep(t, self.forward, self.scaler if self.scaler.is_enabled() else None, self.ddp,
+                                    cfg.clip_grad_norm, whole=cfg.compile_step)
+        self._run_step = compile_step(self.train_step, cfg.compile_mode) if cfg.compile_step else self.train_step
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0   # micro-batches of the current epoch already consumed by finished steps
@@ -167,6 +175,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         apply_optimizer_settings(self.cfg, self.optimizer)
+        self.train_step.prepare()       # a step compiled whole reads the loaded state and settings
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         set_rng_state(state["rng"])
@@ -232,31 +241,14 @@ class Trainer:
         return path
 
     # -- the loop -----------------------------------------------------------------------
-    def _train_step(self, micro_batches) -> torch.Tensor:
-        cfg = self.cfg
-        lr = self.training.set_lr(self.step)
-        stats = []
-        for i, batch in enumerate(micro_batches):
-            sync_ctx = (self.ddp.no_sync() if self.ddp is not None and i < len(micro_batches) - 1
-                        else contextlib.nullcontext())
-            with sync_ctx:
-                with self.training.autocast():   # the run's precision and attention kernel
-                    out = self.forward(batch.views, batch.coords)
-                loss = out.loss / len(micro_batches)
-                self.scaler.scale(loss).backward()
-            stats.append(torch.stack([out.loss.detach().float()] + [v.float() for v in out.stats.values()]))
-        self.model.before_optimizer_step(self.step)
-        if self.cfg.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.online.parameters(), self.cfg.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.after_optimizer_step()
-        self.model.update_target(self._momentum())
+    def _train_step(self, micro_batches) -> tuple[torch.Tensor, float]:
+        """One optimiser step (:class:`pixpro_fast.step.TrainStep`, compiled whole with
+        ``compile_step``): (its statistics as a device tensor, its lr)."""
+        lr = self.train_step.set_schedules(self.step)
+        stats = self._run_step(micro_batches)
         self.step += 1
-        self._stat_names = ("loss", *out.stats)
-        return torch.stack(stats).mean(0), lr
+        self._stat_names = self.train_step.stat_names
+        return stats, lr
 
     def _on_signal(self, signum, frame):
         """First stop signal: note it, the loop stops after this step and saves. A second one

@@ -31,34 +31,131 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            multi_p, multi_g, multi_buf, single_p, single_g, single_buf = [], [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if p.ndim > 1:
-                    multi_p.append(p); multi_g.append(p.grad); multi_buf.append(state["momentum_buffer"])
-                else:
-                    single_p.append(p); single_g.append(p.grad); single_buf.append(state["momentum_buffer"])
-            if multi_p:
-                grads = torch._foreach_add(multi_g, multi_p, alpha=group["weight_decay"])
-                p_norm = torch.stack(torch._foreach_norm(multi_p))
-                g_norm = torch.stack(torch._foreach_norm(grads))
-                scale = torch.where(p_norm > 0, group["trust_coefficient"] * p_norm / (g_norm + group["eps"]),
-                                    torch.ones_like(p_norm))
-                torch._foreach_mul_(grads, list(scale.unbind()))
-                self._apply(multi_p, grads, multi_buf, group)
-            if single_p:
-                self._apply(single_p, single_g, single_buf, group)
+            self._group_step(group, group["lr"])
         return loss
 
+    def _group_step(self, group, lr):
+        multi_p, multi_g, multi_buf, single_p, single_g, single_buf = [], [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if p.ndim > 1:
+                multi_p.append(p); multi_g.append(p.grad); multi_buf.append(state["momentum_buffer"])
+            else:
+                single_p.append(p); single_g.append(p.grad); single_buf.append(state["momentum_buffer"])
+        if multi_p:
+            grads = torch._foreach_add(multi_g, multi_p, alpha=group["weight_decay"])
+            p_norm = torch.stack(torch._foreach_norm(multi_p))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            scale = torch.where(p_norm > 0, group["trust_coefficient"] * p_norm / (g_norm + group["eps"]),
+                                torch.ones_like(p_norm))
+            torch._foreach_mul_(grads, list(scale.unbind()))
+            self._apply(multi_p, grads, multi_buf, group["momentum"], lr)
+        if single_p:
+            self._apply(single_p, single_g, single_buf, group["momentum"], lr)
+
     @staticmethod
-    def _apply(params, grads, bufs, group):
-        torch._foreach_mul_(bufs, group["momentum"])
+    def _apply(params, grads, bufs, momentum, lr):
+        torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
-        torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        if torch.is_tensor(lr):   # a schedule written in place (a step compiled whole): no host read
+            torch._foreach_add_(params, torch._foreach_mul(bufs, -lr))
+        else:
+            torch._foreach_add_(params, bufs, alpha=-lr)
+
+
+# --------------------------------------------------------------------------- updates a compiled step captures
+
+def capturable_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why :func:`capturable_update` cannot stand in for ``optimizer.step()``, or None."""
+    if isinstance(optimizer, LARS):
+        return None
+    if type(optimizer) is torch.optim.SGD:
+        bad = [k for k in ("nesterov", "maximize") if any(g.get(k) for g in optimizer.param_groups)]
+        if any(g.get("dampening", 0) for g in optimizer.param_groups):
+            bad.append("dampening")
+        return f"SGD with {', '.join(bad)}" if bad else None
+    if type(optimizer) is torch.optim.AdamW:
+        bad = [k for k in ("amsgrad", "maximize") if any(g.get(k) for g in optimizer.param_groups)]
+        return f"AdamW with {', '.join(bad)}" if bad else None
+    return f"the {type(optimizer).__name__} optimiser"
+
+
+@torch.no_grad()
+def prepare_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Every state tensor :func:`capturable_update` reads, made now (zeros, as the optimiser
+    would make them at its first step; an AdamW step count on its parameter's device), so a
+    captured step finds the same tensors at every call."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if isinstance(optimizer, torch.optim.AdamW):
+                state.setdefault("exp_avg", torch.zeros_like(p, memory_format=torch.preserve_format))
+                state.setdefault("exp_avg_sq", torch.zeros_like(p, memory_format=torch.preserve_format))
+                step = state.get("step", 0.0)
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device).clone()
+            elif isinstance(optimizer, LARS) or group.get("momentum", 0):
+                state.setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+
+
+def capturable_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The optimiser's parameter groups without their lr, as :func:`capturable_update` reads
+    them: a compiled step guards on every value it reads, so it must not read the float lr
+    the schedule changes every step. Take them again when the groups' settings change."""
+    return [{k: v for k, v in group.items() if k != "lr"} for group in optimizer.param_groups]
+
+
+@torch.no_grad()
+def capturable_update(optimizer: torch.optim.Optimizer, lr: torch.Tensor, groups: list[dict] | None = None) -> None:
+    """``optimizer.step()`` for LARS, SGD and AdamW with the lr a 0-d device tensor and no host
+    read: the update a compiled step captures (torch.optim's own step() is kept out of a
+    compiled graph by design). Call :func:`prepare_capturable` once first. SGD's zero-started
+    momentum buffer equals its first-step copy of the gradient (no dampening); AdamW is
+    PyTorch's (decoupled decay, bias-corrected moments, no amsgrad). ``groups``:
+    :func:`capturable_groups` (default: taken now)."""
+    for group in capturable_groups(optimizer) if groups is None else groups:
+        if isinstance(optimizer, LARS):
+            optimizer._group_step(group, lr)
+            continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        state = [optimizer.state[p] for p in params]
+        if isinstance(optimizer, torch.optim.AdamW):
+            _adamw(params, grads, state, group, lr)
+        else:
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["momentum"]:
+                bufs = [s["momentum_buffer"] for s in state]
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, grads)
+                grads = bufs
+            torch._foreach_add_(params, torch._foreach_mul(grads, -lr))
+
+
+def _adamw(params, grads, state, group, lr: torch.Tensor) -> None:
+    beta1, beta2 = group["betas"]
+    steps = [s["step"] for s in state]
+    exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state]
+    torch._foreach_add_(steps, 1.0)
+    if group["weight_decay"]:
+        torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
+    step = steps[0]                                  # every parameter has taken the same steps
+    step_size = lr / (1.0 - beta1 ** step)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, (1.0 - beta2 ** step).sqrt())
+    torch._foreach_add_(denom, group["eps"])
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, -step_size)
+    torch._foreach_add_(params, update)
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str = "linear") -> float:

@@ -281,6 +281,23 @@ def test_step_levers_are_rows_beside_the_step_they_change():
             == rows["fp32/channels-last/eager"]["supervised_step_s"])
 
 
+def test_whole_step_and_batch_levers_are_rows_with_their_own_rates():
+    cpu = [s.name for s in bench_step.lever_settings("bf16", "cpu", ("whole-step", "batch-x2"))]
+    assert cpu == ["bf16/channels-last/compiled", "bf16/channels-last/compiled whole-step",
+                   "bf16/channels-last/compiled batch x2"]
+    gpu = [s.name for s in bench_step.lever_settings("bf16", "cuda", ("whole-step",))]
+    assert gpu[-1] == "bf16/channels-last/compiled whole-step reduce-overhead"
+    doubled = bench_step.StepSetting("fp32", True, False, batch_scale=2)
+    assert bench_step.supervised_setting(doubled) == bench_step.StepSetting("fp32", True, False)
+    result = bench_step.run("resnet18", 32, 4, [doubled], "cpu", warmup=1, iters=1, proj_hidden_dim=32,
+                            matmul_n=64, log=lambda *a: None)
+    row = next(r for r in result["rows"] if r["setting"] == doubled.name)
+    base = next(r for r in result["rows"] if r["setting"] == "fp32/contiguous/eager")
+    assert (row["batch_size"], row["supervised_batch_size"]) == (8, 4)
+    assert row["pixpro_images_per_s"] == pytest.approx(8 / row["pixpro_step_s"])
+    assert row["speedup_vs_fp32_eager"] == pytest.approx(row["pixpro_images_per_s"] / base["pixpro_images_per_s"])
+
+
 def test_step_mfu_is_held_to_bf16_only_where_bf16_is_native(monkeypatch):
     """On a device without native bf16 the table has no "vs bf16 matmul" column: MFU is held to
     an fp32 matmul and the column says so; the rate column names the device."""
