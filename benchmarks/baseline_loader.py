@@ -93,7 +93,7 @@ class BaselineLoader:
 
     def __iter__(self):
         for v1, v2, c1, c2, index in self._loader:
-            yield Batch(v1, v2, c1, c2, index).to(self.device)
+            yield Batch((v1, v2), (c1, c2), index).to(self.device)
 
 
 def build_baseline_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

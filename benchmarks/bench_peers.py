@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from pixpro_fast.engine import autocast
+from pixpro_fast.training import autocast
 from pixpro_fast.hardware import resolve_precision
 
 from .bench_step import StepSetting, pixpro_step

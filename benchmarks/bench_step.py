@@ -50,7 +50,8 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixpro_fast.config import TrainConfig
-from pixpro_fast.engine import Trainer, autocast
+from pixpro_fast.engine import Trainer
+from pixpro_fast.training import autocast
 from pixpro_fast.hardware import emulated_reason, native_precisions
 from pixpro_fast.methods.pixpro import PixPro
 from pipelines.synthetic import SyntheticLoader

@@ -73,23 +73,6 @@ def steady_rate(arrivals: list[float], batch_size: int) -> float:
     return batch_size / slope
 
 
-def time_call(fn: Callable[[], object], device="cpu", warmup: int = 3, iters: int = 10, min_time: float = 0.0) -> float:
-    """Median seconds per call of ``fn`` after ``warmup`` calls (at least ``iters`` timed calls,
-    more until ``min_time`` seconds have passed)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start_all < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def time_interleaved(fns: dict[str, Callable[[], object]], device="cpu", warmup: int = 2,
                      iters: int = 10, on_round: Callable[[dict, int], None] | None = None) -> dict[str, float]:
     """Median seconds per call of each function, timed in alternation (A, B, A, B, ...) so

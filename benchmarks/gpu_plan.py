@@ -12,6 +12,8 @@ Parts (ResNet-50 and ViT-S/16 at 224 px, batch 128, as in RESULTS.md's GPU secti
   compiled (``bench_step --levers bf16 --only concat-views``);
 - ``step_max_autotune``, ``step_cuda_graphs``: the compiled step beside the same step compiled
   with ``max-autotune`` or ``reduce-overhead`` (each compiles slowly, so each is its own part);
+- ``step_whole``: the whole step (forward, backward, optimiser, momentum update) compiled as
+  one graph, and the same replayed as CUDA graphs (``--only whole-step``);
 - ``step_batch256``: the channels-last compiled bf16 step at batch 256;
 - ``methods``: LOCA beside PixPro: step time, FLOPs per image and MFU (``bench_methods``);
 - ``torch_loader``: the torch backend's feed rate with the colour work on the GPU beside the
@@ -78,6 +80,8 @@ def gpu_parts(device: str = "cuda") -> list[Part]:
                                                  "--only", "max-autotune", "--iters", "10"), 540),
         Part("step_cuda_graphs", "bench_step", ("--device", device, *r50, "--levers", "bf16",
                                                 "--only", "reduce-overhead", "--iters", "10"), 360),
+        Part("step_whole", "bench_step", ("--device", device, *r50, "--levers", "bf16", "--only", "whole-step",
+                                          "--iters", "10"), 540),
         Part("step_batch256", "bench_step", ("--device", device, "--arch", "resnet50", "--image-size", "224",
                                              "--batch-size", "256", "--precisions", "bf16", "--compiled", "best",
                                              "--iters", "10"), 240),

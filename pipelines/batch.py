@@ -15,21 +15,15 @@ class Batch:
     float32 per the contract in :mod:`pipelines.geometry`; ``index`` the dataset indices of
     the samples (B,) int64; ``skipped`` how many unreadable images were replaced.
 
-    Built as ``Batch(views, coords, index, skipped)`` or, for two views,
-    ``Batch(view1, view2, coords1, coords2, index, skipped)``; ``view1`` / ``view2`` /
-    ``coords1`` / ``coords2`` name the first two views.
+    Built as ``Batch(views, coords, index, skipped)``; ``view1`` / ``view2`` / ``coords1`` /
+    ``coords2`` name the first two views.
     """
     __slots__ = ("views", "coords", "index", "skipped")
 
     def __init__(self, *args, views: Sequence[torch.Tensor] | None = None,
                  coords: Sequence[torch.Tensor] | None = None, index: torch.Tensor | None = None,
                  skipped: int = 0):
-        if args and isinstance(args[0], torch.Tensor):  # Batch(view1, view2, coords1, coords2, index[, skipped])
-            if len(args) not in (5, 6):
-                raise TypeError("two-view form is Batch(view1, view2, coords1, coords2, index[, skipped])")
-            views, coords, index = args[:2], args[2:4], args[4]
-            skipped = args[5] if len(args) == 6 else skipped
-        elif args:
+        if args:
             names = ("views", "coords", "index", "skipped")
             if len(args) > 4:
                 raise TypeError("Batch(views, coords, index[, skipped])")

@@ -21,7 +21,6 @@ class EpochCursor:
         self.epoch = 0          # the epoch of the pass in progress (or the next, when pinned)
         self.start_batch = 0    # the batch the pass in progress began at
         self._pinned = True     # the first pass reads epoch 0 from batch 0
-        self._passes = 0
 
     def set(self, epoch: int, start_batch: int = 0) -> None:
         if epoch < 0:
@@ -35,7 +34,6 @@ class EpochCursor:
         if not self._pinned:
             self.epoch, self.start_batch = self.epoch + 1, 0
         self._pinned = False
-        self._passes += 1
         return self.epoch, self.start_batch
 
 

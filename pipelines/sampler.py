@@ -170,14 +170,6 @@ def draw_views(out, spec, seed, epoch, samples, heights, widths):
         draw_sample(out[b], spec, seed, epoch, samples[b], heights[b], widths[b])
 
 
-@njit(cache=True, nogil=True)
-def draw_batch_decisions(out, spec, seed, epoch, samples):
-    """Flip and colour fields only, for a batch (the window fields are left alone)."""
-    for b in range(samples.shape[0]):
-        for v in range(spec.shape[0]):
-            draw_decisions(out[b, v], spec[v], seed, epoch, samples[b], v)
-
-
 # --------------------------------------------------------------------------- Python side
 
 def recipe_spec(recipe, image_size: int) -> np.ndarray:

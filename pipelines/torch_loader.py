@@ -402,9 +402,6 @@ class ViewPlanDataset(torch.utils.data.Dataset):
         return tuple(out), coords, used, skipped, bad_files, drawn
 
 
-TwoViewDataset = ViewPlanDataset
-
-
 def _no_collate(item):
     return item
 

@@ -25,12 +25,11 @@ from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoint
                          load_newest_intact, non_finite_entries, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig, resume_applied_changes, resume_differences
-from .hardware import native_precisions, resolve_precision  # noqa: F401 (resolve_precision: re-exported)
+from .hardware import native_precisions
 from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
 from .step import TrainStep, compile_step, whole_step_problem
-from .training import (apply_optimizer_settings, autocast, build_loader_for, build_training,  # noqa: F401
-                       resolve_device)
+from .training import apply_optimizer_settings, build_loader_for, build_training, resolve_device
 
 
 class NonFiniteLossError(RuntimeError):

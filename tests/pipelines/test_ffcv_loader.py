@@ -67,7 +67,7 @@ def geometry_loader(plane_beton):
 
 def _collect(loader, epoch=0, start=0):
     loader.set_epoch(epoch, start)
-    return [Batch(b.view1.clone(), b.view2.clone(), b.coords1, b.coords2, b.index, b.skipped) for b in loader]
+    return [Batch((b.view1.clone(), b.view2.clone()), b.coords, b.index, b.skipped) for b in loader]
 
 
 def _same(a: Batch, b: Batch) -> bool:

@@ -23,7 +23,8 @@ from pixpro_fast.training import build_training
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(arch="resnet18", image_size=32, proj_hidden_dim=32, proj_dim=16, batch_size=4, num_workers=0,
             tensorboard=False, log_every=1, warmup_epochs=0.0, loader="synthetic", precision="fp32")
-APPLY = {"num_workers", "on_corrupt", "max_pixels", "device", "channels_last", "compile", "out", "log_every",
+APPLY = {"num_workers", "on_corrupt", "max_pixels", "device", "channels_last", "compile", "compile_step", "out",
+         "log_every",
          "ckpt_every", "ckpt_every_minutes", "keep_ckpts", "resume", "tensorboard", "profile", "probe_every",
          "probe_images", "max_steps", "weight_decay", "lars_trust", "sgd_momentum", "final_lr", "final_lr_fraction",
          "clip_grad_norm", "compile_mode", "attention", "sync_bn"}
