@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 from pixpro_fast import finetune, probe
+from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.image_probe import classify_features, pooled_features
 
 from .common import markdown_table, write_json
@@ -306,7 +307,7 @@ def main(argv=None) -> dict:
         results[m] = {"description": describe(m), **evaluate(m, lambda s: encoder, kind, True, run["checkpoint"]),
                       "pretrain": {k: v for k, v in run.items() if k != "checkpoint"}}
         if f"{SCRATCH} {kind}" not in results:    # the baseline of this encoder kind
-            shape = probe.trunk_shape(trunk.state_dict(), arch)
+            shape = trunk_shape(trunk.state_dict(), arch)
             results[f"{SCRATCH} {kind}"] = evaluate(f"{SCRATCH} {kind}", random_init(arch, cfg.method, shape, stats),
                                                     kind, False, None)
     # the scratch rows last in each fraction's block

@@ -73,6 +73,7 @@ import torch
 from pixpro_fast import probe
 from pixpro_fast.checkpoint import UnsafeCheckpointError, list_checkpoints
 from pixpro_fast.config import TrainConfig, field_optional, field_type
+from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
 from pixpro_fast.methods import METHODS
 from pixpro_fast.pair_losses import PAIR_LOSSES
@@ -460,7 +461,7 @@ def main(argv=None) -> dict:
                             "description": describe(m), **run, "config": cfg.to_dict()})
             continue
         pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
-        shape = probe.trunk_shape(pretrained.state_dict(), arch)
+        shape = trunk_shape(pretrained.state_dict(), arch)
         initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
         turn = probe.weight_turn(pretrained, initial)
         kind = encoder_kind(arch, method)

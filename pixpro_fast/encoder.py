@@ -2,10 +2,12 @@
 
 The trunk keeps torchvision's attribute names (conv1, bn1, layer1..layer4), so its
 state_dict keys are exactly torchvision's minus ``fc.*``: weights move both ways without a
-key map.
+key map. :func:`build_trunk` builds any encoder arch, ResNet or ViT, and
+:func:`trunk_shape` reads its arguments back from a saved state_dict.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -111,3 +113,32 @@ def build_encoder(arch: str = "resnet50", weights: str | Path | None = None,
             raise ValueError(f"weights in {weights} do not fit {arch}: {mismatch}")
         trunk.load_state_dict(state)
     return trunk
+
+
+# --------------------------------------------------------------------------- any trunk, ResNet or ViT
+
+def build_trunk(arch: str, in_channels: int = 3, img_size: int = 224) -> nn.Module:
+    """A randomly initialised encoder offering ``forward_stages``: a ResNet trunk taking
+    ``in_channels`` channels, or a ViT whose native position grid is ``img_size / 16``."""
+    from .vit import VIT_ARCHS, ViTEncoder
+    if arch in VIT_ARCHS:
+        if in_channels != 3:
+            raise ValueError(f"ViT encoders take 3 input channels, got in_channels={in_channels}")
+        return ViTEncoder(arch, img_size)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown encoder arch {arch!r}; choose one of {tuple(ARCHS) + tuple(VIT_ARCHS)}")
+    return build_encoder(arch, in_channels=in_channels)
+
+
+def trunk_shape(state: dict[str, torch.Tensor], arch: str) -> dict:
+    """The ``build_trunk`` arguments an encoder state_dict was saved from: ``in_channels`` of a
+    ResNet (``conv1``), ``img_size`` of a ViT (its position embedding's grid)."""
+    from .vit import PATCH, VIT_ARCHS
+    if arch in VIT_ARCHS:
+        pos = state.get("vit.pos_embed")
+        if pos is None:
+            return {}
+        grid = math.isqrt(pos.shape[1])
+        return {"img_size": grid * PATCH} if grid * grid == pos.shape[1] else {}
+    conv1 = state.get("conv1.weight")
+    return {"in_channels": int(conv1.shape[1])} if conv1 is not None and conv1.dim() == 4 else {}

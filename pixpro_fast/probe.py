@@ -48,6 +48,8 @@ from PIL import Image
 from pipelines import colour
 from pipelines.recipe import IMAGENET_MEAN, IMAGENET_STD
 
+from .encoder import build_trunk, trunk_shape
+
 IGNORE_INDEX = 255
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -442,34 +444,6 @@ def gain_verdict(pretrained: list[float], random_init: list[float], metric: str 
 
 
 # --------------------------------------------------------------------------- encoders
-
-def build_trunk(arch: str, in_channels: int = 3, img_size: int = 224) -> nn.Module:
-    """A randomly initialised encoder offering ``forward_stages``: a ResNet trunk taking
-    ``in_channels`` channels, or a ViT whose native position grid is ``img_size / 16``."""
-    from .encoder import ARCHS, build_encoder
-    from .vit import VIT_ARCHS, ViTEncoder
-    if arch in VIT_ARCHS:
-        if in_channels != 3:
-            raise ValueError(f"ViT encoders take 3 input channels, got in_channels={in_channels}")
-        return ViTEncoder(arch, img_size)
-    if arch not in ARCHS:
-        raise ValueError(f"unknown encoder arch {arch!r}; choose one of {tuple(ARCHS) + tuple(VIT_ARCHS)}")
-    return build_encoder(arch, in_channels=in_channels)
-
-
-def trunk_shape(state: dict[str, torch.Tensor], arch: str) -> dict:
-    """The ``build_trunk`` arguments an encoder state_dict was saved from: ``in_channels`` of a
-    ResNet (``conv1``), ``img_size`` of a ViT (its position embedding's grid)."""
-    from .vit import PATCH, VIT_ARCHS
-    if arch in VIT_ARCHS:
-        pos = state.get("vit.pos_embed")
-        if pos is None:
-            return {}
-        grid = math.isqrt(pos.shape[1])
-        return {"img_size": grid * PATCH} if grid * grid == pos.shape[1] else {}
-    conv1 = state.get("conv1.weight")
-    return {"in_channels": int(conv1.shape[1])} if conv1 is not None and conv1.dim() == 4 else {}
-
 
 def encoder_from_checkpoint(path: str | Path, arch: str | None = None) -> tuple[nn.Module, str, dict]:
     """The online encoder of a training checkpoint: (encoder, arch, the checkpoint's config).

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixpro_fast import probe
+from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.methods import METHODS
 from pixpro_fast.methods.colorization import lightness_input
 from pixpro_fast.vit import PATCH, ViTEncoder
@@ -144,7 +145,7 @@ def test_random_init_baselines_are_the_weights_pretraining_starts_from(tmp_path)
             proj_hidden_dim=32, seed=3, out=str(tmp_path / method),
             **({"num_prototypes": 16} if method == "loca" else {}))
         started = Trainer(cfg).model.online["encoder"].state_dict()
-        assert probe.trunk_shape(started, arch) == shape
+        assert trunk_shape(started, arch) == shape
         baseline = probe.random_encoder(arch, 3, **shape).state_dict()
         assert started.keys() == baseline.keys()
         assert all(torch.equal(started[k], baseline[k]) for k in started), method
