@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipelines.colour import rgb_to_lab
+from pipelines.lab import rgb_to_lab
 
 from .contract import MethodOutput
 from .pretext import PretextMethod, accuracy

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipelines.colour import lab_to_rgb, rgb_to_lab
+from pipelines.lab import lab_to_rgb, rgb_to_lab
 
 
 def lab_of_one_pixel(r, g, b):

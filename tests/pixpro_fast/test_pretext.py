@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipelines.colour import lab_to_rgb, rgb_to_lab
+from pipelines.lab import lab_to_rgb, rgb_to_lab
 from pixpro_fast.methods import METHODS as REGISTRY
 from pixpro_fast.methods.colorization import (NUM_BINS, Colorization, ab_bins, estimate_ab_prior,
                                               rebalancing_weights, soft_encode)
@@ -232,7 +232,7 @@ def test_prior_and_rebalancing_weights():
         b[:, :, :6] = b[:, :1, :6]
     raw = estimate_ab_prior(batches, bins, sigma=0)
     counts = torch.zeros(bins.shape[0])
-    from pipelines.colour import rgb_to_lab
+    from pipelines.lab import rgb_to_lab
     for b in batches:
         lab = rgb_to_lab(b)
         for n in range(2):
