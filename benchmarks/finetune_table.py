@@ -23,10 +23,11 @@ fine-tune's gain over supervised training from scratch against the seeds' spread
 
 The survey's numbers are the defaults (head: AdamW 3e-4, 10 epochs, batch 8; fine-tune:
 3e-5, 40 epochs; scratch 50 epochs). On two CPU cores (AMD EPYC, bf16 native), the setting
-recorded in benchmarks/RESULTS.md takes about an hour:
+recorded in benchmarks/RESULTS.md took about 45 minutes:
 
-    python -m benchmarks finetune --methods pixpro,byol,simclr,rotation --threads 1 --workers 1 \\
-        --head-epochs 3 --finetune-epochs 12 --labelled-scenes 256 --val-scenes 96 --image-size 64
+    python -m benchmarks finetune --methods pixpro,byol,rotation --threads 1 --workers 1 \\
+        --head-epochs 3 --finetune-epochs 12 --labelled-scenes 256 --val-scenes 96 --image-size 64 \\
+        --ft-image-size 48 --ft-batch-size 16
     python -m benchmarks finetune --methods pixpro --no-reference --budget 0.01 --scenes 32 --batch-size 16 \\
         --labelled-scenes 16 --val-scenes 8 --head-epochs 1 --finetune-epochs 1 --seeds 1   # smoke test
 
