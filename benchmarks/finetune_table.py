@@ -66,7 +66,7 @@ COLUMNS = ["method", "arch", "labels", "k-NN top-1", "linear top-1", "head-only 
 def labelled_task(args) -> finetune.Task:
     """The whole labelled train split and the val split: --data, or the built-in objects."""
     if args.data:
-        return finetune.folder_task(args.data, args.image_size, 1.0, args.seed, args.val_data, args.val_fraction)
+        return finetune.folder_task(args.data, args.ft_image_size, 1.0, args.seed, args.val_data, args.val_fraction)
     from pipelines.image_folder import scan_image_folder
     from pipelines.scenes import CLASSES, ensure_objects
     folders = {"--labelled-scenes": ensure_objects(args.labelled_scenes, split="train"),
@@ -76,7 +76,7 @@ def labelled_task(args) -> finetune.Task:
         if missing:
             raise ValueError(f"the objects of {flag} {getattr(args, flag[2:].replace('-', '_'))} scenes hold no "
                              f"{', '.join(missing)}: raise {flag}")
-    return finetune.folder_task(folders["--labelled-scenes"], args.image_size,
+    return finetune.folder_task(folders["--labelled-scenes"], args.ft_image_size,
                                 val_data=folders["--val-scenes"])
 
 
@@ -92,9 +92,7 @@ def parse_fractions(spec: str) -> list[float]:
 
 
 def finetune_config(args, fraction: float, seed: int) -> finetune.FinetuneConfig:
-    return finetune.FinetuneConfig(args.head_lr, args.head_epochs, args.finetune_lr, args.finetune_epochs,
-                                   args.scratch_epochs, args.ft_batch_size, args.weight_decay, args.hidden_dim,
-                                   args.image_size, fraction, seed)
+    return finetune.protocol_config(args, fraction, seed, "ft-")
 
 
 # --------------------------------------------------------------------------- one cell: a row at one fraction and seed
@@ -202,7 +200,6 @@ def write_outputs(out: Path, payload: dict) -> dict[str, Path]:
 # --------------------------------------------------------------------------- command line
 
 def main(argv=None) -> dict:
-    d = finetune.FinetuneConfig()
     ap = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_pretrain_options(ap, "bench_out/finetune")
@@ -216,16 +213,10 @@ def main(argv=None) -> dict:
     g.add_argument("--fractions", default="0.05,1", help="label fractions, comma-separated")
     g.add_argument("--seeds", type=int, default=2, help="seeds per fraction (subset, head, batch order, scratch)")
     g = ap.add_argument_group("evaluation (the survey's protocol; k-NN and linear as in train.py eval)")
-    g.add_argument("--ft-image-size", type=int, default=None, help="side of the labelled images (default: --image-size)")
-    g.add_argument("--ft-batch-size", type=int, default=d.batch_size, help="images per fine-tuning step")
-    g.add_argument("--head-lr", type=float, default=d.head_lr, help="AdamW lr of the head stage and of scratch")
-    g.add_argument("--head-epochs", type=int, default=d.head_epochs, help="epochs of the head stage")
-    g.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="AdamW lr of the whole-network stage")
-    g.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the whole-network stage")
-    g.add_argument("--scratch-epochs", type=int, default=None,
-                   help="epochs of supervised training from scratch (default: head + fine-tune epochs)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the head's first layer")
+    finetune.add_protocol_options(g, "ft-", scratch_epochs=None, image_size=None,
+                                  scratch_help="epochs of supervised training from scratch (default: head + "
+                                               "fine-tune epochs)",
+                                  image_help="side of the labelled images (default: --image-size)")
     g.add_argument("--k", type=int, default=20, help="neighbours of the k-NN classifier")
     g.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature")
     g.add_argument("--linear-steps", type=int, default=1000, help="full-batch steps of the linear classifier")
@@ -234,7 +225,7 @@ def main(argv=None) -> dict:
     if args.scratch_epochs is None:
         args.scratch_epochs = args.head_epochs + args.finetune_epochs
     pretrain_size = args.image_size
-    args.image_size = args.ft_image_size or pretrain_size
+    args.ft_image_size = args.ft_image_size or pretrain_size
     if args.seeds < 1:
         ap.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.val_data and not args.data:

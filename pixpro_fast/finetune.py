@@ -421,6 +421,33 @@ def export_finetuned(net: FinetuneNet, arch: str, pretrain_config: dict, out_dir
 
 # --------------------------------------------------------------------------- command line
 
+def add_protocol_options(ap, sizes_prefix: str = "", scratch_epochs: int | None = FinetuneConfig.scratch_epochs,
+                         scratch_help: str = "epochs of the --random-init run",
+                         image_size: int | None = FinetuneConfig.image_size,
+                         image_help: str = "side of the (centre-cropped) images") -> None:
+    """The protocol's options, the survey's numbers as defaults: declared once, for ``train.py
+    finetune`` and the fine-tuning table. ``sizes_prefix`` (``ft-``) names the batch and image
+    size flags where a command's own ``--batch-size`` and ``--image-size`` mean something else."""
+    d = FinetuneConfig()
+    ap.add_argument("--head-lr", type=float, default=d.head_lr, help="AdamW lr of the head stage (and of scratch)")
+    ap.add_argument("--head-epochs", type=int, default=d.head_epochs, help="epochs of the head stage")
+    ap.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="AdamW lr of the whole-network stage")
+    ap.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the whole-network stage")
+    ap.add_argument("--scratch-epochs", type=int, default=scratch_epochs, help=scratch_help)
+    ap.add_argument(f"--{sizes_prefix}batch-size", type=int, default=d.batch_size, help="images per step")
+    ap.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    ap.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the head's first layer")
+    ap.add_argument(f"--{sizes_prefix}image-size", type=int, default=image_size, help=image_help)
+
+
+def protocol_config(args, label_fraction: float, seed: int, sizes_prefix: str = "") -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of :func:`add_protocol_options`' flags (ValueError naming a bad one)."""
+    size = sizes_prefix.replace("-", "_")
+    return FinetuneConfig(args.head_lr, args.head_epochs, args.finetune_lr, args.finetune_epochs,
+                          args.scratch_epochs, getattr(args, f"{size}batch_size"), args.weight_decay,
+                          args.hidden_dim, getattr(args, f"{size}image_size"), label_fraction, seed)
+
+
 def finetune_command(argv: list[str]) -> int:
     from .cli import _Parser, error_line
     from .training import resolve_device
@@ -443,16 +470,7 @@ def finetune_command(argv: list[str]) -> int:
     ap.add_argument("--val-images", type=int, default=128, help="scenes to score on (segmentation)")
     ap.add_argument("--label-fraction", type=float, default=d.label_fraction,
                     help="train on a stratified, seeded subset of this share of the labelled train split")
-    ap.add_argument("--head-lr", type=float, default=d.head_lr,
-                    help="AdamW lr of the head stage (and of --random-init)")
-    ap.add_argument("--head-epochs", type=int, default=d.head_epochs, help="epochs of the head stage")
-    ap.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help="AdamW lr of the whole-network stage")
-    ap.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of the whole-network stage")
-    ap.add_argument("--scratch-epochs", type=int, default=d.scratch_epochs, help="epochs of the --random-init run")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
-    ap.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    ap.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the head's first layer")
-    ap.add_argument("--image-size", type=int, default=d.image_size, help="side of the (centre-cropped) images")
+    add_protocol_options(ap)
     ap.add_argument("--seed", type=int, default=d.seed,
                     help="seed of the subsets, the head, batch order (and a random init)")
     ap.add_argument("--device", default="cpu", help="where the network trains (auto: a GPU when there is one)")
@@ -468,9 +486,7 @@ def finetune_command(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out} is a file; give a folder")
     try:
-        cfg = FinetuneConfig(args.head_lr, args.head_epochs, args.finetune_lr, args.finetune_epochs,
-                             args.scratch_epochs, args.batch_size, args.weight_decay, args.hidden_dim, args.image_size,
-                             args.label_fraction, args.seed)
+        cfg = protocol_config(args, args.label_fraction, args.seed)
         device = resolve_device(args.device)
         encoder, arch, saved, pretrained = load_start(args.checkpoint, args.arch, args.seed)
         if args.data:
