@@ -103,7 +103,7 @@ class TrainStep:
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             sync = self.ddp.no_sync() if self.ddp is not None and i < n - 1 else contextlib.nullcontext()
-            with sync:
+            with sync, torch.enable_grad():   # a whole step runs under no_grad (compile_step)
                 with self.training.autocast():
                     out = self.forward(batch.views, batch.coords)
                 loss = out.loss / n if n > 1 else out.loss
@@ -146,4 +146,12 @@ def compile_step(step: TrainStep, mode: str = "default", backend: str = "inducto
     if not step.whole:
         raise ValueError("compile_step needs a TrainStep built with whole=True")
     trace_backward()
-    return torch.compile(step.__call__, mode=None if mode == "default" else mode, backend=backend)
+    compiled = torch.compile(step.__call__, mode=None if mode == "default" else mode, backend=backend)
+
+    def run(micro_batches):
+        # grad mode off around the graph (on again inside, for the forward and backward): the
+        # compiler then sees a graph that no outer backward will differentiate, and the optimiser's
+        # in-place updates of the parameters stay inside it instead of an epilogue of copies
+        with torch.no_grad():
+            return compiled(micro_batches)
+    return run
