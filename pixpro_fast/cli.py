@@ -18,7 +18,12 @@ EPILOG = ("Ctrl-C (SIGINT), SIGTERM and SIGUSR1 finish the step in progress, wri
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage block) and exit status 2; a
-    mistyped flag gets the closest one suggested."""
+    mistyped flag gets the closest one suggested, and a shortened one is mistyped too
+    (``--head-epoch`` is not taken for ``--head-epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         if message.startswith("unrecognized arguments:"):

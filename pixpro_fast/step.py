@@ -6,9 +6,12 @@ update and the loss statistics. Called eagerly it is the engine's step. With
 ``whole=True`` it is built to be captured as one graph by ``torch.compile`` (the backward
 traced with it, see :func:`compile_step`), and to be replayed by CUDA graphs:
 
-- the schedules enter as 0-d device tensors written in place before each step (the lr in
-  every parameter group, the target momentum), so a new value is new data, not a new graph;
-- gradients are zeroed in place, never set to None, so every tensor keeps its address;
+- the schedules enter as 0-d device tensors written in place before each step (the lr the
+  optimiser's update reads, the target momentum), so a new value is new data, not a new graph;
+- gradients exist from the start and are zeroed in place, never set to None, so every
+  tensor keeps its address (a parameter that gets no gradient in a step is then updated as
+  if its gradient were zero: weight decay and momentum still move it, where the eager step,
+  whose gradients are set to None, leaves it alone);
 - nothing in the step reads a value back to the host: the statistics are returned as one
   device tensor, read by the engine at its log and checkpoint steps only.
 
@@ -24,6 +27,7 @@ import torch
 
 from .methods.contract import Method
 from .optim import capturable_groups, capturable_problem, capturable_update, prepare_capturable
+
 
 def whole_step_problem(accum_steps: int, world_size: int, precision: str) -> str | None:
     """Why a whole-step capture cannot run these settings, or None."""
@@ -93,7 +97,10 @@ class TrainStep:
         return lr
 
     def zero_grad(self) -> None:
-        """Gradients to zero in place (addresses kept) once they exist."""
+        """A whole step: gradients to zero in place (addresses kept); else set to None."""
+        if not self.whole:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
         grads = [p.grad for p in self.params if p.grad is not None]
         if grads:
             torch._foreach_zero_(grads)

@@ -97,7 +97,9 @@ def test_an_error_names_where_the_bad_value_was_set(tmp_path, capsys):
             (["--config", str(preset)], f"batch_size in {preset}: must be an int, got '16'"),
             (["--config", "quickstart", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
             (["--batch-sise", "16"], "unrecognized arguments: --batch-sise 16; --batch-sise (did you mean "
-                                     "--batch-size?)")):
+                                     "--batch-size?)"),
+            (["--batch-siz", "16"], "unrecognized arguments: --batch-siz 16; --batch-siz (did you mean "
+                                    "--batch-size?)")):   # a shortened flag is not taken for the whole one
         with pytest.raises(SystemExit) as stop:
             cli_main(argv)
         err = capsys.readouterr().err.strip()

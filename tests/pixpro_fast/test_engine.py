@@ -15,7 +15,6 @@ import torchvision
 from pixpro_fast.checkpoint import list_checkpoints, load_checkpoint
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import NonFiniteLossError, ResumeMismatchError, Trainer
-from pipelines.corrupt import plain_reason
 from pixpro_fast.export import detectron2_key, encoder_state_from_checkpoint, export_checkpoint
 from sample_data import jpeg_folder
 
@@ -236,16 +235,6 @@ def test_progress_line_counts_skipped_and_warning_names_the_file(tmp_path, caplo
     assert "skipped 1 unreadable" in lines[-1]
     warned = [r.getMessage() for r in caplog.records if "img_99.jpg" in r.getMessage()]
     assert len(warned) == 1 and "not an image PIL can identify" in warned[0] and "<_io" not in warned[0]
-
-
-def test_plain_reason():
-    unidentified = "cannot identify image file <_io.BytesIO object at 0x7f12ab>"
-    assert plain_reason(unidentified) == "not an image PIL can identify"
-    assert plain_reason("UnidentifiedImageError: cannot identify image file '/d/x.jpg'") == \
-        "not an image PIL can identify"
-    truncated = "image file is truncated (3 bytes not processed)"
-    assert plain_reason(truncated) == truncated
-    assert plain_reason("") == plain_reason(None) == "unreadable"
 
 
 def test_profile_writes_trace_and_prints_top_ops(tmp_path):
