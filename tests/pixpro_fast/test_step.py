@@ -1,8 +1,6 @@
 """The training step as one function of device tensors (pixpro_fast.step): captured by
 torch.compile as one graph with no break, fed new schedule values without recompiling, and
 the same numbers as the eager step, for PixPro and a method of each kind."""
-import copy
-
 import pytest
 import torch
 
@@ -48,27 +46,14 @@ def _run(step, batches, first=0):
 
 
 @pytest.mark.parametrize("method", list(KINDS))
-def test_the_whole_step_is_one_graph(method):
-    """dynamo.explain over the step: one graph, no break (the backward traced with it where
-    this PyTorch can; else its break is the only one)."""
-    t = _training(method)
-    step = TrainStep(t, clip_grad_norm=t.cfg.clip_grad_norm, whole=True)
-    batch = _batches(t, 1)[0]
-    step.set_schedules(0)
-    traced = trace_backward()
-    explained = torch._dynamo.explain(step.__call__)([batch])
-    reasons = [b.reason for b in explained.break_reasons]
-    if traced:
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), reasons
-    else:
-        assert all("backward" in r for r in reasons), reasons
-
-
-@pytest.mark.parametrize("method", list(KINDS))
-def test_compiled_whole_step_equals_the_eager_step_without_recompiling(method):
+def test_compiled_whole_step_is_one_graph_equal_to_the_eager_step(method, monkeypatch):
     """Three steps whose lr and momentum change (warmup, cosine): the whole step captured
-    (aot_eager: the traced forward-backward graphs, run without code generation) gives the
-    eager step's statistics and weights to float tolerance, compiled once."""
+    (aot_eager: the traced graph, run without code generation) gives the eager step's
+    statistics and weights to float tolerance, as one graph (no break: a break would make
+    two) compiled once (no recompilation for new schedule values); where this PyTorch cannot
+    trace the backward, the backward is the one break (two graphs)."""
+    from pixpro_fast import vit
+    monkeypatch.setitem(vit.VIT_ARCHS, "vit_tiny_patch16", (192, 2, 3))   # 2 blocks: the same graph, shorter
     eager_t, whole_t = _training(method), _training(method)
     whole_t.method.load_state_dict(eager_t.method.state_dict())
     batches = _batches(eager_t, 3)
@@ -91,7 +76,7 @@ def test_compiled_whole_step_equals_the_eager_step_without_recompiling(method):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
     for (name, a), b in zip(eager_t.method.state_dict().items(), whole_t.method.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert counters["stats"]["unique_graphs"] == (1 if trace_backward() else 2), dict(counters["stats"])
 
 
 def test_the_eager_step_is_the_engines_step(tmp_path):
@@ -127,8 +112,8 @@ def test_a_resumed_whole_step_run_equals_a_straight_one(tmp_path):
     after 2 steps and resumed in a new trainer ends with the weights of a straight 4-step run:
     the loaded optimiser state is what the captured update reads."""
     import pixpro_fast.engine as engine
-    cfg = TrainConfig(method="byol", batch_size=4, loader="synthetic", precision="fp32", proj_hidden_dim=64,
-                      device="cpu", epochs=1, scenes_images=16, arch="resnet18", image_size=64, log_every=1,
+    cfg = TrainConfig(method="rotation", batch_size=4, loader="synthetic", precision="fp32", proj_hidden_dim=64,
+                      device="cpu", epochs=1, scenes_images=16, arch="resnet18", image_size=32, log_every=1,
                       ckpt_every=2, compile_step=True, max_steps=4, out=str(tmp_path / "straight"))
 
     def compiled(step, mode="default"):
