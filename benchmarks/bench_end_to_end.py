@@ -57,7 +57,7 @@ def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], l
         t0 = time.perf_counter()
         batch = next(stream)
         t1 = time.perf_counter()
-        trainer._train_step([batch])
+        trainer.train_one_step([batch])
         sync(dev)
         t2 = time.perf_counter()
         if i >= skip:

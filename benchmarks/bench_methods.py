@@ -40,7 +40,7 @@ def method_step(method: str, arch: str, image_size: int, batch_size: int, device
     loader = SyntheticLoader(batch_size, image_size, get_recipe(cfg.recipe), device=device, batches_per_epoch=1)
     trainer = Trainer(cfg, loader=loader)
     batch = next(iter(loader))
-    return lambda: trainer._train_step([batch])
+    return lambda: trainer.train_one_step([batch])
 
 
 def flops_per_image(step, batch_size: int) -> float:

@@ -3,7 +3,7 @@
 For each arch, every setting of precision (fp32, bf16, fp16) x memory format (contiguous,
 channels-last) x eager / torch.compile is timed side by side in one interleaved run:
 
-- the PixPro step is the engine's own (:meth:`pixpro_fast.engine.Trainer._train_step`):
+- the PixPro step is the engine's own (:meth:`pixpro_fast.engine.Trainer.train_one_step`):
   forward of both views through the online and (no-grad) target branches, the loss,
   backward, the LARS step and the momentum update;
 - the supervised step is the same torchvision ResNet with its ``fc`` head, cross-entropy
@@ -169,7 +169,7 @@ def pixpro_step(arch: str, image_size: int, batch_size: int, setting: StepSettin
         batch = batch.replace(views=tuple(v.contiguous() for v in batch.views))
 
     def step():
-        trainer._train_step([batch])
+        trainer.train_one_step([batch])
     return step
 
 

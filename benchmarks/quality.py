@@ -226,19 +226,13 @@ def method_config(name: str, args, out: Path) -> TrainConfig:
 
 # --------------------------------------------------------------------------- pretraining
 
-class TimedTrainer(Trainer):
-    """The engine's trainer, timing each training step into ``step_times.jsonl`` (one line
-    per step, appended as it ends, so a resumed run keeps the times of the steps it keeps)."""
-
-    def _train_step(self, micro_batches):
-        t0 = time.perf_counter()
-        result = super()._train_step(micro_batches)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
-        with open(self.out_dir / "step_times.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "seconds": seconds}) + "\n")
-        return result
+def step_time_writer(out: Path):
+    """An ``on_step`` hook for the engine's trainer that appends each step's time to
+    ``out/step_times.jsonl`` as it ends (so a resumed run keeps the times of the steps it keeps)."""
+    def write(step: int, seconds: float) -> None:
+        with open(out / "step_times.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "seconds": seconds}) + "\n")
+    return write
 
 
 def read_step_times(path: Path, last_step: int) -> dict[int, float]:
@@ -274,7 +268,7 @@ def pretrain(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     t0 = time.perf_counter()
     try:
-        fit = TimedTrainer(cfg).fit()
+        fit = Trainer(cfg, on_step=step_time_writer(out)).fit()
     except NonFiniteLossError as e:
         return {"diverged": str(e), "seconds_this_run": time.perf_counter() - t0}
     except (UnsafeCheckpointError, ResumeMismatchError) as e:   # a file in --out it must not or cannot resume

@@ -94,12 +94,15 @@ def dist_info() -> tuple[int, int, int]:
 
 class Trainer:
     """``Trainer(cfg).fit()``. A loader may be injected (tests, benchmarks); otherwise it
-    is built from the config with :func:`pipelines.build_loader`."""
+    is built from the config with :func:`pipelines.build_loader`. ``on_step(step, seconds)``,
+    where given, is called by ``fit`` after every optimiser step with the step's number (from
+    1) and its wall time (the device synchronised first, so the time is the step's own)."""
 
     clock = time.monotonic   # seconds, for --ckpt-every-minutes (a test may replace it)
 
-    def __init__(self, cfg: TrainConfig, loader=None, log_stream=None):
+    def __init__(self, cfg: TrainConfig, loader=None, log_stream=None, on_step=None):
         cfg = cfg.validate()
+        self.on_step = on_step
         if cfg.data:   # recorded absolute: a resume from another folder must not read another dataset
             cfg = cfg.replace(data=str(Path(cfg.data).resolve()))
         self.cfg = cfg
@@ -240,13 +243,20 @@ class Trainer:
         return path
 
     # -- the loop -----------------------------------------------------------------------
-    def _train_step(self, micro_batches) -> tuple[torch.Tensor, float]:
-        """One optimiser step (:class:`pixpro_fast.step.TrainStep`, compiled whole with
-        ``compile_step``): (its statistics as a device tensor, its lr)."""
+    def train_one_step(self, micro_batches) -> tuple[torch.Tensor, float]:
+        """One optimiser step on ``micro_batches`` at the current step's schedules, counted
+        (:class:`pixpro_fast.step.TrainStep`, compiled whole with ``compile_step``): (its
+        statistics as a device tensor, its lr). ``fit`` calls it once per step; a benchmark
+        may call it on its own batches."""
+        t0 = time.perf_counter() if self.on_step is not None else 0.0
         lr = self.train_step.set_schedules(self.step)
         stats = self._run_step(micro_batches)
         self.step += 1
         self._stat_names = self.train_step.stat_names
+        if self.on_step is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.on_step(self.step, time.perf_counter() - t0)
         return stats, lr
 
     def _on_signal(self, signum, frame):
@@ -359,7 +369,7 @@ class Trainer:
                         raise
                     waited = time.perf_counter() - t_wait
                     win["wait"] += waited
-                    stats, lr = self._train_step(micro)
+                    stats, lr = self.train_one_step(micro)
                     meter.step(waited)
                     if cfg.probe_every and self.step % cfg.probe_every == 0 and self.is_main:
                         t_probe = time.perf_counter()

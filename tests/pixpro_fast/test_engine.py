@@ -97,6 +97,15 @@ def test_gradient_accumulation_counts_micro_batches_per_step(tmp_path):
     assert res.steps == 2
 
 
+def test_on_step_gets_every_step_with_its_time(tmp_path):
+    seen = []
+    cfg = TrainConfig(**dict(TINY, loader="synthetic", epochs=1, out=str(tmp_path)))
+    tr = Trainer(cfg, loader=_synthetic(cfg, batches=3), on_step=lambda step, seconds: seen.append((step, seconds)))
+    tr.fit()
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert all(0 < seconds < 60 for _, seconds in seen)
+
+
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     args = cli_flags(dict(TINY, loader="synthetic", epochs=1000, out=str(out), ckpt_every=0))

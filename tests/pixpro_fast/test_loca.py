@@ -335,5 +335,5 @@ def test_the_engine_runs_the_forward_under_the_configured_attention_kernel(atten
     trainer = Trainer(cfg, loader=loader)
     seen = []
     trainer.model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.flash_sdp_enabled()))
-    trainer._train_step([next(iter(loader))])
+    trainer.train_one_step([next(iter(loader))])
     assert seen == [attention == "auto"]

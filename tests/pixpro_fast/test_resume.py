@@ -447,14 +447,14 @@ rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 tr = Trainer(cfg, loader=build_loader("synthetic", None, 4, 64, batches_per_epoch=4, seed=rank, rank=rank,
                                       world_size=world))
 tr.clock = lambda: 60.0 if tr.step >= 1 else 0.0     # read on rank 0 only: a minute has passed after step 1
-step = tr._train_step
+step = tr.train_one_step
 
 def train_step(micro):
     if rank == 1 and tr.step == 2:                   # only rank 1 is signalled, during step 3
         os.kill(os.getpid(), signal.SIGTERM)
     return step(micro)
 
-tr._train_step = train_step
+tr.train_one_step = train_step
 res = tr.fit()
 json.dump({"steps": res.steps, "status": res.status, "signal": res.signal},
           open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w"))
