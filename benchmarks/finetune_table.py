@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
+import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -54,7 +54,8 @@ from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.image_probe import classify_features, pooled_features
 
 from .common import markdown_table, write_json
-from .quality import add_pretrain_options, describe, encoder_kind, pretrain, pretrain_configs, row_folder
+from .quality import (add_pretrain_options, cached_result, describe, encoder_kind, pretrain, pretrain_configs,
+                      row_folder)
 
 SCRATCH = "supervised from scratch"
 COLUMNS = ["method", "arch", "labels", "k-NN top-1", "linear top-1", "head-only top-1", "fine-tune top-1",
@@ -119,32 +120,14 @@ def trained_scores(encoder, task: finetune.Task, chosen: list[int], cfg: finetun
     return scores
 
 
-def cached(path: Path, key: dict, run) -> dict:
-    """``run()``'s result stored in ``path`` with ``key``; reused while the key is the same."""
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            return saved["result"]
-    result = run()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "result": result}, indent=2))
-    return result
-
-
 # --------------------------------------------------------------------------- the table
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, sd
-
 
 def cell(values: list[float] | None) -> str:
     """``mean +/- std`` in points, or ``-``."""
     if not values:
         return "-"
-    m, sd = mean_std([100 * v for v in values])
-    return f"{m:.1f} +/- {sd:.1f}" if len(values) > 1 else f"{m:.1f}"
+    points = [100 * v for v in values]
+    return f"{statistics.mean(points):.1f} +/- {statistics.stdev(points):.1f}" if len(points) > 1 else f"{points[0]:.1f}"
 
 
 def build_rows(results: dict, fractions: list[float], counts: dict[float, int]) -> list[dict]:
@@ -269,7 +252,7 @@ def main(argv=None) -> dict:
                     return {**frozen_scores(feats[id(encoder)], task, subsets[(f, s)], args, s),
                             **trained_scores(encoder, task, subsets[(f, s)], finetune_config(args, f, s), pretrained)}
                 t0 = time.perf_counter()
-                c = cells.setdefault(str(f), {})[str(s)] = cached(path, key, run)
+                c = cells.setdefault(str(f), {})[str(s)] = cached_result(path, key, run)
                 print(f"  {name}, fraction {f:g}, seed {s}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in c.items())
                       + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         return {"kind": kind, "pretrained": pretrained, "checkpoint": checkpoint, "seeds": seeds, "cells": cells,

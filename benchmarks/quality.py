@@ -297,13 +297,15 @@ def encoder_kind(arch: str, method: str) -> str:
     return f"{arch} (L channel)" if METHODS[method].encoder == "resnet_l" else arch
 
 
-def cached_probe(path: Path, key: dict, run) -> dict:
-    """``run()``'s result, stored in ``path`` with ``key``; reused while the key is the same."""
+def cached_result(path: Path, key: dict, run) -> dict:
+    """``run()``'s result (a dict, or an object with ``to_dict``), stored in ``path`` with
+    ``key``; reused while the key is the same, so a run that was cut off continues."""
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             return saved["result"]
-    result = run().to_dict()
+    result = run()
+    result = result.to_dict() if hasattr(result, "to_dict") else result
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "result": result}, indent=2))
     return result
@@ -469,11 +471,11 @@ def main(argv=None) -> dict:
             if train is None:
                 train, val = probe.load_probe_data(probe_cfg)
             return lambda: probe.evaluate_encoder(encoder, train, val, probe_cfg, name, layers=layers)
-        result = cached_probe(Path(cfg.out) / "probe.json", key, evaluate(enc, f"{kind} {m}"))
+        result = cached_result(Path(cfg.out) / "probe.json", key, evaluate(enc, f"{kind} {m}"))
         if kind not in baselines:
             base_key = {**key, "checkpoint": None, "kind": kind, "shape": shape}
             safe = kind.replace(" ", "_").replace("(", "").replace(")", "")
-            baselines[kind] = cached_probe(out / "random_init" / f"{safe}.json", base_key,
+            baselines[kind] = cached_result(out / "random_init" / f"{safe}.json", base_key,
                                            evaluate(base_enc, f"{kind} random init"))
         print(f"  {m}: mIoU {100 * result['miou']:.2f} (random init {100 * baselines[kind]['miou']:.2f}), "
               f"step {run['step_seconds']:.3f} s, weights turned {sum(turn.values()) / max(len(turn), 1):.1f} deg",

@@ -198,13 +198,13 @@ def generate_scene(rng: np.random.Generator, objects: list | None = None) -> tup
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
-def _write_one(args) -> str:
+def _write_one(args) -> list[str]:
     folder, seed, split_code, i = args
     image, labels = generate_scene(np.random.default_rng((seed, split_code, i)))
     name = f"scene_{i:05d}"
     Image.fromarray(image).save(Path(folder) / f"{name}.jpg", "JPEG", quality=JPEG_QUALITY)
     Image.fromarray(labels, "L").save(Path(folder) / f"{name}.labels.png", "PNG")
-    return f"{name}.jpg"
+    return [f"{name}.jpg"]
 
 
 def _is_complete(folder: Path) -> bool:
@@ -214,7 +214,7 @@ def _is_complete(folder: Path) -> bool:
 def _build(target: Path, seed: int, split: str, count: int, write_one, manifest: dict, subfolders=(),
            workers: int | None = None) -> Path:
     """Fill ``target`` with ``write_one((folder, seed, split code, i))`` for i < ``count`` (each
-    returns the names it wrote, or one name) in a temporary folder renamed into place, so a
+    returns the names it wrote) in a temporary folder renamed into place, so a
     folder that exists is complete; ``manifest`` gets the names and lands in MANIFEST."""
     if _is_complete(target):
         return target
@@ -230,7 +230,7 @@ def _build(target: Path, seed: int, split: str, count: int, write_one, manifest:
                 written = list(pool.map(write_one, jobs, chunksize=8))
         else:
             written = [write_one(j) for j in jobs]
-        names = [n for w in written for n in ([w] if isinstance(w, str) else w)]
+        names = [n for w in written for n in w]
         (tmp / MANIFEST).write_text(json.dumps({**manifest, "images": names}, indent=1))
         if target.exists() and not _is_complete(target):
             shutil.rmtree(target)  # left over from an interrupted older layout

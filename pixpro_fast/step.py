@@ -89,11 +89,10 @@ class TrainStep:
         """The lr and target momentum of optimiser step ``step`` (counted from 0) into place;
         returns the lr."""
         lr = self.training.set_lr(step)      # the groups' lr: what a checkpoint records
+        self._momentum, self._step = self.training.momentum_at(step), step
         if self.whole:                        # what the captured step reads
             self.lr.fill_(lr)
-            self.momentum.fill_(self.training.momentum_at(step))
-        self._momentum = self.training.momentum_at(step)
-        self._step = step
+            self.momentum.fill_(self._momentum)
         return lr
 
     def zero_grad(self) -> None:
