@@ -21,7 +21,7 @@ from torchvision.transforms import functional as F
 
 from pipelines.batch import Batch
 from pipelines.image_folder import list_images
-from pipelines.recipe import BYOL, Recipe, ViewRecipe
+from pipelines.recipe import BYOL, Recipe, ViewSpec
 from pipelines.geometry import window_to_coords
 
 
@@ -30,7 +30,7 @@ def blur_kernel_size(image_size: int) -> int:
     return int(0.1 * image_size) // 2 * 2 + 1
 
 
-def colour_transform(view: ViewRecipe, image_size: int, mean, std) -> transforms.Compose:
+def colour_transform(view: ViewSpec, image_size: int, mean, std) -> transforms.Compose:
     return transforms.Compose([
         transforms.RandomApply([transforms.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)],
                                p=view.jitter_p),

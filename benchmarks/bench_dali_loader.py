@@ -7,7 +7,7 @@ Same files, same cores (DALI threads = PIL threads = --workers), same batch size
 - ``DALI stock 1-view``: ``decoders.image_random_crop`` + ``resize`` + ``crop_mirror_normalize``;
 - ``dali loader, geometry``: the loader with the recipe's colour steps off (two views + boxes);
 - ``dali loader, full``: the loader with the full recipe, yielding Batch objects, with its
-  default colour mode; beside it the other mode (``colour='pipeline'``: DALI operators in
+  default colour place; beside it the other one (``colour='workers'``: DALI operators in
   the graph; ``'device'``: the shared colour engine after the pipeline); in CPU-only mode,
   where the views are cut on the host by default, also the full recipe with the views cut
   by DALI's resize in the graph.
@@ -35,15 +35,15 @@ import torch
 from PIL import Image
 
 from benchmarks.common import add_shared_options, markdown_table, write_json
-from pipelines.dali_loader import COLOUR_MODES, DaliLoader, require_dali
+from pipelines.dali_loader import DaliLoader, require_dali
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from benchmarks.photos import benchmark_images
 
 
 def other_colour(colour: str) -> str:
-    """The loader's colour place that is not ``colour`` (see ``pipelines.dali_loader.COLOUR_MODES``)."""
-    return next(m for m in COLOUR_MODES if m != colour)
+    """The loader's colour place that is not ``colour`` (of ``DaliLoader.COLOUR``)."""
+    return next(m for m in DaliLoader.COLOUR if m != colour)
 
 
 def _pil_decode(path) -> int:

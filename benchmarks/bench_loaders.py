@@ -11,8 +11,8 @@ Then one function per backend produces that backend's rows: its two-view loader 
 full recipe (two views + boxes, yielding :class:`pipelines.batch.Batch`) and, where the
 library has one, its stock single-view random-resized-crop pipeline, plus the 8-view
 ``swav_multicrop`` plan (2 x full size + 6 x 96/224 of it), and the full recipe with the
-colour work in the backend's other place (torch: in the workers ``'fused'`` or after them
-``'device'``; DALI: in the graph ``'pipeline'`` or after it ``'device'``). A backend whose
+colour work in the backend's other place (torch and DALI: in their workers ``'workers'``
+or after them ``'device'``; :mod:`pipelines.view_plan_loader`). A backend whose
 library (or whose loader / benchmark module) is not installed is skipped with the reason,
 never an error. Rows are images (samples) per second; each round runs every row in turn
 and the median over rounds is kept, so a busy machine slows every contender alike. Ratios
@@ -120,7 +120,7 @@ class _StockSingleView(torch.utils.data.Dataset):
 
 
 def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
-    from pipelines.torch_loader import build_torch_loader, resolve_colour
+    from pipelines.torch_loader import build_torch_loader
 
     def two_view(recipe=b.recipe, colour="auto"):
         loader = build_torch_loader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device,
@@ -135,8 +135,10 @@ def torch_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
 
     rows = {"torch loader (2 views + boxes)": two_view, "torchvision stock 1-view RRC": stock,
             "torch loader (8-view multi-crop)": lambda: two_view(SWAV_MULTICROP)}
-    # beside the default, the colour work's other place: in the workers ('fused') or after them ('device')
-    other = "fused" if resolve_colour("auto") == "device" else "device"
+    # beside the default, the colour work's other place: in the workers or after them ('device')
+    default = build_torch_loader(b.data_dir, b.batch_size, b.image_size, b.recipe, device=b.device,
+                                 num_workers=0).colour
+    other = "workers" if default == "device" else "device"
     rows[f"torch loader, colour='{other}'"] = lambda: two_view(colour=other)
     return rows
 

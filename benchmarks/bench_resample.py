@@ -31,7 +31,7 @@ from benchmarks.photos import benchmark_images
 from pipelines import resample, sampler
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
-from pipelines.torch_loader import decode_jpeg_rgb
+from pipelines.decode import decode_jpeg_rgb
 from pixpro_fast.probe import single_thread
 
 try:

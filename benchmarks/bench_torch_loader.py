@@ -25,14 +25,15 @@ from benchmarks.common import add_shared_options, batches_forever, markdown_tabl
 from pipelines.image_folder import list_images
 from pipelines.recipe import get_recipe
 from pipelines.scenes import ensure_scenes
-from pipelines.torch_loader import build_torch_loader, decode_jpeg_rgb
+from pipelines.decode import decode_jpeg_rgb
+from pipelines.torch_loader import build_torch_loader
 
 
 class _DecodeOnly(torch.utils.data.Dataset):
     """Full decode to RGB and nothing else: the ceiling any pipeline on these files faces.
 
     ``decoder``: 'pil' (PIL's decode, no array made) or 'torchvision' (JPEGs through the
-    torch backend's :func:`~pipelines.torch_loader.decode_jpeg_rgb` into an array, other
+    torch backend's :func:`~pipelines.decode.decode_jpeg_rgb` into an array, other
     files through PIL)."""
 
     def __init__(self, paths, decoder: str = "pil"):
@@ -135,7 +136,7 @@ def main(argv=None):
     }
     if str(args.device).startswith("cuda"):  # the default there; the CPU rows beside it for comparison
         makers["torch backend, CPU colour in workers"] = lambda w: build_torch_loader(
-            data_dir, persistent_workers=False, colour="fused", **{**common, "num_workers": w})
+            data_dir, persistent_workers=False, colour="workers", **{**common, "num_workers": w})
     rates: dict[str, list[float]] = {k: [] for k in makers}
     cpu: dict[str, list[float]] = {k: [] for k in makers}
     for r in range(args.rounds):

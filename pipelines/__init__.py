@@ -12,7 +12,7 @@ from pathlib import Path
 from .batch import Batch, Loader
 from .corrupt import CorruptImageError
 from .image_header import DEFAULT_MAX_PIXELS
-from .recipe import (BYOL, LOCA, MOCOV2, PRESETS, SIMCLR, SINGLE, SWAV_MULTICROP, Recipe, ViewRecipe, ViewSpec,
+from .recipe import (BYOL, LOCA, MOCOV2, PRESETS, SIMCLR, SINGLE, SWAV_MULTICROP, Recipe, ViewSpec,
                      get_recipe)
 
 # backend name -> (module, factory function, pip extra that provides its library)
@@ -48,6 +48,6 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
                                     recipe=recipe, **options)
 
 
-__all__ = ["Batch", "Loader", "Recipe", "ViewSpec", "ViewRecipe", "BYOL", "SIMCLR", "MOCOV2", "SWAV_MULTICROP",
+__all__ = ["Batch", "Loader", "Recipe", "ViewSpec", "BYOL", "SIMCLR", "MOCOV2", "SWAV_MULTICROP",
            "LOCA", "SINGLE", "PRESETS", "get_recipe", "build_loader", "BACKENDS", "CorruptImageError",
            "DEFAULT_MAX_PIXELS"]

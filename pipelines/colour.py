@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import colour_cpu
 from .colour_cpu import LUMA, blur_radius
 from .output_pool import OutputPool
-from .recipe import ViewRecipe
+from .recipe import ViewSpec
 
 
 # --------------------------------------------------------------------------- parameters
@@ -77,7 +77,7 @@ def _factors(u: torch.Tensor, strength: float) -> torch.Tensor:
     return lo + (hi - lo) * u
 
 
-def sample_colour_params(view: ViewRecipe, batch_size: int,
+def sample_colour_params(view: ViewSpec, batch_size: int,
                          generator: torch.Generator | None = None) -> ColourParams:
     """Draw every colour decision of ``batch_size`` views of one recipe (on the CPU)."""
     u = torch.rand((batch_size, 9), generator=generator, dtype=torch.float64)
@@ -297,6 +297,22 @@ def normalise(x01: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32,
     return out
 
 
+def normalise_uint8(views: torch.Tensor, mean, std) -> torch.Tensor:
+    """:func:`normalise` of uint8 views (B, 3, H, W) on any device, in any memory format:
+    float32 channels-last, ``(x / 255 - mean) / std``.
+
+    Works on the (B*H, W*3) view of the interleaved pixels with per-channel constants tiled
+    along a row: broadcasting a 3-vector over an innermost dimension of 3 would defeat
+    vectorisation."""
+    b, c, h, w = views.shape
+    nhwc = views.permute(0, 2, 3, 1).contiguous()   # a no-op for channels-last memory
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).repeat(w)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).repeat(w)
+    x = nhwc.reshape(b * h, w * c).float()
+    torch.addcmul(to_device(shift, x.device), x, to_device(scale, x.device), out=x)
+    return x.view(b, h, w, c).permute(0, 3, 1, 2)  # NHWC memory = channels-last NCHW
+
+
 def unnormalise(x: torch.Tensor, mean, std, clamp: bool = True) -> torch.Tensor:
     """The inverse of :func:`normalise`: ``x * std + mean``, float32 on the 0..1 scale (clamped
     to [0, 1] unless ``clamp`` is False), in ``x``'s memory format. ``x``: (B, C, H, W)."""
@@ -367,7 +383,7 @@ class ColourAugment:
 
     ``reuse_outputs``: write CPU outputs into an :class:`OutputPool` (loaders turn it on)."""
 
-    def __init__(self, view: ViewRecipe, mean, std, dtype: torch.dtype = torch.float32,
+    def __init__(self, view: ViewSpec, mean, std, dtype: torch.dtype = torch.float32,
                  chunk: int | None = None, engine: str = "auto", reuse_outputs: bool = False):
         self.view, self.mean, self.std, self.dtype, self.chunk = view, tuple(mean), tuple(std), dtype, chunk
         self.engine = engine

@@ -24,7 +24,7 @@ Split of the work:
   DALI's ``gaussian_blur`` is an order of magnitude slower on CPU), reflect borders as
   torchvision; solarize as ``x ^ ((x >= t) * mask)`` on uint8 (255 - x == x XOR 255);
   ``crop_mirror_normalize`` to float32 HWC. The PyTorch side permutes NHWC to an NCHW view,
-  which is channels-last memory, with no copy. That is ``colour='pipeline'``.
+  which is channels-last memory, with no copy. That is ``colour='workers'``.
 - ``host_crop`` (the default in CPU-only mode, with ``colour='device'``): the graph stops at
   the decoded region, and each view is cut from it on the host by
   :func:`pipelines.resample.crop_resize`, the torch and FFCV backends' antialiased bilinear
@@ -39,8 +39,8 @@ Split of the work:
   with photos it runs the full recipe at 1.6x the in-graph rate: DALI's CPU colour
   operators, one pass each over the image, cost more than the one fused pass.
 
-Each view's draws are a (B, len(PARAM_NAMES)) block of :mod:`pipelines.sampler` rows;
-``coords`` come from them, and ``last_params`` keeps the latest batch's (one per view).
+Each sample's draws are :mod:`pipelines.sampler` rows; ``coords`` come from them
+(:mod:`pipelines.view_plan_loader`, as on every backend).
 
 Devices: with a CUDA training device the pipeline decodes with ``device="mixed"`` (nvJPEG)
 and runs every image operator on the GPU (per-sample arguments stay on the CPU, as DALI
@@ -48,8 +48,8 @@ requires; the contrast step then uses arithmetic, since its centre, the view's m
 on the GPU). On CPU it runs with ``device_id=None``. ``dali_device`` ('cpu' | 'gpu' | None =
 follow the training device) forces either.
 
-Order and sharding: :mod:`pipelines.epoch`, as every backend (drop_last=True: every rank
-gets ``N // (world_size * batch_size)`` full batches). A fresh pipeline is built per pass.
+Order, sharding, resume and replacement: the skeleton's, as every backend's
+(:mod:`pipelines.view_plan_loader`). A fresh pipeline is built per pass.
 A batch's samples and draws depend on (seed, epoch, rank, batch number) only, so
 ``set_epoch(epoch, start_batch)`` resumes exactly (bit for bit on CPU).
 
@@ -64,7 +64,6 @@ restarts at the failed batch. Replacement, counting and naming follow
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -72,17 +71,14 @@ import numpy as np
 import torch
 
 from . import sampler
-from .batch import Batch, check_loader_options
-from .colour import ColourAugment, to_device
 from .colour_cpu import LUMA
-from .corrupt import MAX_REPLACEMENTS, CorruptFiles, CorruptImageError, replacement_positions, too_many_unreadable
-from .epoch import EpochCursor, epoch_order, rank_positions
+from .corrupt import CorruptImageError
 from .image_folder import scan_image_folder
-from .image_header import DEFAULT_MAX_PIXELS, check_pixels, image_shape
-from .prefetch import Prefetcher, hand_over
-from .recipe import BYOL, Recipe, ViewRecipe
+from .image_header import check_pixels, image_shape
+from .prefetch import Prefetcher
+from .recipe import BYOL, Recipe, ViewSpec
 from .resample import crop_resize
-from .sampler import PARAM_NAMES
+from .view_plan_loader import ViewPlanLoader
 
 try:
     import nvidia.dali.fn as fn
@@ -140,7 +136,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 class _ViewSteps:
     """Which steps a view recipe needs in the graph (a step with probability 0 is left out)."""
 
-    def __init__(self, view: ViewRecipe):
+    def __init__(self, view: ViewSpec):
         jitter = view.jitter_p > 0
         self.brightness_contrast = jitter and (view.brightness > 0 or view.contrast > 0)
         self.matrix = (jitter and (view.saturation > 0 or view.hue > 0)) or view.grayscale_p > 0
@@ -214,7 +210,7 @@ def _luma_mean(img):
     return fn.reductions.sum(fn.reductions.mean(img, axes=[0, 1]) * types.Constant(np.float32(LUMA)))
 
 
-def _view(image, args: dict, view: ViewRecipe, steps: _ViewSteps, size: int, mean, std, gpu_style: bool,
+def _view(image, args: dict, view: ViewSpec, steps: _ViewSteps, size: int, mean, std, gpu_style: bool,
           normalise: bool = True):
     img = fn.resize(image, size=[size, size], roi_start=args["roi_start"], roi_end=args["roi_end"],
                     roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
@@ -302,33 +298,17 @@ class _EpochFeeder:
     loader takes it.
     """
 
-    def __init__(self, loader: "DaliLoader", order: np.ndarray, epoch: int, start: int):
-        self.loader, self.order, self.epoch, self.start = loader, order, epoch, start
+    def __init__(self, loader: "DaliLoader", epoch: int, start: int):
+        self.loader, self.epoch, self.start = loader, epoch, start
         self.fed: dict[int, dict] = {}
 
     def _read(self, index: int):
-        path = self.loader.paths[index]
-        if path in self.loader.corrupt.bad:
-            return None, self.loader.corrupt.bad[path]
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            h, w = image_shape(data)
-            check_pixels(w, h, self.loader.max_pixels)
-            return (np.frombuffer(data, dtype=np.uint8), (h, w)), None
-        except (OSError, ValueError) as exc:
-            return None, str(exc)
-
-    def _sample(self, position: int):
-        """The file at ``position`` of the epoch order, or the next readable one after it."""
-        n = len(self.order)
-        for k, pos in enumerate(replacement_positions(position, n, self.loader.max_replacements)):
-            index = int(self.order[pos])
-            got, reason = self._read(index)
-            if got is not None:
-                return got[0], got[1], index, k > 0
-            self.loader.corrupt.report(self.loader.paths[index], reason)
-        raise too_many_unreadable(self.loader.max_replacements + 1, self.loader.paths[index])
+        """(bytes, (height, width)) of one file, checked before DALI sees it."""
+        with open(self.loader.paths[index], "rb") as f:
+            data = f.read()
+        h, w = image_shape(data)
+        check_pixels(w, h, self.loader.max_pixels)
+        return np.frombuffer(data, dtype=np.uint8), (h, w)
 
     def __iter__(self):
         ld = self.loader
@@ -336,17 +316,18 @@ class _EpochFeeder:
         names = [n for n, _ in input_names(ld.graph_recipe, ld.gpu_style, not ld.host_crop)]
         steps = [] if ld.host_crop else [_ViewSteps(v) for v in ld.graph_recipe.views]
         for k in range(self.start, ld.num_batches):
-            samples = [self._sample(int(p)) for p in ld.positions[k * b:(k + 1) * b]]
-            heights = np.array([s[1][0] for s in samples], dtype=np.int64)
-            widths = np.array([s[1][1] for s in samples], dtype=np.int64)
-            index = np.array([s[2] for s in samples], dtype=np.int64)
+            samples = [ld.first_readable(self.epoch, int(p), self._read)
+                       for p in ld.batch_positions(k)]
+            heights = np.array([s[0][1][0] for s in samples], dtype=np.int64)
+            widths = np.array([s[0][1][1] for s in samples], dtype=np.int64)
+            index = np.array([s[1] for s in samples], dtype=np.int64)
             params = sampler.draw(ld.spec, ld.image_size, ld.seed, self.epoch, index, heights, widths)
             anchor, shape = decode_region(params, heights, widths)
-            out = {"data": [s[0] for s in samples], "region_anchor": anchor, "region_shape": shape}
+            out = {"data": [s[0][0] for s in samples], "region_anchor": anchor, "region_shape": shape}
             for v, st in enumerate(steps):
                 out.update({f"view{v + 1}.{n}": a
                             for n, a in view_arguments(params[:, v], st, ld.gpu_style, anchor).items()})
-            self.fed[k] = {"index": index.tolist(), "skipped": sum(s[3] for s in samples), "params": params,
+            self.fed[k] = {"index": index.tolist(), "skipped": sum(s[2] for s in samples), "params": params,
                            "origin": anchor}
             yield tuple(out[n] for n in names)
 
@@ -376,21 +357,6 @@ def _resolve_device(device, dali_device: str | None) -> tuple[torch.device, str,
     return device, mode, device_id
 
 
-COLOUR_MODES = ("pipeline", "device")  # the torch backend's names for the same places
-
-
-def resolve_colour(colour: str | None, dali_device: str) -> str:
-    """Where the colour steps run: 'pipeline' (DALI operators in the graph) or 'device'
-    (:mod:`pipelines.colour` after the pipeline, on the training device: the fused numba pass
-    on the CPU, tensor ops on a GPU). None: 'device' in CPU-only mode (measured faster on
-    CPU, see benchmarks/RESULTS.md), else 'pipeline'."""
-    if colour is None:
-        return "device" if dali_device == "cpu" else "pipeline"
-    if colour not in COLOUR_MODES:
-        raise ValueError(f"colour must be one of {COLOUR_MODES} or None, got {colour!r}")
-    return colour
-
-
 def resolve_host_crop(host_crop: bool | None, colour: str, dali_device: str) -> bool:
     """Whether the views are cut from DALI's decoded region by :func:`pipelines.resample.crop_resize`
     on the host instead of by ``fn.resize`` in the graph. None: where the colour engine also
@@ -404,54 +370,43 @@ def resolve_host_crop(host_crop: bool | None, colour: str, dali_device: str) -> 
     return bool(host_crop)
 
 
-class DaliLoader:
+class DaliLoader(ViewPlanLoader):
     """View-plan loader running the recipe in a DALI pipeline (see the module docstring).
 
-    ``last_params``: the latest batch's draws, one (B, len(PARAM_NAMES)) float64 tensor per view.
-    ``colour``: see :func:`resolve_colour`; ``host_crop``: see :func:`resolve_host_crop`."""
+    ``colour``: 'workers' (DALI operators in the graph) or 'device' (:mod:`pipelines.colour`
+    after the pipeline); 'auto': 'device' in CPU-only mode (measured faster on CPU, see
+    benchmarks/RESULTS.md), else 'workers'. ``host_crop``: see :func:`resolve_host_crop`.
+    Options beyond those of :class:`pipelines.view_plan_loader.ViewPlanLoader`:
+    ``dali_device`` ('cpu' | 'gpu' | None = follow the training device), ``gpu_style``."""
+
+    COLOUR = ("device", "workers")
+    NAME = "dali"
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
-                 device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True, on_corrupt: str = "skip",
-                 prefetch: int = 2, dali_device: str | None = None, shuffle: bool = True,
-                 max_replacements: int = MAX_REPLACEMENTS, gpu_style: bool = False, colour: str | None = None,
-                 host_crop: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 device: str | torch.device = "cpu", dali_device: str | None = None, gpu_style: bool = False,
+                 host_crop: bool | None = None, **options):
         require_dali()
-        check_loader_options(on_corrupt, rank, world_size, seed, max_pixels)
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
-        self.images = scan_image_folder(data_dir)
-        self.paths = [str(p) for p in self.images.paths]
-        self.batch_size, self.image_size, self.recipe = batch_size, image_size, recipe
-        self.device, self.dali_device, self.device_id = _resolve_device(device, dali_device)
-        if num_workers is None:
-            num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.num_workers = max(1, int(num_workers))
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.drop_last, self.shuffle, self.on_corrupt = drop_last, shuffle, on_corrupt
-        self.prefetch, self.max_replacements, self.max_pixels = prefetch, max_replacements, max_pixels
+        _, self.dali_device, self.device_id = _resolve_device(device, dali_device)
+        super().__init__(lambda: self._scan(data_dir), batch_size, image_size, recipe, device=device, **options)
+        self.num_workers = max(self.num_workers, 1)   # DALI runs at least one thread
         # the GPU graph needs the GPU-style steps; on CPU they are a test hook
         self.gpu_style = bool(gpu_style) or self.dali_device == "gpu"
-        self.positions = rank_positions(len(self.paths), batch_size, rank, world_size, drop_last,
-                                        str(self.images.root))
-        self.spec = sampler.recipe_spec(recipe, image_size)
-        self.colour = resolve_colour(colour, self.dali_device)
         self.host_crop = resolve_host_crop(host_crop, self.colour, self.dali_device)
         # the recipe the graph runs: the geometry alone when the colour engine finishes the views
         self.graph_recipe = recipe.without_colour() if self.colour == "device" else recipe
-        self._colour_steps = [ColourAugment(v, recipe.mean, recipe.std, reuse_outputs=True) for v in recipe.views]
-        self.num_batches = -(-len(self.positions) // batch_size)
-        self.cursor = EpochCursor(self.num_batches)
-        self.corrupt = CorruptFiles(on_corrupt)
-        self.last_params: tuple[torch.Tensor, ...] | None = None
         self._crops: list[np.ndarray] | None = None
         self._crop_pool: ThreadPoolExecutor | None = None
 
-    def __len__(self) -> int:
-        return self.num_batches
+    def default_colour(self) -> str:
+        return "device" if self.dali_device == "cpu" else "workers"
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.cursor.set(epoch, start_batch)
+    def _scan(self, data_dir) -> tuple[int, str]:
+        self.images = scan_image_folder(data_dir)
+        self.paths = [str(p) for p in self.images.paths]
+        return len(self.paths), str(self.images.root)
+
+    def sample_name(self, index: int) -> str:
+        return self.paths[index]
 
     # ---- bad files
 
@@ -478,14 +433,14 @@ class DaliLoader:
 
     # ---- iteration
 
-    def _start(self, epoch: int, start: int, order: np.ndarray):
-        feeder = _EpochFeeder(self, order, epoch, start)
+    def _start(self, epoch: int, start: int):
+        feeder = _EpochFeeder(self, epoch, start)
         source = Prefetcher(feeder, self.prefetch + 1, name="dali-feeder")
         seed = int(np.random.SeedSequence([self.seed, epoch, self.rank, start]).generate_state(1)[0] & 0x7FFFFFFF)
         pipe = pipeline_def(view_plan_pipeline)(
             batch_size=self.batch_size, num_threads=self.num_workers, device_id=self.device_id, seed=seed,
             prefetch_queue_depth=self.prefetch, source=source, recipe=self.graph_recipe, image_size=self.image_size,
-            dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "pipeline",
+            dali_device=self.dali_device, gpu_style=self.gpu_style, normalise=self.colour == "workers",
             crop_views=not self.host_crop)
         if self.host_crop:
             # per-sample shapes differ, which DALI's torch iterator does not take: read the
@@ -519,35 +474,19 @@ class DaliLoader:
             job.result()
         return [torch.from_numpy(c[:n]) for c in self._crops]
 
-    def _to_batch(self, out: dict, fed: dict) -> tuple[Batch, tuple[torch.Tensor, ...]]:
-        dev = self.device
-        params = fed["params"]
-        views = []
-        cut = self._cut_views(out, fed) if self.host_crop else None
-        for v, name in enumerate(output_names(self.recipe)):
-            # NHWC memory seen as NCHW = channels-last, no copy
-            x = cut[v] if cut is not None else out[name].permute(0, 3, 1, 2)
-            if x.device != dev:
-                x = to_device(x, dev).contiguous(memory_format=torch.channels_last)
-            if self.colour == "device":
-                x = self._colour_steps[v].apply(x, sampler.colour_params(params[:, v]))
-            views.append(x)
-        coords = [to_device(sampler.coords_of(params[:, v]), dev) for v in range(params.shape[1])]
-        index = to_device(torch.tensor(fed["index"], dtype=torch.int64), dev)
-        return (Batch(tuple(views), tuple(coords), index, int(fed["skipped"])),
-                tuple(torch.from_numpy(params[:, v].copy()) for v in range(params.shape[1])))
+    def _to_batch(self, out: dict, fed: dict):
+        if self.host_crop:
+            views = self._cut_views(out, fed)
+        else:   # NHWC memory seen as NCHW = channels-last, no copy
+            views = [out[name].permute(0, 3, 1, 2) for name in output_names(self.recipe)]
+        return self.finish(views, fed["params"], fed["index"], fed["skipped"])
 
-    def __iter__(self) -> Iterator[Batch]:
-        # on a CPU device the colour engine runs in a thread beside the consumer; stopping the
-        # pass stops that thread, then the pipeline and its feeder
-        thread = "dali-colour" if self.colour == "device" and self.device.type == "cpu" else None
-        yield from hand_over(self, self._batches(), thread, self.prefetch)
-
-    def _batches(self) -> Iterator[tuple[Batch, tuple[torch.Tensor, ...]]]:
-        epoch, position = self.cursor.begin_pass()
-        order = epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
+    def batches(self, epoch: int, position: int):
+        """Batches ``position``.. of ``epoch``: a pipeline per run, restarted at the failed
+        batch when its decoder rejects a file the feeder let through. Stopping the pass stops
+        the pipeline and its feeder."""
         while position < self.num_batches:
-            feeder, source, pipe, it = self._start(epoch, position, order)
+            feeder, source, pipe, it = self._start(epoch, position)
             try:
                 while True:
                     try:
@@ -565,7 +504,7 @@ class DaliLoader:
                             raise
                         for index in culprits:
                             try:
-                                self.corrupt.report(self.paths[index], "the DALI decoder rejected it")
+                                self.corrupt.report(self.sample_name(index), "the DALI decoder rejected it")
                             except CorruptImageError as exc:
                                 raise exc from err
                         break  # restart the pipeline at the failed batch, culprits now replaced

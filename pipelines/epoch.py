@@ -69,3 +69,21 @@ def rank_positions(n: int, batch_size: int, rank: int, world_size: int, drop_las
         raise ValueError(f"{n} images in {source} give no batch of {batch_size} on each of {world_size} ranks "
                          f"(drop_last={drop_last})")
     return positions
+
+
+class EpochOrders:
+    """The epoch order, computed once per epoch: ``orders(epoch)`` is :func:`epoch_order`'s
+    (or ``make(epoch)``'s, where that gives one) for the latest epoch asked for."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, make=None):
+        self.n, self.seed, self.shuffle, self.make = n, seed, shuffle, make
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if self._last is None or self._last[0] != epoch:
+            order = self.make(epoch) if self.make is not None else None
+            self._last = (epoch, epoch_order(self.n, self.seed, epoch, self.shuffle) if order is None else order)
+        return self._last[1]
+
+    def __getstate__(self):   # sent to worker processes without the cached order
+        return {**self.__dict__, "_last": None}

@@ -11,12 +11,12 @@ Write the file with ``python -m pipelines.ffcv_writer``. Per batch:
    OpenCV area resampling FFCV's own RandomResizedCrop decoder uses, about a third where a
    window shrinks). The draws (window, flip, colour) come from :mod:`pipelines.sampler`
    inside the compiled decoder, keyed by (seed, epoch, dataset index, view) as in every
-   backend; the decoder also reports each view's window in the decoded image, so the
-   boxes are exact, not re-derived.
+   backend. A view's window is mapped into the DCT-reduced image in fractional pixels
+   (the resampler takes them), so the views match the boxes of the draws exactly.
 2. The main thread moves the uint8 views to the training device and finishes the recipe
    there with :mod:`pipelines.colour` from the same draws (jitter, grayscale, blur,
-   solarize, normalisation), yielding channels-last float views; coords follow the
-   contract in ``pipelines.geometry``, normalised by the decoded image's size (normalised
+   solarize, normalisation), yielding channels-last float views; coords are the draws'
+   (:mod:`pipelines.view_plan_loader`), normalised by the stored image's size (normalised
    coordinates are the same in the stored, possibly resized, image and the original).
 
 Order and sharding are :mod:`pipelines.epoch`'s over the samples of the file, or
@@ -31,14 +31,13 @@ loader's ``max_pixels`` (read from the file's metadata: never decoded), follows
 :mod:`pipelines.corrupt` like every backend (named ``sample <index> of <file>``): 'error'
 raises :class:`~pipelines.corrupt.CorruptImageError`; 'skip' replaces it by the next readable
 sample of the epoch order, counted in ``Batch.skipped``. The replacement is rare, so it is
-cut outside the compiled decoder, from the sample's stored bytes, by the torch backend's
-:func:`~pipelines.torch_loader.render_views` with the replacement's own draws; the colour
-pass then treats it like the rest of the batch.
+cut outside the compiled decoder, from the sample's stored bytes, by
+:func:`pipelines.decode.render_views` with the replacement's own draws; the colour pass
+then treats it like the rest of the batch.
 """
 from __future__ import annotations
 
 import io
-import os
 import queue
 from dataclasses import replace
 from pathlib import Path
@@ -49,17 +48,13 @@ import torch
 from numba import set_parallel_chunksize
 
 from . import sampler
-from .batch import Batch, check_loader_options, keep_torch_threads
-from .colour import ColourAugment, to_device
-from .corrupt import MAX_REPLACEMENTS, CorruptFiles, replacement_positions, too_many_unreadable
-from .epoch import EpochCursor, epoch_order, rank_positions
+from .batch import keep_torch_threads
+from .decode import render_views
 from .ffcv_writer import FFCV_INSTALL_HINT
-from .geometry import windows_to_coords
 from .image_header import DEFAULT_MAX_PIXELS, above_cap, check_max_pixels
-from .prefetch import hand_over
 from .recipe import BYOL, Recipe
 from .resample import crop_resize, decode_reduction
-from .torch_loader import render_views
+from .view_plan_loader import ViewPlanLoader
 
 with keep_torch_threads():  # importing ffcv sets torch's thread count to 1
     try:
@@ -115,21 +110,15 @@ def _read_only_state_types() -> None:
 _read_only_state_types()
 
 
-# Per view, the decoder's info row: window in the decoded image, flip, decoded image size, ok.
-INFO_TOP, INFO_LEFT, INFO_HEIGHT, INFO_WIDTH, INFO_FLIP, INFO_IMAGE_H, INFO_IMAGE_W, INFO_OK = range(8)
-
-
 # --------------------------------------------------------------------------- the decoder
 
 class ViewPlanDecoder(Operation):
     """Decode an ``RGBImageField`` once and cut every view of the recipe from it.
 
-    Outputs ``(packed, info, params)``: ``packed`` (B, sum of 3 * S_k * S_k) uint8, view k
+    Outputs ``(packed, ok, params)``: ``packed`` (B, sum of 3 * S_k * S_k) uint8, view k
     planar (3, S_k, S_k) at offset ``offsets[k]``, flip applied (both by
-    :func:`~pipelines.resample.crop_resize`); ``info`` (B, V, 8) int32,
-    per view ``top, left, height, width`` of the window in the decoded image, ``flip``, the
-    decoded image's ``height, width`` and ``ok`` (0 when libjpeg reported an error; the view
-    is then mid-grey until the loader replaces the sample); ``params`` (B, V,
+    :func:`~pipelines.resample.crop_resize`); ``ok`` (B, 1) int32, 0 when libjpeg reported
+    an error (the views are then mid-grey until the loader replaces the sample); ``params`` (B, V,
     len(PARAM_NAMES)) float64, the draws of :mod:`pipelines.sampler` for key (seed, epoch,
     dataset index of the sample, view). A sample whose stored image has more than
     ``max_pixels`` pixels (0: no cap) is not decoded: it reports ``ok`` 0 like a failed
@@ -172,7 +161,7 @@ class ViewPlanDecoder(Operation):
         u8 = np.dtype("<u1")
         total = int(self.offsets[-1])
         return (replace(previous_state, jit_mode=True, shape=(total,), dtype=u8),
-                (AllocationQuery((total,), u8), AllocationQuery((nv, 8), np.dtype("<i4")),
+                (AllocationQuery((total,), u8), AllocationQuery((1,), np.dtype("<i4")),
                  AllocationQuery((nv, len(sampler.PARAM_NAMES)), np.dtype("<f8")),
                  AllocationQuery((self.scratch_pixels * 3,), u8)))
 
@@ -191,7 +180,7 @@ class ViewPlanDecoder(Operation):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             set_parallel_chunksize(1)  # FFCV's threads take samples one at a time (class docstring)
-            packed, info, params, temp_storage = my_storage
+            packed, status_out, params, temp_storage = my_storage
             state = np.empty(2, dtype=np.int64)
             memcpy_c(state_address, state.ctypes.data, 16)
             seed, epoch = state[0], state[1]
@@ -209,10 +198,8 @@ class ViewPlanDecoder(Operation):
                 ok = 1
                 denom = 1
                 if max_pixels > 0 and height * width > max_pixels:
-                    # above the cap: never decoded. A 1x1 grey stand-in, every window (0, 0, 1, 1)
-                    # through denom = the longer side, until the loader replaces the sample
+                    # above the cap: never decoded. A 1x1 grey stand-in, until the loader replaces the sample
                     ok = 0
-                    denom = max(height, width)
                     dh, dw = 1, 1
                     temp[:3] = 128
                 elif field["mode"] == jpg:
@@ -229,24 +216,18 @@ class ViewPlanDecoder(Operation):
                     dh, dw = height, width
                     temp[:dh * dw * 3] = image_data[:dh * dw * 3]
                 decoded = temp[:dh * dw * 3].reshape(dh, dw, 3)
+                status_out[dst_ix, 0] = ok
                 for v in range(nv):
                     size = sizes[v]
                     out = packed[dst_ix, offsets[v]:offsets[v + 1]].reshape(3, size, size)
-                    t0, l0 = np.int64(rows[v, TOP]), np.int64(rows[v, LEFT])
-                    h0, w0 = np.int64(rows[v, HEIGHT]), np.int64(rows[v, WIDTH])
                     flip = rows[v, FLIP] > 0.5
-                    # window in the decoded image (the exact one for denom 1)
-                    top = t0 // denom
-                    left = l0 // denom
-                    h = max(1, min(dh - top, (t0 + h0) // denom - top))
-                    w = max(1, min(dw - left, (l0 + w0) // denom - left))
-                    crop_resize(decoded, np.float64(top), np.float64(left), np.float64(h), np.float64(w), size,
-                                flip, out)
-                    row = info[dst_ix, v]
-                    row[0], row[1], row[2], row[3] = top, left, h, w
-                    row[4], row[5], row[6], row[7] = 1 if flip else 0, dh, dw, ok
+                    if ok:  # the drawn window in the decoded image, in fractional pixels
+                        crop_resize(decoded, rows[v, TOP] / denom, rows[v, LEFT] / denom, rows[v, HEIGHT] / denom,
+                                    rows[v, WIDTH] / denom, size, flip, out)
+                    else:
+                        out[:] = 128
             n = len(batch_indices)
-            return packed[:n], info[:n], params[:n]
+            return packed[:n], status_out[:n], params[:n]
 
         decode.is_parallel = True
         return decode
@@ -312,26 +293,41 @@ def stop_epoch_iterator(it) -> None:
     it.close()
 
 
-class FFCVLoader:
-    """Two-view loader over a ``.beton`` file (see the module docstring for the contract).
+class FFCVLoader(ViewPlanLoader):
+    """View-plan loader over a ``.beton`` file (see the module docstring for the contract).
 
-    Options beyond the common ones: ``order`` ('random' | 'quasi_random'), ``os_cache``
-    (FFCV: rely on the OS page cache, else a process cache), ``batches_ahead`` (FFCV's
-    queue depth), ``dtype`` of the views, ``scale_decode`` (JPEG DCT down-scaling),
-    ``colour_chunk`` (see :func:`pipelines.colour.apply_colour`), and on a CPU device
-    ``colour_threads`` / ``prefetch`` for the thread that finishes batches.
-    ``pin_memory``, ``prefetch_factor`` and ``persistent_workers`` are the torch backend's
-    and are accepted and ignored (FFCV pins its buffers itself when CUDA is present).
-    """
+    Options beyond those of :class:`pipelines.view_plan_loader.ViewPlanLoader`: ``order``
+    ('random' | 'quasi_random'), ``os_cache`` (FFCV: rely on the OS page cache, else a
+    process cache), ``batches_ahead`` (FFCV's queue depth), ``scale_decode`` (JPEG DCT
+    down-scaling). ``pin_memory``, ``prefetch_factor`` and ``persistent_workers`` are the
+    torch backend's and are accepted and ignored (FFCV pins its buffers itself when CUDA is
+    present)."""
+
+    NAME = "ffcv"
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
-                 device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True, order: str = "random",
-                 os_cache: bool = True, batches_ahead: int = 3, on_corrupt: str = "skip",
-                 image_field: str = "image", dtype: torch.dtype = torch.float32, scale_decode: bool = True,
-                 colour_chunk: int | None = None, colour_threads: int = 1, prefetch: int = 2,
-                 max_replacements: int = MAX_REPLACEMENTS, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 pin_memory=None, prefetch_factor=None, persistent_workers=None):
+                 order: str = "random", os_cache: bool = True, batches_ahead: int = 3, scale_decode: bool = True,
+                 pin_memory=None, prefetch_factor=None, persistent_workers=None, **options):
+        if order not in ("random", "quasi_random"):
+            raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
+        self.order = order
+        super().__init__(lambda: self._open(data_dir), batch_size, image_size, recipe, **options)
+        reader = self._reader
+        self._index_of = self._index_column(reader)
+        self.decoder = ViewPlanDecoder(recipe, image_size, self._index_of, self.seed, scale_decode, self.max_pixels)
+        pipelines = {name: None for name in reader.handlers}
+        pipelines["image"] = PipelineSpec("image", decoder=self.decoder, transforms=[])
+        with keep_torch_threads():
+            self._ffcv = _FFCVLoader(str(self.path), batch_size=batch_size, num_workers=max(self.num_workers, 1),
+                                     os_cache=os_cache, order=OrderOption.SEQUENTIAL, seed=self.seed,
+                                     drop_last=self.drop_last, batches_ahead=batches_ahead, pipelines=pipelines)
+        self._plan = _PlannedOrder(self._ffcv, self._rank_order(0))
+        self._ffcv.traversal_order = self._plan
+        self._ffcv.first_traversal_order = self._plan.planned
+        self._active = None
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def _open(self, data_dir) -> tuple[int, str]:
         if data_dir is None:
             raise ValueError("the ffcv backend reads a .beton file: pass its path as data_dir")
         path = Path(data_dir).expanduser()
@@ -341,49 +337,13 @@ class FFCVLoader:
         if not path.is_file():
             raise FileNotFoundError(f".beton file {path} does not exist "
                                     f"(write one with: python -m pipelines.ffcv_writer --data DIR --out {path})")
-        if order not in ("random", "quasi_random"):
-            raise ValueError(f"order must be 'random' or 'quasi_random', got {order!r}")
-        check_loader_options(on_corrupt, rank, world_size, seed, max_pixels)
-        self.path, self.batch_size, self.image_size, self.recipe = path, batch_size, image_size, recipe
-        self.device = torch.device(device)
-        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        self.order, self.on_corrupt = order, on_corrupt
-        self.colour_threads, self.prefetch = colour_threads, prefetch
-        self.num_workers = (os.cpu_count() or 1) if num_workers is None or num_workers < 1 else num_workers
         from ffcv.reader import Reader
-        self._index_of = self._index_column(Reader(str(path)))
-        self.decoder = ViewPlanDecoder(recipe, image_size, self._index_of, seed, scale_decode, max_pixels)
-        self.sizes = recipe.output_sizes(image_size)
-        self.colour = [ColourAugment(v, recipe.mean, recipe.std, dtype, colour_chunk, reuse_outputs=True)
-                       for v in recipe.views]
-        self.corrupt = CorruptFiles(on_corrupt)
-        self.max_replacements, self.max_pixels = max_replacements, max_pixels
-        self.last_params: np.ndarray | None = None
-        self._orders: tuple[int, np.ndarray] | None = None
-
-        with keep_torch_threads():
-            self._ffcv = _FFCVLoader(str(path), batch_size=batch_size, num_workers=self.num_workers,
-                                     os_cache=os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=drop_last,
-                                     batches_ahead=batches_ahead, pipelines=self._pipelines(path))
-        reader = self._ffcv.reader
-        self.num_samples = int(reader.num_samples)
-        self._pages = sample_pages(reader) if order == "quasi_random" else None
-        self.positions = rank_positions(self.num_samples, batch_size, rank, world_size, drop_last, str(path))
-        self._plan = _PlannedOrder(self._ffcv, self._rank_order(0))
-        self._ffcv.traversal_order = self._plan
-        self._ffcv.first_traversal_order = self._plan.planned
-        self.cursor = EpochCursor(len(self))
-        self._active = None
-        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-
-    def _pipelines(self, path: Path) -> dict:
-        from ffcv.reader import Reader
-        names = Reader(str(path)).handlers.keys()
-        if "image" not in names:
-            raise ValueError(f"{path} has no 'image' field (fields: {', '.join(names)})")
-        pipelines = {name: None for name in names}
-        pipelines["image"] = PipelineSpec("image", decoder=self.decoder, transforms=[])
-        return pipelines
+        reader = Reader(str(path))
+        if "image" not in reader.handlers:
+            raise ValueError(f"{path} has no 'image' field (fields: {', '.join(reader.handlers)})")
+        self.path, self._reader = path, reader
+        self._pages = sample_pages(reader) if self.order == "quasi_random" else None
+        return int(reader.num_samples), str(path)
 
     @staticmethod
     def _index_column(reader) -> np.ndarray:
@@ -395,26 +355,14 @@ class FFCVLoader:
 
     # ------------------------------------------------------------------ epoch plan
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """Sample ids of the whole epoch (every rank's), in order."""
-        if self._orders is None or self._orders[0] != epoch:
-            if self.order == "quasi_random":
-                window = 4 * self.batch_size * self.world_size
-                full = quasi_random_order(self._pages, self.seed, epoch, window)
-            else:
-                full = epoch_order(self.num_samples, self.seed, epoch)
-            self._orders = (epoch, full)
-        return self._orders[1]
+    def make_order(self, epoch: int) -> np.ndarray | None:
+        if self.order != "quasi_random":
+            return None
+        return quasi_random_order(self._pages, self.seed, epoch, 4 * self.batch_size * self.world_size)
 
     def _rank_order(self, epoch: int) -> np.ndarray:
         """Sample ids this rank reads in ``epoch``, in reading order."""
-        return self._epoch_order(epoch)[self.positions % self.num_samples].astype(np.uint64)
-
-    def __len__(self) -> int:
-        return -(-len(self.positions) // self.batch_size)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.cursor.set(epoch, start_batch)
+        return self.epoch_order(epoch)[self.positions % self.num_samples].astype(np.uint64)
 
     # ------------------------------------------------------------------ iteration
 
@@ -424,20 +372,19 @@ class FFCVLoader:
         if it is not None:
             stop_epoch_iterator(it)
 
-    def _to_device(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
-        """Copy FFCV's buffers out before the next batch may reuse them."""
-        host = [torch.from_numpy(a) for a in arrays]
+    def _to_device(self, packed: np.ndarray) -> torch.Tensor:
+        """Copy FFCV's buffer out before the next batch may reuse it."""
+        host = torch.from_numpy(packed)
         if self._copy_stream is None:
-            return host  # the CPU colour pass reads them before the next batch is asked for
+            return host  # the CPU colour pass reads it before the next batch is asked for
         with torch.cuda.stream(self._copy_stream):
-            dev = [t.to(self.device, non_blocking=True) for t in host]
+            dev = host.to(self.device, non_blocking=True)
         self._copy_stream.synchronize()  # FFCV refills the pinned buffers once we ask for more
-        current = torch.cuda.current_stream(self.device)
-        for t in dev:
-            t.record_stream(current)
+        dev.record_stream(torch.cuda.current_stream(self.device))
         return dev
 
-    def _sample_name(self, sample_id: int) -> str:
+    def sample_name(self, sample_id: int) -> str:
+        """Named by its dataset index (the writer's ``index`` field) and the file."""
         return f"sample {int(self._index_of[sample_id])} of {self.path}"
 
     def _above_cap(self, sample_id: int) -> str | None:
@@ -446,85 +393,48 @@ class FFCVLoader:
         field = reader.metadata[f"f{list(reader.handlers).index('image')}"][sample_id]
         return above_cap(int(field["width"]), int(field["height"]), self.max_pixels)
 
-    def _stored_bytes(self, sample_id: int) -> np.ndarray:
-        """The image field's stored bytes of one sample (its JPEG), read from the file."""
+    def _render_stored(self, epoch: int, sample_id: int):
+        """Every view of one sample, cut outside the compiled decoder from its stored bytes."""
         offset, size = stored_image_span(self._ffcv.reader, sample_id)
-        return np.fromfile(self.path, dtype=np.uint8, count=size, offset=offset)
+        data = io.BytesIO(np.fromfile(self.path, dtype=np.uint8, count=size, offset=offset).tobytes())
+        return render_views(data, self.recipe, self.image_size, self.seed, epoch, int(self._index_of[sample_id]),
+                            colour=False, spec=self.spec, planar=True, max_pixels=self.max_pixels)
 
-    def _replace(self, epoch: int, position: int):
-        """Views, coords and draws of the next readable sample after epoch ``position``."""
-        order = self._epoch_order(epoch)
-        tried = replacement_positions(position, self.num_samples, self.max_replacements)[1:]
-        for pos in tried:
-            sample_id = int(order[pos])
-            if self._sample_name(sample_id) in self.corrupt.bad:
-                continue
-            try:
-                data = io.BytesIO(self._stored_bytes(sample_id).tobytes())
-                arrays, coords, rows = render_views(data, self.recipe, self.image_size, self.seed, epoch,
-                                                    int(self._index_of[sample_id]), colour=False,
-                                                    spec=self.decoder.spec, planar=True,
-                                                    max_pixels=self.max_pixels)
-            except Exception as exc:  # PIL raises many types for damaged data
-                self.corrupt.report(self._sample_name(sample_id), str(exc) or type(exc).__name__)
-                continue
-            return sample_id, arrays, coords, rows
-        raise too_many_unreadable(len(tried) + 1, self._sample_name(int(order[tried[-1]])))
-
-    def _to_batch(self, raw, sample_ids: np.ndarray, epoch: int, first_slot: int) -> tuple[Batch, np.ndarray]:
-        (packed, info, params), = raw
-        info = np.array(info)  # small: copy out of the ring buffer
+    def _to_batch(self, raw, sample_ids: np.ndarray, epoch: int, batch: int):
+        (packed, ok, params), = raw
+        ok = np.array(ok[:, 0])   # small: copied out of the ring buffer
         params = np.array(params)
         sample_ids = sample_ids.astype(np.int64)
-        failed = np.flatnonzero(~info[:, :, INFO_OK].all(axis=1))
-        for j in failed:
-            self.corrupt.report(self._sample_name(sample_ids[j]),
-                                self._above_cap(sample_ids[j]) or "libjpeg-turbo failed to decode it")
-        t = torch.from_numpy(info.astype(np.int64))
-        nv = len(self.sizes)
-        coords = [windows_to_coords(t[:, v, INFO_TOP], t[:, v, INFO_LEFT], t[:, v, INFO_HEIGHT], t[:, v, INFO_WIDTH],
-                                    t[:, v, INFO_IMAGE_H], t[:, v, INFO_IMAGE_W], t[:, v, INFO_FLIP].bool())
-                  for v in range(nv)]
-        (host,) = self._to_device([packed])
+        host = self._to_device(packed)
         offsets = self.decoder.offsets
+        failed = np.flatnonzero(ok == 0)
+        positions = self.batch_positions(batch)
         for j in failed:
-            position = int(self.positions[first_slot + j]) % self.num_samples
-            sample_ids[j], arrays, boxes, params[j] = self._replace(epoch, position)
-            for v, (arr, box) in enumerate(zip(arrays, boxes)):
+            self.corrupt.report(self.sample_name(sample_ids[j]),
+                                self._above_cap(sample_ids[j]) or "libjpeg-turbo failed to decode it")
+            (arrays, _, params[j]), sample_ids[j], _ = self.first_readable(
+                epoch, int(positions[j]), lambda i: self._render_stored(epoch, i), first=1)
+            for v, arr in enumerate(arrays):
                 host[j, int(offsets[v]):int(offsets[v + 1])] = torch.from_numpy(arr).reshape(-1).to(host.device)
-                coords[v][j] = torch.tensor(box, dtype=coords[v].dtype)
-        index = self._index_of[sample_ids]
-        skipped = len(failed)
-        views = []
-        for v, (aug, size) in enumerate(zip(self.colour, self.sizes)):
-            u = host[:, int(offsets[v]):int(offsets[v + 1])].view(-1, 3, size, size)
-            views.append(aug.apply(u, sampler.colour_params(params[:, v])))
-        dev = self.device
-        return Batch(tuple(views), tuple(to_device(c, dev) for c in coords),
-                     to_device(torch.from_numpy(index), dev), skipped), params
+        views = [host[:, int(offsets[v]):int(offsets[v + 1])].view(-1, 3, size, size)
+                 for v, size in enumerate(self.sizes)]
+        return self.finish(views, params, self._index_of[sample_ids], len(failed))
 
-    def __iter__(self) -> Iterator[Batch]:
+    def batches(self, epoch: int, start: int):
         self._stop_active()
-        epoch, start = self.cursor.begin_pass()
         planned = self._rank_order(epoch)[start * self.batch_size:]
         self._plan.planned = planned
         self.decoder.set_state(self.seed, epoch)
         if len(planned) == 0:
-            return
+            return iter(())
         with keep_torch_threads():
             it = iter(self._ffcv)
         self._active = it
         bs = self.batch_size
-        batches = (self._to_batch(raw, planned[k * bs:(k + 1) * bs], epoch, (start + k) * bs)
-                   for k, raw in enumerate(it))
-        # on the CPU the colour pass runs in a thread beside the consumer; on a GPU it is kernel
-        # launches, cheap in this thread
-        thread = "ffcv-colour" if self.device.type == "cpu" else None
-        try:
-            yield from hand_over(self, batches, thread, self.prefetch, self.colour_threads)  # stops the thread first
-        finally:
-            if self._active is it:
-                self._stop_active()
+        return (self._to_batch(raw, planned[k * bs:(k + 1) * bs], epoch, start + k) for k, raw in enumerate(it))
+
+    def end_pass(self, finished: bool) -> None:
+        self._stop_active()
 
 
 def build_ffcv_loader(data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL,

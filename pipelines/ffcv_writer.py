@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .corrupt import plain_reason
+from .decode import to_rgb
 from .image_folder import scan_image_folder
 from .image_header import DEFAULT_MAX_PIXELS, ImageTooLarge, check_max_pixels, open_image
 
@@ -72,17 +72,6 @@ class WriteReport:
 
 # --------------------------------------------------------------------------- decoding
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit grey -> 8-bit, scaled
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(a * (255.0 / max(a.max(), 255.0)), 0, 255).astype(np.uint8), "L")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img)
-
-
 def load_rgb(path: str | Path, max_resolution: int | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode to an RGB uint8 array. JPEGs are decoded with libjpeg's DCT scaling down to the
@@ -95,7 +84,7 @@ def load_rgb(path: str | Path, max_resolution: int | None = None,
             if s < 1:
                 img.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
         img.load()
-        return _to_rgb_array(img)
+        return np.asarray(to_rgb(img))
 
 
 def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | None, tuple[int, int]]:
@@ -107,7 +96,7 @@ def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str | 
             if img.format == "JPEG":
                 img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             img.load()
-            arr = _to_rgb_array(img)
+            arr = np.asarray(to_rgb(img))
         if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
             return f"unexpected decoded shape {arr.shape}", (0, 0)
         return None, size

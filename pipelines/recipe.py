@@ -75,7 +75,6 @@ class ViewSpec:
         return replace(self, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
-ViewRecipe = ViewSpec  # the name the two-view code used
 
 _VIEW_KEYS = tuple(f.name for f in fields(ViewSpec))
 _TUPLE_KEYS = ("crop_scale", "crop_ratio", "blur_sigma")

@@ -87,8 +87,8 @@ class TrainConfig:
     loader: str = _opt("torch", "data loader backend", choices=LOADERS)
     recipe: str = _opt("byol", "augmentation recipe of the two views", choices=RECIPES)
     image_size: int = _opt(224, "side of each training view in pixels (a multiple of 32)", min=32, max=4096)
-    num_workers: int | None = _opt(None, "loader worker processes or threads; none: the loader's default",
-                                   "apply", min=0, max=1024)
+    num_workers: int | None = _opt(None, "CPU workers decoding in parallel (processes for torch, threads for "
+                                   "dali and ffcv); none: one per core; 0: no pool", "apply", min=0, max=1024)
     on_corrupt: str = _opt("skip", "an unreadable image: skip (counted, replaced) or error (stop)", "apply",
                            choices=("skip", "error"))
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "an image whose header declares more pixels than this is "

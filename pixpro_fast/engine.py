@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelines.view_plan_loader import default_workers
+
 from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoints, load_checkpoint,
                          load_newest_intact, non_finite_entries, remove_partial_writes, rng_state,
                          save_checkpoint, set_rng_state)
@@ -459,10 +461,7 @@ class Trainer:
     def _more_workers_possible(self) -> bool:
         """False when the loader already runs a worker per CPU core this process may use."""
         workers = getattr(self.loader, "num_workers", None)
-        if workers is None:
-            return True
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return workers < max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+        return workers is None or workers < default_workers()
 
     def _check_finite(self, win, last_loss) -> None:
         pending = win["stats"]

@@ -137,7 +137,7 @@ def load_probe_data(cfg: ProbeConfig, root: str | Path | None = None) -> tuple[P
 
 def normalise(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 NHWC -> float NCHW (channels-last memory), ``(x / 255 - mean) / std``."""
-    return colour.normalise(images.permute(0, 3, 1, 2).float().div_(255.0), mean, std)
+    return colour.normalise_uint8(images.permute(0, 3, 1, 2), mean, std)
 
 
 def unnormalise(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

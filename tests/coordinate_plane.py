@@ -54,3 +54,17 @@ def corner_errors(view01: torch.Tensor, coords: torch.Tensor, inset: int = 1) ->
             got_x, got_y = view01[:, 0, r, c], view01[:, 1, r, c]
             errs.append(torch.maximum((got_x - want_x).abs(), (got_y - want_y).abs()))
     return torch.stack(errs, dim=1).amax(dim=1)
+
+
+def corner_tolerance(height: int, width: int, size: int, lossy: bool) -> float:
+    """Allowed corner error on the [0, 1] scale.
+
+    The contract puts the view's corner pixels at the window's first and last pixel
+    (reference convention) while a resampler aligns pixel edges: the two differ by half an
+    original pixel when upscaling and half an output pixel when downscaling. On top come
+    the 8-bit position code (1/2 level) and, for JPEG, compression error (~2-3 levels).
+    A wrong flip, a window off by its own size or a draft window mapped at the wrong scale
+    all give errors of 0.1 or more.
+    """
+    half_pixel = 0.5 / (min(height, width) - 1) + 0.5 / (size - 1)
+    return half_pixel + (4.0 if lossy else 1.5) / 255

@@ -46,3 +46,14 @@ def black_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
             + _png_chunk(b"IEND", b""))
+
+
+def loader_source(backend: str, folder: Path, out: Path, **writer_options) -> Path:
+    """What ``backend`` reads for the images of ``folder``: the folder itself, or for the
+    ffcv backend a .beton of it written at full resolution to ``out``."""
+    if backend != "ffcv":
+        return folder
+    from pipelines import ffcv_writer
+    options = dict(max_resolution=0, jpeg_quality=95, num_workers=1, progress=False, **writer_options)
+    ffcv_writer.write_beton(folder, out, **options)
+    return out

@@ -19,7 +19,7 @@ from pipelines.colour import (ColourAugment, ColourParams, adjust_brightness_, a
                               adjust_hue_, adjust_saturation_, apply_colour, blur_radius, gaussian_blur_,
                               normalise, sample_colour_params, solarize_, to_grayscale_)
 from pipelines import colour_cpu
-from pipelines.recipe import BYOL, IMAGENET_MEAN, IMAGENET_STD, ViewRecipe
+from pipelines.recipe import BYOL, IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = 1e-5
@@ -110,7 +110,7 @@ def test_blur_radius_truncates_at_three_sigma():
     close(gaussian_blur_(x.clone(), sigma), wide, 1 / 255)
 
 
-def reference_view(im01, q: ColourParams, i: int, view: ViewRecipe, mean, std):
+def reference_view(im01, q: ColourParams, i: int, view: ViewSpec, mean, std):
     """One image through torchvision in our documented order."""
     if q.jitter[i]:
         im = TF.adjust_brightness(im01, q.brightness[i].item())
@@ -132,7 +132,7 @@ def reference_view(im01, q: ColourParams, i: int, view: ViewRecipe, mean, std):
 def mixed_params(b: int) -> ColourParams:
     """Every op on some samples and off on others, with factors that clip."""
     g = torch.Generator().manual_seed(3)
-    q = sample_colour_params(ViewRecipe(jitter_p=0.7, grayscale_p=0.3, blur_p=0.6, solarize_p=0.4,
+    q = sample_colour_params(ViewSpec(jitter_p=0.7, grayscale_p=0.3, blur_p=0.6, solarize_p=0.4,
                                         brightness=0.8, contrast=0.8, saturation=0.8, hue=0.4), b, g)
     assert 0 < q.jitter.sum() < b and 0 < q.grayscale.sum() < b
     assert 0 < (q.blur_sigma > 0).sum() < b and 0 < q.solarize.sum() < b
@@ -146,7 +146,7 @@ def test_full_view_matches_torchvision_chain(device, engine, dtype_in):
     x01 = images(b=b, h=32, w=40, seed=1)
     x01 = (x01 * 255).round() / 255  # representable exactly as uint8
     q = mixed_params(b)
-    view = ViewRecipe()
+    view = ViewSpec()
     want = per_image(x01, lambda im, i: reference_view(im, q, i, view, IMAGENET_MEAN, IMAGENET_STD))
     src = (x01 * 255).round().to(torch.uint8) if dtype_in == torch.uint8 else x01
     src = src.to(device).contiguous(memory_format=torch.channels_last)
@@ -306,7 +306,7 @@ def test_normalise_layout():
 
 
 def test_pooled_outputs_are_not_overwritten_while_a_consumer_keeps_them():
-    view = ViewRecipe(jitter_p=1.0, blur_p=0.0)
+    view = ViewSpec(jitter_p=1.0, blur_p=0.0)
     aug = ColourAugment(view, (0.5,) * 3, (0.25,) * 3, reuse_outputs=True)
     plain = ColourAugment(view, (0.5,) * 3, (0.25,) * 3)
     gen = torch.Generator().manual_seed(0)

@@ -2,13 +2,14 @@
 view of every preset, and the same draws (windows, flips, colour) from the one sampler."""
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
-from sample_data import installed_backends
+from sample_data import installed_backends, loader_source
 from pipelines import build_loader, get_recipe, sampler
 
 PLANE_SIZES = [(300, 301), (64, 300), (200, 90), (150, 200), (97, 113), (250, 333), (120, 120), (180, 260)]
@@ -21,21 +22,15 @@ BACKENDS = installed_backends()
 
 @pytest.fixture(scope="module")
 def planes(tmp_path_factory):
+    """The coordinate planes as each installed backend reads them."""
     root = tmp_path_factory.mktemp("contract")
     write_coordinate_planes(root / "img", PLANE_SIZES)
-    beton = None
-    if "ffcv" in BACKENDS:
-        from pipelines import ffcv_writer as FW
-        beton = root / "planes.beton"
-        FW.write_beton(root / "img", beton, max_resolution=0, jpeg_quality=95, num_workers=1, progress=False)
-    return root / "img", beton
+    return {b: loader_source(b, root / "img", root / f"planes.{b}") for b in BACKENDS}
 
 
-def _loader(backend, planes, recipe, **kw):
-    folder, beton = planes
-    extra = {"torch": {"num_workers": 0}, "dali": {"num_workers": 1}, "ffcv": {"num_workers": 1, "scale_decode": False}}
-    return build_loader(backend, beton if backend == "ffcv" else folder, batch_size=4, image_size=IMAGE_SIZE,
-                        recipe=recipe, seed=11, **extra[backend], **kw)
+def _loader(backend, sources, recipe, **kw):
+    return build_loader(backend, sources[backend], batch_size=4, image_size=IMAGE_SIZE, recipe=recipe, seed=11,
+                        num_workers=0, **kw)
 
 
 def _tolerance(size: int) -> float:
@@ -88,7 +83,7 @@ def test_backends_use_the_one_draw(backend, preset, planes):
         for v, coords in enumerate(b.coords):
             torch.testing.assert_close(coords, sampler.coords_of(want[:, v]), atol=1e-6, rtol=0)
         got = loader.last_params
-        got = np.stack([np.asarray(p) for p in got], axis=1) if isinstance(got, tuple) else np.asarray(got)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
         np.testing.assert_allclose(got, want, atol=1e-12)
         batches += 1
     assert batches > 1
@@ -124,29 +119,27 @@ def _damage(data: bytearray, at: int) -> None:
 
 @pytest.fixture(scope="module")
 def damaged(planes, tmp_path_factory):
-    """The planes with image BAD's bytes damaged: in a copy of the folder, and in a copy of the
-    .beton (the writer leaves unreadable files out, so only a damaged file can hold one)."""
+    """The planes with image BAD's bytes damaged, as each backend reads them: in a copy of the
+    folder, and in a copy of the .beton (the writer leaves unreadable files out, so only a
+    damaged file can hold one). Sample BAD keeps its place: items and dataset indices agree."""
     import shutil
-    folder, beton = planes
     root = tmp_path_factory.mktemp("damaged")
-    copy = root / "img"
-    shutil.copytree(folder, copy)
-    path = sorted(copy.iterdir())[BAD]
-    data = bytearray(path.read_bytes())
-    _damage(data, 0)
-    path.write_bytes(bytes(data))
-    broken = None
-    if beton is not None:
-        from ffcv.reader import Reader
-        from pipelines.ffcv_loader import FFCVLoader, stored_image_span
-        reader = Reader(str(beton))
-        sample = int(np.flatnonzero(FFCVLoader._index_column(reader) == BAD)[0])
-        ptr, _ = stored_image_span(reader, sample)
-        data = bytearray(beton.read_bytes())
-        _damage(data, ptr)
-        broken = root / "damaged.beton"
-        broken.write_bytes(bytes(data))
-    return copy, broken, path.name
+    sources = {}
+    for backend, source in planes.items():
+        copy = root / f"{backend}.{source.name}"
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, copy)
+        if copy.is_dir():
+            path = sorted(copy.iterdir())[BAD]
+            start, data = 0, bytearray(path.read_bytes())
+        else:
+            from ffcv.reader import Reader
+            from pipelines.ffcv_loader import stored_image_span
+            path, data = copy, bytearray(copy.read_bytes())
+            start, _ = stored_image_span(Reader(str(copy)), BAD)
+        _damage(data, start)
+        path.write_bytes(bytes(data))
+        sources[backend] = copy
+    return sources
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,9 +149,8 @@ def test_an_unreadable_image_is_replaced_by_the_next_readable_one_of_the_epoch_o
     import logging
 
     from pipelines.epoch import epoch_order
-    folder, beton, _ = damaged
     recipe = get_recipe("byol")
-    loader = _loader(backend, (folder, beton), recipe, drop_last=False)
+    loader = _loader(backend, damaged, recipe, drop_last=False)
     n = len(PLANE_SIZES)
     with caplog.at_level(logging.WARNING, logger="pipelines"):
         for epoch in (0, 1):
@@ -185,9 +177,8 @@ def test_an_unreadable_image_is_replaced_by_the_next_readable_one_of_the_epoch_o
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_unreadable_image_in_error_mode_names_it(backend, damaged):
     from pipelines.corrupt import CorruptImageError
-    folder, beton, name = damaged
-    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, on_corrupt="error")
-    with pytest.raises(CorruptImageError, match=f"sample {BAD} of" if backend == "ffcv" else name):
+    loader = _loader(backend, damaged, get_recipe("byol"), drop_last=False, on_corrupt="error")
+    with pytest.raises(CorruptImageError, match=re.escape(f"cannot decode image {loader.sample_name(BAD)}: ")):
         list(loader)
 
 
@@ -220,27 +211,16 @@ CAP = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def oversized(planes, tmp_path_factory):
-    """The planes plus a constant 1200 x 1200 PNG (1.44 megapixels, above CAP): in a copy of
-    the folder and in a .beton written without a cap; and its dataset index."""
-    import shutil
+def oversized(tmp_path_factory):
+    """The planes plus a constant 1200 x 1200 PNG (1.44 megapixels, above CAP) as each backend
+    reads them (a .beton written without a cap), and its dataset index (its item too)."""
     from PIL import Image
     from pipelines.image_folder import scan_image_folder
-    folder, beton = planes
     root = tmp_path_factory.mktemp("oversized")
-    copy = root / "img"
-    shutil.copytree(folder, copy)
-    Image.new("RGB", (1200, 1200), (90, 140, 200)).save(copy / "big.png")
-    big = [p.name for p in scan_image_folder(copy).paths].index("big.png")
-    if beton is not None:
-        from pipelines import ffcv_writer as FW
-        beton = root / "oversized.beton"
-        FW.write_beton(copy, beton, max_resolution=0, jpeg_quality=95, num_workers=1, progress=False, max_pixels=0)
-    return copy, beton, big
-
-
-def _big_name(backend, big):
-    return f"sample {big} of" if backend == "ffcv" else "big.png"
+    write_coordinate_planes(root / "img", PLANE_SIZES)
+    Image.new("RGB", (1200, 1200), (90, 140, 200)).save(root / "img" / "big.png")
+    big = [p.name for p in scan_image_folder(root / "img").paths].index("big.png")
+    return {b: loader_source(b, root / "img", root / f"big.{b}", max_pixels=0) for b in BACKENDS}, big
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -248,8 +228,8 @@ def test_an_image_above_the_pixel_cap_is_skipped_and_named_with_its_size(backend
     import logging
     import warnings
     from PIL import Image
-    folder, beton, big = oversized
-    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, max_pixels=CAP)
+    sources, big = oversized
+    loader = _loader(backend, sources, get_recipe("byol"), drop_last=False, max_pixels=CAP)
     with caplog.at_level(logging.WARNING, logger="pipelines"), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         batches = list(loader)
@@ -257,33 +237,30 @@ def test_an_image_above_the_pixel_cap_is_skipped_and_named_with_its_size(backend
     assert len(index) == len(PLANE_SIZES) + 1 and big not in index
     assert sum(b.skipped for b in batches) == 1
     warned = [r.getMessage() for r in caplog.records if "cap (max_pixels)" in r.getMessage()]
-    assert len(warned) == 1 and _big_name(backend, big) in warned[0], warned
+    assert len(warned) == 1 and loader.sample_name(big) in warned[0], warned
     assert "1200 x 1200 = 1.4 megapixels, above the 1-megapixel cap (max_pixels)" in warned[0]
-    if backend == "ffcv":  # the decoder's scratch memory is sized for the images within the cap
-        assert loader.decoder.scratch_pixels == max(h * w for h, w in PLANE_SIZES)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_image_above_the_pixel_cap_in_error_mode_names_it(backend, oversized):
     from pipelines.corrupt import CorruptImageError
-    folder, beton, big = oversized
-    loader = _loader(backend, (folder, beton), get_recipe("byol"), drop_last=False, max_pixels=CAP,
-                     on_corrupt="error")
-    with pytest.raises(CorruptImageError, match=f"{_big_name(backend, big)}.*: 1200 x 1200 = 1.4 megapixels"):
+    sources, big = oversized
+    loader = _loader(backend, sources, get_recipe("byol"), drop_last=False, max_pixels=CAP, on_corrupt="error")
+    with pytest.raises(CorruptImageError, match=re.escape(f"{loader.sample_name(big)}: 1200 x 1200 = 1.4 megapixels")):
         list(loader)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_default_cap_refuses_a_huge_image_from_its_header(backend, planes, tmp_path, monkeypatch, caplog):
+def test_the_default_cap_refuses_a_huge_image_from_its_header(backend, tmp_path, monkeypatch, caplog):
     """A 20 KB PNG of 12000 x 12000 pixels beside the planes is never decoded, and no library
-    warns about it: the torch and DALI loaders skip it, the FFCV writer leaves it out."""
+    warns about it: a loader of the folder skips it and names it with its size; the FFCV
+    writer leaves it out of the file (its report names it: test_ffcv_loader)."""
     import logging
-    import shutil
     import warnings
     from PIL import Image, ImageFile
     from sample_data import black_png
     folder = tmp_path / "img"
-    shutil.copytree(planes[0], folder)
+    write_coordinate_planes(folder, PLANE_SIZES)
     (folder / "huge.png").write_bytes(black_png(12000, 12000))
     load = ImageFile.ImageFile.load
 
@@ -294,13 +271,12 @@ def test_the_default_cap_refuses_a_huge_image_from_its_header(backend, planes, t
     huge = "12000 x 12000 = 144.0 megapixels, above the 50-megapixel cap (max_pixels)"
     with caplog.at_level(logging.WARNING, logger="pipelines"), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if backend == "ffcv":
-            from pipelines import ffcv_writer as FW
-            report = FW.write_beton(folder, tmp_path / "x.beton", max_resolution=0, num_workers=1, progress=False)
-            assert report.skipped == [(str(folder / "huge.png"), huge)]
-            assert report.written == len(PLANE_SIZES)
-            return
-        batches = list(_loader(backend, (folder, None), get_recipe("byol"), drop_last=False))
-    assert sum(b.skipped for b in batches) == 1
+        source = loader_source(backend, folder, tmp_path / "x.beton")
+        loader = _loader(backend, {backend: source}, get_recipe("byol"), drop_last=False)
+        batches = list(loader)
     warned = [r.getMessage() for r in caplog.records if "huge.png" in r.getMessage()]
-    assert len(warned) == 1 and huge in warned[0], warned
+    if loader.num_samples == len(PLANE_SIZES):   # left out of the source
+        assert sum(b.skipped for b in batches) == 0 and not warned
+    else:
+        assert loader.num_samples == len(PLANE_SIZES) + 1 and sum(b.skipped for b in batches) == 1
+        assert len(warned) == 1 and huge in warned[0], warned

@@ -20,9 +20,10 @@ from coordinate_plane import corner_errors, denormalise, write_coordinate_planes
 from pipelines import build_loader  # noqa: E402
 from pipelines import sampler  # noqa: E402
 from pipelines.colour import ColourAugment  # noqa: E402
-from pipelines.dali_loader import (PARAM_NAMES, DaliLoader, colour_matrix, decode_region, image_shape,  # noqa: E402
-                                   resolve_colour, resolve_host_crop)
-from pipelines.recipe import BYOL, Recipe, ViewRecipe  # noqa: E402
+from pipelines.dali_loader import (DaliLoader, colour_matrix, decode_region, image_shape,  # noqa: E402
+                                   resolve_host_crop)
+from pipelines.sampler import PARAM_NAMES  # noqa: E402
+from pipelines.recipe import BYOL, Recipe, ViewSpec  # noqa: E402
 from pipelines.colour_cpu import LUMA  # noqa: E402
 from pipelines.corrupt import CorruptImageError  # noqa: E402
 
@@ -31,7 +32,7 @@ P = {name: i for i, name in enumerate(PARAM_NAMES)}
 DEVICE = torch.device(os.environ.get("PIXPRO_TEST_DEVICE", "cpu"))
 PLANE_SIZES = [(90, 400), (400, 90), (131, 257), (300, 300), (64, 640), (480, 200), (97, 113), (250, 333)]
 GEOMETRY = BYOL.without_colour()
-OFF = ViewRecipe(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+OFF = ViewSpec(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
 def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -80,8 +81,8 @@ def _run(loader: DaliLoader, epochs) -> tuple[list, torch.Tensor, torch.Tensor]:
         loader.set_epoch(e)
         for b in loader:
             batches.append(b)
-            p1.append(loader.last_params[0])
-            p2.append(loader.last_params[1])
+            p1.append(torch.from_numpy(loader.last_params[:, 0]))
+            p2.append(torch.from_numpy(loader.last_params[:, 1]))
     return batches, torch.cat(p1), torch.cat(p2)
 
 
@@ -233,7 +234,7 @@ def _flat_folder(folder: Path, colours) -> Path:
 
 @pytest.mark.parametrize("gpu_style", [False, True])
 def test_colour_steps_on_flat_images(tmp_path, gpu_style):
-    """The in-pipeline colour steps (``colour='pipeline'``). Flat colours make every step
+    """The in-pipeline colour steps (``colour='workers'``). Flat colours make every step
     predictable: jitter through its numpy model, blur is a no-op
     on a flat image, solarize inverts channels >= threshold, grayscale gives the luma."""
     colours = [(200, 100, 30), (20, 140, 250), (128, 127, 60), (90, 90, 200)]
@@ -241,7 +242,7 @@ def test_colour_steps_on_flat_images(tmp_path, gpu_style):
     jitter_only = replace(OFF, jitter_p=1.0)
     grey_blur_solarize = replace(OFF, grayscale_p=1.0, blur_p=1.0, solarize_p=1.0, solarize_threshold=100)
     recipe = Recipe("flat", (jitter_only, grey_blur_solarize))
-    loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style, colour="pipeline")
+    loader = _loader(folder, batch_size=4, image_size=8, recipe=recipe, gpu_style=gpu_style, colour="workers")
     batches, p1, p2 = _run(loader, range(4))
     luma = np.array(LUMA)
     for b, q1 in zip(batches, p1.split(4)):
@@ -278,7 +279,7 @@ def test_colour_engine_finishes_the_crops(small_dir, host_crop):
             for v in range(2):
                 assert torch.equal(a.coords[v], g.coords[v])
                 crop = (denormalise(g.views[v], BYOL.mean, BYOL.std) * 255).round().clamp(0, 255).to(torch.uint8)
-                want = steps[v].apply(crop.to(DEVICE), sampler.colour_params(engine.last_params[v].numpy()))
+                want = steps[v].apply(crop.to(DEVICE), sampler.colour_params(engine.last_params[:, v]))
                 torch.testing.assert_close(a.views[v], want, atol=1e-5, rtol=0)
             batches += 1
         assert batches == len(engine) > 0
@@ -308,17 +309,18 @@ def test_host_crop_matches_the_graph_resize(planes_dir):
 def test_host_crop_default_and_bad_value():
     assert resolve_host_crop(None, "device", "cpu") is True
     assert resolve_host_crop(None, "device", "gpu") is False
-    assert resolve_host_crop(None, "pipeline", "cpu") is False
+    assert resolve_host_crop(None, "workers", "cpu") is False
     with pytest.raises(ValueError, match="host_crop=True needs colour='device'"):
-        resolve_host_crop(True, "pipeline", "cpu")
+        resolve_host_crop(True, "workers", "cpu")
 
 
-def test_colour_mode_default_and_bad_value():
-    assert resolve_colour(None, "cpu") == "device"
-    assert resolve_colour(None, "gpu") == "pipeline"
-    assert resolve_colour("pipeline", "cpu") == "pipeline"
-    with pytest.raises(ValueError, match="colour must be one of"):
-        resolve_colour("fused", "cpu")
+def test_colour_place_default_and_bad_value(small_dir):
+    from types import SimpleNamespace
+    assert _loader(small_dir, device="cpu").colour == "device"
+    assert _loader(small_dir, device="cpu", colour="workers").colour == "workers"
+    assert DaliLoader.default_colour(SimpleNamespace(dali_device="gpu")) == "workers"
+    with pytest.raises(ValueError, match=r"colour must be one of \('auto', 'device', 'workers'\) for the dali"):
+        _loader(small_dir, device="cpu", colour="pil")
 
 
 # --------------------------------------------------------------------------- crop distribution

@@ -413,3 +413,34 @@ def test_writer_pages_fit_the_images(tmp_path):
     assert size == pixels.nbytes
     stored = np.fromfile(out, dtype=np.uint8, count=size, offset=offset).reshape(pixels.shape)
     assert np.array_equal(stored, pixels)
+
+
+def test_the_default_cap_keeps_a_huge_image_out_of_the_file_undecoded(tmp_path, monkeypatch):
+    """A 12000 x 12000 PNG beside small JPEGs is left out by the writer from its header alone,
+    and its report names it with its size."""
+    from PIL import ImageFile
+    from sample_data import black_png, jpeg_folder
+    folder = jpeg_folder(tmp_path / "img", 3, (40, 50), (8, 8))
+    (folder / "huge.png").write_bytes(black_png(12000, 12000))
+    load = ImageFile.ImageFile.load
+
+    def small_only(img):
+        assert img.size[0] * img.size[1] <= 1_000_000, f"decoded an image of {img.size}"
+        return load(img)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", small_only)
+    report = FW.write_beton(folder, tmp_path / "x.beton", max_resolution=0, num_workers=1, progress=False)
+    assert report.written == 3
+    assert report.skipped == [(str(folder / "huge.png"),
+                               "12000 x 12000 = 144.0 megapixels, above the 50-megapixel cap (max_pixels)")]
+
+
+def test_decoder_scratch_memory_is_sized_for_the_images_within_the_loaders_cap(tmp_path):
+    from sample_data import jpeg_folder
+    folder = jpeg_folder(tmp_path / "img", 3, (40, 50), (8, 8))
+    Image.new("RGB", (1200, 1200), (90, 140, 200)).save(folder / "big.png")
+    FW.write_beton(folder, tmp_path / "x.beton", max_resolution=0, num_workers=1, progress=False, max_pixels=0)
+    loader = FL.FFCVLoader(tmp_path / "x.beton", batch_size=2, image_size=32, recipe=GEOMETRY, num_workers=1,
+                           max_pixels=1_000_000)
+    batches = list(loader)
+    assert sum(b.skipped for b in batches) <= 1   # the big one, where the epoch reached it
+    assert loader.decoder.scratch_pixels == 56 * 66   # the largest of the JPEGs, not the PNG

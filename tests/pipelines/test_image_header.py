@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipelines import torch_loader as T
+from pipelines.corrupt import CorruptImageError
+from pipelines.decode import render_views
+from pipelines.epoch import EpochOrders
+from pipelines.torch_loader import ViewPlanDataset
 from pipelines.image_header import (DEFAULT_MAX_PIXELS, ImageTooLarge, check_max_pixels, header_size, image_shape,
                                     open_image)
 from pipelines.recipe import BYOL
@@ -83,16 +86,16 @@ def test_the_default_cap_refuses_a_small_file_of_a_huge_image_undecoded(no_decod
             open_image(_bmp_header(12000, 12000))
 
 
-def test_the_torch_workers_refuse_it_by_name(tmp_path, no_decoding):
+def test_the_decoder_and_the_torch_workers_refuse_it_by_name(tmp_path, no_decoding):
     path = tmp_path / "huge.png"
     path.write_bytes(black_png(12000, 12000))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ImageTooLarge, match=HUGE):
-            T.render_views(path, BYOL, 32, 0, 0, 0)
-        ds = T.ViewPlanDataset([path], BYOL, 32, 0, on_corrupt="error")
-        with pytest.raises(Exception, match=f"huge.png: {HUGE}"):
-            ds.sample(0, 0, 0)
+            render_views(path, BYOL, 32, 0, 0, 0)
+        ds = ViewPlanDataset([path], BYOL, 32, EpochOrders(1, 0), on_corrupt="error")
+        with pytest.raises(CorruptImageError, match=f"huge.png: {HUGE}"):
+            ds.sample(0, 0)
 
 
 def test_a_cap_above_pils_limit_lifts_it_for_that_open_only():

@@ -5,9 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
 
 from pipelines import sampler
-from pipelines.recipe import BYOL
+from pipelines.recipe import BYOL, Recipe, ViewSpec
 
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15
@@ -97,3 +100,48 @@ def test_jitter_order_is_a_permutation_of_the_four_operations():
     orders = {sampler.jitter_order(code) for code in params[:, 0, sampler.P["jitter_order"]]}
     assert all(sorted(o) == sorted(sampler.JITTER_OPS) for o in orders)
     assert len(orders) > 4                                                          # drawn, not fixed
+
+
+# --------------------------------------------------------------------------- against torchvision
+
+def _ks(a, b) -> float:
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(a, grid, side="right") / len(a)
+                        - np.searchsorted(b, grid, side="right") / len(b)).max())
+
+
+@pytest.mark.parametrize("hw,scale,ratio", [((375, 500), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                            ((64, 900), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                            ((300, 301), (0.2, 1.0), (0.5, 2.0))])
+def test_crop_distribution_matches_torchvision(hw, scale, ratio):
+    h, w = hw
+    n = 3000
+    img = Image.new("RGB", (w, h))
+    torch.manual_seed(0)
+    ref = np.array([transforms.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)])
+    rows = sampler.draw(Recipe("c", (ViewSpec(crop_scale=scale, crop_ratio=ratio),)), 224, 0, 0, np.arange(n),
+                        np.full(n, h), np.full(n, w))[:, 0]
+    ours = rows[:, [sampler.P[k] for k in ("top", "left", "height", "width")]].astype(np.int64)
+    assert (ours[:, 2] + ours[:, 0] <= h).all() and (ours[:, 3] + ours[:, 1] <= w).all()
+    assert (ours[:, :2] >= 0).all() and (ours[:, 2:] >= 1).all()
+    critical = 1.95 * math.sqrt(2 / n)  # KS at alpha ~ 0.001
+    for col in (lambda a: a[:, 2] * a[:, 3] / (h * w), lambda a: np.log(a[:, 3] / a[:, 2]),
+                lambda a: (a[:, 0] + a[:, 2] / 2) / h, lambda a: (a[:, 1] + a[:, 3] / 2) / w):
+        assert _ks(col(ours), col(ref)) < critical
+
+
+def _window(h, w, scale, ratio, sample=0):
+    rows = sampler.draw(Recipe("c", (ViewSpec(crop_scale=scale, crop_ratio=ratio),)), 224, 0, 0, [sample], [h], [w])
+    return tuple(int(rows[0, 0, sampler.P[k]]) for k in ("top", "left", "height", "width"))
+
+
+def test_crop_fallback_matches_torchvision():
+    # no window of 99-100% area with aspect 3..4 fits a square: central crop, as torchvision
+    img = Image.new("RGB", (200, 200))
+    expect = transforms.RandomResizedCrop.get_params(img, [0.99, 1.0], [3.0, 4.0])
+    assert _window(200, 200, (0.99, 1.0), (3.0, 4.0)) == tuple(expect)
+    for h, w in ((100, 400), (400, 100), (64, 900)):  # too elongated for a 99% window: clamped aspect
+        expect = transforms.RandomResizedCrop.get_params(Image.new("RGB", (w, h)), [0.99, 1.0], [3 / 4, 4 / 3])
+        assert _window(h, w, (0.99, 1.0), (3 / 4, 4 / 3)) == tuple(expect)
+    assert _window(100, 400, (0.99, 1.0), (3 / 4, 4 / 3)) == (0, 133, 100, 133)
