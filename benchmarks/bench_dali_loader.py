@@ -179,7 +179,7 @@ def main(argv=None):
     recipe = get_recipe(args.recipe)
     B, S, W = args.batch_size, args.image_size, args.workers
 
-    def loader(r, colour=None, host_crop=None):
+    def loader(r, colour="auto", host_crop=None):
         return DaliLoader(data_dir, B, S, r, device=args.device, num_workers=W, colour=colour, host_crop=host_crop)
 
     probe = loader(recipe)

@@ -152,7 +152,7 @@ def dali_rows(b: LoaderBench) -> dict[str, Callable[[], float]]:
     files = list_images(b.data_dir)
     warmup = 3
 
-    def loader(recipe=b.recipe, colour=None):
+    def loader(recipe=b.recipe, colour="auto"):
         return DaliLoader(b.data_dir, b.batch_size, b.image_size, recipe, device=b.device, num_workers=b.workers,
                           colour=colour)
 
