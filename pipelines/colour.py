@@ -71,31 +71,20 @@ class ColourParams:
         return ColourParams(off, z + 1, z + 1, z + 1, z.clone(), off.clone(), z.clone(), off.clone())
 
 
-def _factors(u: torch.Tensor, strength: float) -> torch.Tensor:
-    """U(max(0, 1 - s), 1 + s) from U(0, 1) draws, as ColorJitter samples its factors."""
-    lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-    return lo + (hi - lo) * u
-
-
 def sample_colour_params(view: ViewSpec, batch_size: int,
                          generator: torch.Generator | None = None) -> ColourParams:
-    """Draw every colour decision of ``batch_size`` views of one recipe (on the CPU)."""
-    u = torch.rand((batch_size, 9), generator=generator, dtype=torch.float64)
-    jitter = u[:, 0] < view.jitter_p
-    one = torch.ones(batch_size, dtype=torch.float64)
-    pick = lambda values, neutral: torch.where(jitter, values, neutral).float()
-    blur = u[:, 6] < view.blur_p
-    lo, hi = view.blur_sigma
-    return ColourParams(
-        jitter=jitter,
-        brightness=pick(_factors(u[:, 1], view.brightness), one),
-        contrast=pick(_factors(u[:, 2], view.contrast), one),
-        saturation=pick(_factors(u[:, 3], view.saturation), one),
-        hue=pick(view.hue * (2 * u[:, 4] - 1), 0 * one),
-        grayscale=u[:, 5] < view.grayscale_p,
-        blur_sigma=torch.where(blur, lo + (hi - lo) * u[:, 7], 0 * one).float(),
-        solarize=u[:, 8] < view.solarize_p,
-    )
+    """Every colour decision of ``batch_size`` views of one spec, for using the engine on its
+    own: :mod:`pipelines.sampler`'s draws (the one colour draw of the project) for samples
+    0.. under a seed taken from ``generator``."""
+    import numpy as np
+
+    from . import sampler
+    from .recipe import Recipe
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    n = np.arange(batch_size)
+    rows = sampler.draw(Recipe("colour", (view,)), view.size, seed, 0, n, np.full(batch_size, view.size),
+                        np.full(batch_size, view.size))
+    return sampler.colour_params(rows[:, 0])
 
 
 # --------------------------------------------------------------------------- single operations

@@ -71,7 +71,8 @@ import numpy as np
 import torch
 
 from . import sampler
-from .colour_cpu import LUMA
+from .colour import gaussian_kernels
+from .colour_cpu import LUMA, blur_radius
 from .corrupt import CorruptImageError
 from .image_folder import scan_image_folder
 from .image_header import check_pixels, image_shape
@@ -124,13 +125,13 @@ def colour_matrix(saturation: float, hue: float) -> np.ndarray:
 # --------------------------------------------------------------------------- per-sample arguments
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian over radius ceil(3 sigma) ([1] for sigma 0: no blur)."""
+    """The colour engines' normalised 1-D Gaussian (:func:`pipelines.colour.gaussian_kernels`
+    over :func:`pipelines.colour_cpu.blur_radius`), float64 weights as float32; [1] for sigma
+    0: no blur."""
     if sigma <= 0:
         return np.ones(1, dtype=np.float32)
-    r = int(math.ceil(3.0 * sigma))
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    k = np.exp(-x * x / (2.0 * sigma * sigma))
-    return (k / k.sum()).astype(np.float32)
+    k = gaussian_kernels(torch.tensor([float(sigma)], dtype=torch.float64), blur_radius(sigma), torch.float64)
+    return k[0].numpy().astype(np.float32)
 
 
 class _ViewSteps:

@@ -28,7 +28,7 @@ from .checkpoint import (archive_previous_run, check_disk_space, list_checkpoint
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig, resume_applied_changes, resume_differences
 from .hardware import native_precisions
-from .metrics import MetricsLogger, WaitMeter, truncate_metrics, verdict
+from .metrics import LogWindow, MetricsLogger, WaitMeter, truncate_metrics, verdict
 from .optim import lars_travel
 from .step import TrainStep, compile_step, whole_step_problem
 from .training import apply_optimizer_settings, build_loader_for, build_training, resolve_device
@@ -307,18 +307,17 @@ class Trainer:
                 f"initialisation; for short runs raise --lars-trust (0.02 suits a few hundred steps)")
 
     def fit(self) -> FitResult:
+        """Train to the end of the schedule (or ``--max-steps``, ``--profile``, a stop signal),
+        resuming first where a checkpoint allows; checkpoints, metrics and the verdict on the way."""
         cfg = self.cfg
         space_note = check_disk_space(self.out_dir, self.state_dict(), cfg.keep_ckpts) if self.is_main else None
-        self._signal_received = None   # (signal, time) of the first stop signal this process got
-        self._stop_signal = 0          # the stop signal the ranks agreed on
-        previous_handlers = {}
-        if threading.current_thread() is threading.main_thread():   # Python allows handlers only there
-            previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        previous_handlers = self._install_stop_handlers()
         self.resume_changes = []
         self._housekeeping()
         resumed = self.maybe_resume()
         self._saved_step = self.step if resumed else None
         self._saved_at = self.clock()   # --ckpt-every-minutes counts from the start or resume
+        self._last_ckpt = None
         if self.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         stop_at = self.training.stop_step
@@ -327,127 +326,150 @@ class Trainer:
         logger = MetricsLogger(self.out_dir, stop_at, enabled=self.is_main, tensorboard=cfg.tensorboard,
                                start_step=self.step, stream=self.log_stream)
         if self.is_main:
-            print(f"pixpro_fast: {cfg.method}, {cfg.arch} on {self.device} ({self.precision}"
-                  f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}), "
-                  f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
-                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
-                  + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
-            if self.training.sync_bn and cfg.sync_bn is None:
-                print(f"SyncBatchNorm on: {cfg.method}'s reference synchronises BatchNorm across GPUs "
-                      f"(--no-sync-bn turns it off)", file=self.log_stream)
-            provenance = cfg.provenance()
-            if provenance:
-                print(provenance, file=self.log_stream)
-            if self.resume_changes:
-                print("settings changed since the checkpoint, applied from here on:\n  - "
-                      + "\n  - ".join(self.resume_changes), file=self.log_stream)
-            if logger.tensorboard_note:
-                print(logger.tensorboard_note, file=self.log_stream)
-            for note in (self.short_schedule_note(), space_note):
-                if note:
-                    print(note, file=self.log_stream)
+            self._announce(resumed, logger, space_note)
         profiler = self._start_profiler() if cfg.profile > 0 else None
-        meter = WaitMeter()
-        status, last_ckpt = "finished", None
-        run_wait = run_wall = 0.0
-        run_images = 0
-        win = {"wait": 0.0, "t0": time.perf_counter(), "images": 0, "stats": None, "n": 0, "skipped": 0}
-        last_loss = float("nan")
+        meter, win = WaitMeter(), LogWindow()
         try:
-            while self.step < stop_at and self.epoch < cfg.epochs:
-                self.loader.set_epoch(self.epoch, self.batch_in_epoch)
-                self.model.set_epoch(self.epoch)
-                it = iter(self.loader)
-                for _ in range(self.steps_per_epoch - self.batch_in_epoch // cfg.accum_steps):
-                    if self.step >= stop_at:
-                        break
-                    t_wait = time.perf_counter()
-                    try:
-                        micro = [next(it) for _ in range(cfg.accum_steps)]
-                    except Exception:
-                        if self._signal_received:   # the signal also reached the loader's worker processes
-                            self._stop_signal = self._signal_received[0]
-                            raise KeyboardInterrupt from None
-                        raise
-                    waited = time.perf_counter() - t_wait
-                    win["wait"] += waited
-                    stats, lr = self.train_one_step(micro)
-                    meter.step(waited)
-                    if cfg.probe_every and self.step % cfg.probe_every == 0 and self.is_main:
-                        t_probe = time.perf_counter()
-                        win["probe"] = self._online_probe()
-                        win["t0"] += time.perf_counter() - t_probe   # probe time is not training time
-                    self.batch_in_epoch += cfg.accum_steps
-                    win["skipped"] += sum(b.skipped for b in micro)
-                    win["images"] += sum(len(b) for b in micro) * self.world_size
-                    win["stats"] = stats if win["stats"] is None else win["stats"] + stats
-                    win["n"] += 1
-                    if profiler is not None:
-                        profiler.step()
-                    if self.step % cfg.log_every == 0 or self.step == stop_at:
-                        last_loss, wait, wall, images = self._log(logger, win, lr)
-                        run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
-                    elif meter.steps == 1 and self.is_main:
-                        # a first sign of life: the window goes on to the first log step unchanged
-                        logger.show(self.step, self._window_values(win, lr)[0])
-                    self._stop_signal, timed = self._poll()
-                    if timed or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
-                        self._check_finite(win, last_loss)
-                        last_ckpt = self.save() or last_ckpt
-                    if self._stop_signal:
-                        raise KeyboardInterrupt
-                del it
-                if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                    self._check_finite(win, last_loss)
-                    last_ckpt = self.save() or last_ckpt
-            if win["n"]:
-                last_loss, wait, wall, images = self._log(logger, win, lr)
-                run_wait, run_wall, run_images = run_wait + wait, run_wall + wall, run_images + images
-            if profiler is not None:
-                status = "profiled"
-            elif self.step < self.total_steps:
-                status = "max_steps"
+            self._train(stop_at, logger, meter, win, profiler)
+            status = "profiled" if profiler is not None else "max_steps" if self.step < self.total_steps \
+                else "finished"
             if self.step and self._saved_step != self.step:
-                self._check_finite(win, last_loss)
-                last_ckpt = self.save() or last_ckpt
+                self._check_finite(win)
+                self._save()
         except KeyboardInterrupt:   # a stop signal (or a SIGINT where no handler could be installed)
             status = "interrupted"
-            self._stop_signal = self._stop_signal or signal.SIGINT
-            by = signal_label(self._stop_signal)
-            try:
-                if win["stats"] is not None and not math.isfinite(float(win["stats"][0])):
-                    raise NonFiniteLossError(self._divergence_message(f"the loss became {float(win['stats'][0])}"))
-                if self._saved_step != self.step:   # not saved at this step already (--ckpt-every)
-                    last_ckpt = self.save() or last_ckpt
-                if self.is_main:
-                    print(f"\ninterrupted: saved {last_ckpt or resumed} at step {self.step} ({by}); run again to resume",
-                          file=self.log_stream)
-            except NonFiniteLossError as e:
-                if self.is_main:
-                    print(f"\ninterrupted ({by}), nothing saved: {e}", file=self.log_stream)
+            self._save_on_interrupt(win, resumed)
         finally:
             for signum, handler in previous_handlers.items():   # None: one not set from Python, not restorable
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
             logger.close()
             if profiler is not None:
                 self._finish_profiler(profiler)
-        fraction = run_wait / run_wall if run_wall > 0 else 0.0
-        result = FitResult(self.step, self.epoch, status, run_images / run_wall if run_wall > 0 else 0.0, fraction,
-                           last_loss, last_ckpt, logger.path, self.out_dir,
+        result = FitResult(self.step, self.epoch, status, win.images_per_sec, win.wait_fraction, win.last_loss,
+                           self._last_ckpt, logger.path, self.out_dir,
                            self._stop_signal if status == "interrupted" else None)
         if self.is_main:
-            in_use = tuple(name for name, on in (("bf16 autocast", self.precision != "fp32"),
-                                                 ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
-                           if on)
-            judged = verdict(meter.fraction, in_use=in_use, loader=cfg.loader,
-                             bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used,
-                             measured_steps=meter.measured, batch_headroom=self._batch_headroom(),
-                             more_workers=self._more_workers_possible())
-            print(f"done ({status}): {self.step} steps, {result.images_per_sec:.1f} images/sec, "
-                  f"{judged}\n  checkpoint: {last_ckpt}\n  metrics: {logger.path}", file=self.log_stream)
+            self._report(result, meter, logger)
         return result
+
+    def _install_stop_handlers(self) -> dict:
+        """Handle the stop signals (finish the step, save) from here on; returns the handlers
+        they replace."""
+        self._signal_received = None   # (signal, time) of the first stop signal this process got
+        self._stop_signal = 0          # the stop signal the ranks agreed on
+        if threading.current_thread() is not threading.main_thread():   # Python allows handlers only there
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    def _announce(self, resumed, logger, space_note) -> None:
+        """What this run is, before its first step: one line, then any note that needs acting on."""
+        cfg = self.cfg
+        print(f"pixpro_fast: {cfg.method}, {cfg.arch} on {self.device} ({self.precision}"
+              f"{', channels-last' if cfg.channels_last else ''}{', compiled' if cfg.compile else ''}), "
+              f"{self.world_size} process(es), global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, "
+              f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+              + (f"; resumed from {resumed} at step {self.step}" if resumed else ""), file=self.log_stream)
+        notes = []
+        if self.training.sync_bn and cfg.sync_bn is None:
+            notes.append(f"SyncBatchNorm on: {cfg.method}'s reference synchronises BatchNorm across GPUs "
+                         f"(--no-sync-bn turns it off)")
+        notes.append(cfg.provenance())
+        if self.resume_changes:
+            notes.append("settings changed since the checkpoint, applied from here on:\n  - "
+                         + "\n  - ".join(self.resume_changes))
+        notes += [logger.tensorboard_note, self.short_schedule_note(), space_note]
+        for note in notes:
+            if note:
+                print(note, file=self.log_stream)
+
+    def _train(self, stop_at: int, logger, meter: WaitMeter, win: LogWindow, profiler) -> None:
+        """The epochs and steps up to ``stop_at``: a checkpoint at each epoch's end, by steps and
+        by minutes; a log line every ``log_every`` steps; KeyboardInterrupt on a stop signal."""
+        cfg = self.cfg
+        lr = None
+        while self.step < stop_at and self.epoch < cfg.epochs:
+            self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+            self.model.set_epoch(self.epoch)
+            it = iter(self.loader)
+            for _ in range(self.steps_per_epoch - self.batch_in_epoch // cfg.accum_steps):
+                if self.step >= stop_at:
+                    break
+                t_wait = time.perf_counter()
+                micro = self._next_batches(it)
+                waited = time.perf_counter() - t_wait
+                stats, lr = self.train_one_step(micro)
+                meter.step(waited)
+                if cfg.probe_every and self.step % cfg.probe_every == 0 and self.is_main:
+                    t_probe = time.perf_counter()
+                    win.probe = self._online_probe()
+                    win.pause(time.perf_counter() - t_probe)   # probe time is not training time
+                self.batch_in_epoch += cfg.accum_steps
+                win.add(stats, sum(len(b) for b in micro) * self.world_size, sum(b.skipped for b in micro), waited)
+                if profiler is not None:
+                    profiler.step()
+                if self.step % cfg.log_every == 0 or self.step == stop_at:
+                    self._log(logger, win, lr)
+                elif meter.steps == 1 and self.is_main:
+                    # a first sign of life: the window goes on to the first log step unchanged
+                    logger.show(self.step, self._window_values(win, lr)[0])
+                self._stop_signal, timed = self._poll()
+                if timed or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+                    self._check_finite(win)
+                    self._save()
+                if self._stop_signal:
+                    raise KeyboardInterrupt
+            del it
+            if self.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._check_finite(win)
+                self._save()
+        if win.steps:
+            self._log(logger, win, lr)
+
+    def _next_batches(self, it) -> list:
+        """The next step's micro-batches; a loader failure caused by a stop signal (which also
+        reached its worker processes) becomes that stop."""
+        try:
+            return [next(it) for _ in range(self.cfg.accum_steps)]
+        except Exception:
+            if self._signal_received:
+                self._stop_signal = self._signal_received[0]
+                raise KeyboardInterrupt from None
+            raise
+
+    def _save(self) -> None:
+        self._last_ckpt = self.save() or self._last_ckpt
+
+    def _save_on_interrupt(self, win: LogWindow, resumed) -> None:
+        """Save the step a stop signal ended on, unless its loss is not finite (nothing is then
+        saved over the last good checkpoint); say how to go on."""
+        self._stop_signal = self._stop_signal or signal.SIGINT
+        by = signal_label(self._stop_signal)
+        try:
+            if win.stats is not None and not math.isfinite(float(win.stats[0])):
+                raise NonFiniteLossError(self._divergence_message(f"the loss became {float(win.stats[0])}"))
+            if self._saved_step != self.step:   # not saved at this step already (--ckpt-every)
+                self._save()
+            if self.is_main:
+                print(f"\ninterrupted: saved {self._last_ckpt or resumed} at step {self.step} ({by}); "
+                      f"run again to resume", file=self.log_stream)
+        except NonFiniteLossError as e:
+            if self.is_main:
+                print(f"\ninterrupted ({by}), nothing saved: {e}", file=self.log_stream)
+
+    def _report(self, result: FitResult, meter: WaitMeter, logger) -> None:
+        """The last line: steps, images/sec and the loader-bound verdict, where things were written."""
+        cfg = self.cfg
+        in_use = tuple(name for name, on in (("bf16 autocast", self.precision != "fp32"),
+                                             ("channels-last", cfg.channels_last), ("torch.compile", cfg.compile))
+                       if on)
+        judged = verdict(meter.fraction, in_use=in_use, loader=cfg.loader,
+                         bf16_native="bf16" in native_precisions(self.device), warmup_steps=meter.warmup_used,
+                         measured_steps=meter.measured, batch_headroom=self._batch_headroom(),
+                         more_workers=self._more_workers_possible())
+        print(f"done ({result.status}): {result.steps} steps, {result.images_per_sec:.1f} images/sec, "
+              f"{judged}\n  checkpoint: {result.checkpoint}\n  metrics: {logger.path}", file=self.log_stream)
 
     def _batch_headroom(self) -> bool:
         """Whether a larger batch per device could raise images/sec: on a GPU whose peak use
@@ -463,9 +485,8 @@ class Trainer:
         workers = getattr(self.loader, "num_workers", None)
         return workers is None or workers < default_workers()
 
-    def _check_finite(self, win, last_loss) -> None:
-        pending = win["stats"]
-        value = last_loss if pending is None else float(pending[0])
+    def _check_finite(self, win: LogWindow) -> None:
+        value = win.pending_loss()
         if not math.isfinite(value):
             raise NonFiniteLossError(self._divergence_message(f"the loss became {value} by step {self.step}"))
 
@@ -494,24 +515,22 @@ class Trainer:
         now = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        stats = (win["stats"] / max(win["n"], 1)).tolist()
-        wall = max(now - win["t0"], 1e-9)
+        stats = (win.stats / max(win.steps, 1)).tolist()
+        wall = max(now - win.t0, 1e-9)
         # a method without a momentum target has no momentum to log
         momentum = {"momentum": self._momentum()} if len(self.model.target) else {}
         values = {"epoch": self.epoch, **dict(zip(self._stat_names, stats)), "lr": lr, **momentum,
-                  "images_per_sec": win["images"] / wall, "data_wait_fraction": win["wait"] / wall,
-                  "skipped_images": win["skipped"], **win.get("probe", {})}
+                  "images_per_sec": win.images / wall, "data_wait_fraction": win.wait / wall,
+                  "skipped_images": win.skipped, **win.probe}
         return values, stats, wall
 
-    def _log(self, logger, win, lr):
+    def _log(self, logger, win: LogWindow, lr) -> None:
+        """Write the window's metrics, stop on a non-finite loss, start the next window."""
         values, stats, wall = self._window_values(win, lr)
-        win.pop("probe", None)
         logger.log(self.step, values)
-        out = (stats[0], win["wait"], wall, win["images"])
         if not math.isfinite(stats[0]):
-            self._check_finite(win, stats[0])
-        win.update(wait=0.0, t0=time.perf_counter(), images=0, stats=None, n=0, skipped=0)
-        return out
+            self._check_finite(win)
+        win.close(stats[0], wall)
 
     def _online_probe(self) -> dict:
         """probe_miou of the current online encoder (a frozen copy; see :mod:`.probe`)."""

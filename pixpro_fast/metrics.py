@@ -47,6 +47,58 @@ def verdict(wait_fraction: float, threshold: float = 0.10, in_use: tuple[str, ..
     return f"compute-bound: {wait_fraction:.0%} of wall time waiting for data{after} ({said})"
 
 
+class LogWindow:
+    """The steps since the last log line (their summed statistics, images, replaced images,
+    time waiting for data, wall time since ``t0``, the latest probe), and what the logged
+    windows of the run add up to (``run_wait``, ``run_wall``, ``run_images``, ``last_loss``)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.run_wait = self.run_wall = 0.0
+        self.run_images = 0
+        self.last_loss = float("nan")
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = self.clock()
+        self.wait, self.images, self.skipped, self.steps = 0.0, 0, 0, 0
+        self.stats = None   # summed per-step statistics (a tensor), None before the first step
+        self.probe: dict = {}
+
+    def add(self, stats, images: int, skipped: int, waited: float) -> None:
+        """One optimiser step: its statistics, the images it trained on (every rank's), the
+        unreadable images its batches replaced, the seconds it waited for them."""
+        self.stats = stats if self.stats is None else self.stats + stats
+        self.images += images
+        self.skipped += skipped
+        self.wait += waited
+        self.steps += 1
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (spent on other work, a probe) out of the window's wall time."""
+        self.t0 += seconds
+
+    def pending_loss(self) -> float:
+        """The summed loss of the steps not yet logged (the last logged loss when none)."""
+        return self.last_loss if self.stats is None else float(self.stats[0])
+
+    def close(self, loss: float, wall: float) -> None:
+        """Add the window, just logged with mean loss ``loss`` over ``wall`` seconds, to the
+        run's totals and start the next one."""
+        self.last_loss = loss
+        self.run_wait, self.run_wall, self.run_images = (self.run_wait + self.wait, self.run_wall + wall,
+                                                         self.run_images + self.images)
+        self.reset()
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.run_images / self.run_wall if self.run_wall > 0 else 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        return self.run_wait / self.run_wall if self.run_wall > 0 else 0.0
+
+
 class WaitMeter:
     """Time waiting for data and wall time, counted only after the first ``warmup`` steps.
 

@@ -277,8 +277,11 @@ def test_momentum_is_logged_only_for_methods_with_a_momentum_target(method, has_
         def log(self, step, values):
             logged.append(values)
     trainer._stat_names = ("loss", "positive_cosine")
-    window = {"wait": 0.0, "t0": 0.0, "images": 4, "stats": torch.tensor([1.0, 0.5]), "n": 1, "skipped": 0}
+    from pixpro_fast.metrics import LogWindow
+    window = LogWindow()
+    window.add(torch.tensor([1.0, 0.5]), images=4, skipped=0, waited=0.0)
     trainer._log(Logger(), window, 0.1)
+    assert window.steps == 0 and window.last_loss == 1.0 and window.run_images == 4
     assert logged[0]["lr"] == 0.1 and logged[0]["loss"] == 1.0
     assert ("momentum" in logged[0]) == has_target
     if has_target:
