@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixpro_fast.config import TrainConfig

@@ -23,7 +23,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from benchmarks.common import add_shared_options, markdown_table, time_interleaved, write_json

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from pixpro_fast import finetune, probe
+from pixpro_fast import finetune, probe, probe_encoders
 from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.image_probe import classify_features, pooled_features
 
@@ -235,7 +234,7 @@ def main(argv=None) -> dict:
     def evaluate(name: str, encoder_for, kind: str, pretrained: bool, checkpoint: str | None) -> dict:
         """Row ``name``'s cells; ``encoder_for(seed)`` is its probe-ready encoder (a pretrained
         row: the same at every seed; scratch: a random init of that seed)."""
-        layers = probe.default_layers(encoder_for(seeds[0]), ("layer4",), ("tokens",))
+        layers = probe_encoders.default_layers(encoder_for(seeds[0]), ("layer4",), ("tokens",))
         feats: dict[int, tuple] = {}
         cells: dict[str, dict] = {}
         for f in fractions:
@@ -263,7 +262,7 @@ def main(argv=None) -> dict:
 
         def encoder_for(seed):
             if seed not in made:
-                made[seed] = probe.probe_ready(probe.random_encoder(arch, seed, **shape), method, *stats)
+                made[seed] = probe_encoders.probe_ready(probe_encoders.random_encoder(arch, seed, **shape), method, *stats)
             return made[seed]
         return encoder_for
 
@@ -276,9 +275,9 @@ def main(argv=None) -> dict:
             print(f"  {m}: diverged ({run['diverged']})", file=sys.stderr, flush=True)
             results[m] = {"kind": kind, **run}
             continue
-        trunk, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
-        stats = probe.recipe_stats(cfg)       # the scratch network reads its input as the pretrained one
-        encoder = probe.probe_ready(trunk, cfg.method, *stats)
+        trunk, arch, _ = probe_encoders.encoder_from_checkpoint(run["checkpoint"])
+        stats = probe_encoders.recipe_stats(cfg)       # the scratch network reads its input as the pretrained one
+        encoder = probe_encoders.probe_ready(trunk, cfg.method, *stats)
         results[m] = {"description": describe(m), **evaluate(m, lambda s: encoder, kind, True, run["checkpoint"]),
                       "pretrain": {k: v for k, v in run.items() if k != "checkpoint"}}
         if f"{SCRATCH} {kind}" not in results:    # the baseline of this encoder kind

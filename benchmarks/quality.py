@@ -71,6 +71,8 @@ from pathlib import Path
 import torch
 
 from pixpro_fast import probe
+from pixpro_fast import probe_encoders
+from pixpro_fast import probe_data
 from pixpro_fast.checkpoint import UnsafeCheckpointError, list_checkpoints
 from pixpro_fast.config import TrainConfig, field_optional, field_type
 from pixpro_fast.encoder import trunk_shape
@@ -312,7 +314,7 @@ def cached_result(path: Path, key: dict, run) -> dict:
 
 
 def probe_layers(encoder, args) -> tuple[str, ...]:
-    return probe.default_layers(encoder, tuple(args.probe_layers.split(",")), tuple(args.vit_probe_layers.split(",")))
+    return probe_encoders.default_layers(encoder, tuple(args.probe_layers.split(",")), tuple(args.vit_probe_layers.split(",")))
 
 
 # --------------------------------------------------------------------------- the table
@@ -456,20 +458,20 @@ def main(argv=None) -> dict:
             results.append({"method": m, "arch": cfg.arch, "kind": encoder_kind(cfg.arch, method),
                             "description": describe(m), **run, "config": cfg.to_dict()})
             continue
-        pretrained, arch, _ = probe.encoder_from_checkpoint(run["checkpoint"])
+        pretrained, arch, _ = probe_encoders.encoder_from_checkpoint(run["checkpoint"])
         shape = trunk_shape(pretrained.state_dict(), arch)
-        initial = probe.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
-        turn = probe.weight_turn(pretrained, initial)
+        initial = probe_encoders.random_encoder(arch, args.seed, **shape)     # the weights pretraining started from
+        turn = probe_encoders.weight_turn(pretrained, initial)
         kind = encoder_kind(arch, method)
-        stats = probe.recipe_stats(cfg)                              # the random init is probed as the pretrained
-        enc, base_enc = probe.probe_ready(pretrained, method, *stats), probe.probe_ready(initial, method, *stats)
+        stats = probe_encoders.recipe_stats(cfg)                              # the random init is probed as the pretrained
+        enc, base_enc = probe_encoders.probe_ready(pretrained, method, *stats), probe_encoders.probe_ready(initial, method, *stats)
         layers = probe_layers(enc, args)
         key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"]}
 
         def evaluate(encoder, name):
             nonlocal train, val
             if train is None:
-                train, val = probe.load_probe_data(probe_cfg)
+                train, val = probe_data.load_probe_data(probe_cfg)
             return lambda: probe.evaluate_encoder(encoder, train, val, probe_cfg, name, layers=layers)
         result = cached_result(Path(cfg.out) / "probe.json", key, evaluate(enc, f"{kind} {m}"))
         if kind not in baselines:

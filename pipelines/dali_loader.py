@@ -313,7 +313,6 @@ class _EpochFeeder:
 
     def __iter__(self):
         ld = self.loader
-        b = ld.batch_size
         names = [n for n, _ in input_names(ld.graph_recipe, ld.gpu_style, not ld.host_crop)]
         steps = [] if ld.host_crop else [_ViewSteps(v) for v in ld.graph_recipe.views]
         for k in range(self.start, ld.num_batches):

@@ -41,7 +41,6 @@ import io
 import queue
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "train"
     if command == "eval":
-        from .probe import eval_command
+        from .eval_cli import eval_command
         return eval_command(argv)
     if command == "finetune":
         from .finetune import finetune_command

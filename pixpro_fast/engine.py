@@ -8,7 +8,6 @@ spent waiting for data.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -535,7 +534,8 @@ class Trainer:
     def _online_probe(self) -> dict:
         """probe_miou of the current online encoder (a frozen copy; see :mod:`.probe`)."""
         if self._probe is None:
-            from .probe import OnlineProbe, recipe_stats
+            from .probe import OnlineProbe
+            from .probe_encoders import recipe_stats
             mean, std = recipe_stats(self.cfg)
             self._probe = OnlineProbe(self.cfg.probe_images, device=self.device, method=self.cfg.method,
                                       mean=mean, std=std)

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import probe
+from . import segmentation_metrics
+from . import probe_encoders
+from . import probe_data
 
 TASKS = ("classify", "segment")
 STATE_NAME = "finetune_state.pt"
@@ -95,7 +98,7 @@ def load_square(path: str | Path, image_size: int) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         return np.asarray(im.resize((image_size, image_size), Image.Resampling.BILINEAR,
-                                    box=probe.square_window(*im.size)))
+                                    box=probe_data.square_window(*im.size)))
 
 
 @dataclass
@@ -115,8 +118,8 @@ class FolderSplit:
 
 @dataclass
 class SceneSplit:
-    """Scenes and label maps held in memory (the dense probe's :class:`probe.ProbeSplit`)."""
-    data: probe.ProbeSplit
+    """Scenes and label maps held in memory (the dense probe's :class:`probe_data.ProbeSplit`)."""
+    data: probe_data.ProbeSplit
 
     def __len__(self) -> int:
         return len(self.data.images)
@@ -128,7 +131,7 @@ class SceneSplit:
 def subset(split, idx: list[int]):
     if isinstance(split, FolderSplit):
         return FolderSplit([split.paths[i] for i in idx], split.labels[idx], split.image_size)
-    return SceneSplit(probe.ProbeSplit(split.data.images[idx], split.data.labels[idx]))
+    return SceneSplit(probe_data.ProbeSplit(split.data.images[idx], split.data.labels[idx]))
 
 
 @dataclass
@@ -198,8 +201,8 @@ def scenes_task(image_size: int, train_images: int = 256, val_images: int = 128,
                          f"got {image_size}")
     if train_images < 1 or val_images < 1:
         raise ValueError(f"--train-images and --val-images must be at least 1, got {train_images}, {val_images}")
-    train = probe.load_scenes_split("train", train_images, image_size, label_stride, 0, root)
-    val = probe.load_scenes_split("val", val_images, image_size, label_stride, 0, root)
+    train = probe_data.load_scenes_split("train", train_images, image_size, label_stride, 0, root)
+    val = probe_data.load_scenes_split("val", val_images, image_size, label_stride, 0, root)
     chosen = stratified_subset([0] * train_images, label_fraction, seed)
     record = {"train_images": train_images, "val_images": val_images, "label_stride": label_stride,
               "label_subset": {"fraction": label_fraction, "seed": seed, "count": len(chosen), "indices": chosen}}
@@ -219,7 +222,7 @@ class FinetuneNet(nn.Module):
         if kind not in TASKS:
             raise ValueError(f"unknown task {kind!r}; choose one of {TASKS}")
         self.encoder, self.layer, self.kind, self.label_size = encoder, layer, kind, label_size
-        self.mean, self.std = probe.input_stats(encoder)
+        self.mean, self.std = probe_encoders.input_stats(encoder)
         if kind == "classify":
             self.head = nn.Sequential(nn.Linear(channels, hidden_dim), nn.ReLU(inplace=True),
                                       nn.Linear(hidden_dim, num_classes))
@@ -228,7 +231,7 @@ class FinetuneNet(nn.Module):
                                       nn.Conv2d(hidden_dim, num_classes, 1))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = probe.normalise(images, self.mean, self.std).to(next(self.head.parameters()).device)
+        x = probe_encoders.normalise(images, self.mean, self.std).to(next(self.head.parameters()).device)
         return self.encoder.forward_stages(x)[self.layer]
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
@@ -244,15 +247,15 @@ class FinetuneNet(nn.Module):
 
 
 def inner_encoder(encoder: nn.Module) -> nn.Module:
-    """The trunk itself, without the :class:`probe.MethodInput` wrapper."""
-    return encoder.encoder if isinstance(encoder, probe.MethodInput) else encoder
+    """The trunk itself, without the :class:`probe_encoders.MethodInput` wrapper."""
+    return encoder.encoder if isinstance(encoder, probe_encoders.MethodInput) else encoder
 
 
 def build_network(encoder: nn.Module, task: Task, hidden_dim: int, image_size: int, seed: int,
                   label_stride: int = 4) -> FinetuneNet:
     """``encoder`` (probe-ready) with a head seeded by ``seed``; the map is layer4 of a ResNet,
     the final tokens of a ViT. The channel count comes from one blank image."""
-    layer = probe.default_layers(encoder, ("layer4",), ("tokens",))[0]
+    layer = probe_encoders.default_layers(encoder, ("layer4",), ("tokens",))[0]
     blank = probe.extract_features(encoder, torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8), (layer,))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -315,7 +318,7 @@ def train_stage(net: FinetuneNet, train, stage: Stage, batch_size: int, weight_d
                 logits = net.classify(feats)
             else:
                 logits = net(images)
-            loss = F.cross_entropy(logits, labels, ignore_index=probe.IGNORE_INDEX)
+            loss = F.cross_entropy(logits, labels, ignore_index=probe_data.IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -377,13 +380,13 @@ def evaluate(net: FinetuneNet, val, num_classes: int, kind: str, batch_size: int
     try:
         for start in range(0, len(val), batch_size):
             images, labels = val.batch(list(range(start, min(start + batch_size, len(val)))))
-            conf += probe.confusion_matrix(net(images).argmax(1).cpu(), labels, num_classes)
+            conf += segmentation_metrics.confusion_matrix(net(images).argmax(1).cpu(), labels, num_classes)
     finally:
         net.train(was)
     if kind == "classify":
-        return {"top1": probe.pixel_accuracy(conf)}
-    return {"miou": probe.mean_iou(conf), "pixel_accuracy": probe.pixel_accuracy(conf),
-            "iou": probe.iou_per_class(conf)}
+        return {"top1": segmentation_metrics.pixel_accuracy(conf)}
+    return {"miou": segmentation_metrics.mean_iou(conf), "pixel_accuracy": segmentation_metrics.pixel_accuracy(conf),
+            "iou": segmentation_metrics.iou_per_class(conf)}
 
 
 # --------------------------------------------------------------------------- the encoder and its export
@@ -392,11 +395,11 @@ def load_start(checkpoint: str | Path | None, arch: str | None, seed: int) -> tu
     """(probe-ready encoder, arch, pretraining config, pretrained?) from a checkpoint, or a
     random init of ``arch`` seeded with ``seed``, with the checkpoint loaders of the probe."""
     if checkpoint is not None:
-        enc, arch, saved = probe.encoder_from_checkpoint(checkpoint, arch)
-        return probe.probe_ready(enc, saved.get("method"), *probe.recipe_stats(saved)), arch, saved, True
+        enc, arch, saved = probe_encoders.encoder_from_checkpoint(checkpoint, arch)
+        return probe_encoders.probe_ready(enc, saved.get("method"), *probe_encoders.recipe_stats(saved)), arch, saved, True
     if arch is None:
         raise ValueError("--random-init needs --arch")
-    return probe.random_encoder(arch, seed), arch, {"arch": arch}, False
+    return probe_encoders.random_encoder(arch, seed), arch, {"arch": arch}, False
 
 
 def export_finetuned(net: FinetuneNet, arch: str, pretrain_config: dict, out_dir: Path) -> list[Path]:

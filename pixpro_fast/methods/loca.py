@@ -58,7 +58,6 @@ import torch.nn.functional as F
 from ..distributed import all_reduce_sum, gather_with_grad, world
 from ..sinkhorn import sinkhorn
 from ..vit import PATCH, VIT_ARCHS, ViTEncoder
-from ..optim import adamw_param_groups  # noqa: F401  (LOCA's optimiser groups)
 from .contract import Method, MethodOutput
 from .registry import register_method
 

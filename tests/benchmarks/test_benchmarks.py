@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, bench_torch_loader, chart
 from benchmarks.common import batches_forever, steady_rate

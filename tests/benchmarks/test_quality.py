@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixpro_fast import probe
+from pixpro_fast import probe_encoders
+from pixpro_fast import probe_data
 from pixpro_fast.encoder import trunk_shape
 from pixpro_fast.methods import METHODS
 from pixpro_fast.methods.colorization import lightness_input
@@ -41,7 +43,7 @@ def test_vit_forward_stages_are_its_tokens_laid_out_as_maps():
             torch.testing.assert_close(stages["block12"][:, :, i, j], t[:, i * 3 + j])
 
 
-def colour_block_split(n: int, seed: int, size: int = 64) -> probe.ProbeSplit:
+def colour_block_split(n: int, seed: int, size: int = 64) -> probe_data.ProbeSplit:
     """Images of PATCH x PATCH blocks, each of a random class 0..3: class 0 dark, class k
     bright in RGB channel k - 1 (values jittered); labels on the stride-4 grid."""
     gen = torch.Generator().manual_seed(seed)
@@ -50,7 +52,7 @@ def colour_block_split(n: int, seed: int, size: int = 64) -> probe.ProbeSplit:
     images = torch.randint(0, 40, (n, size, size, 3), generator=gen)
     for k in range(3):
         images[..., k] += 180 * (classes == k + 1)
-    return probe.ProbeSplit(images.to(torch.uint8), classes[:, 2::4, 2::4].contiguous())
+    return probe_data.ProbeSplit(images.to(torch.uint8), classes[:, 2::4, 2::4].contiguous())
 
 
 def colour_reading_vit(carry: bool) -> ViTEncoder:
@@ -81,7 +83,7 @@ def test_a_probe_on_vit_tokens_reads_what_they_carry():
     empty = probe.evaluate_encoder(colour_reading_vit(False), train, val, cfg, classes=tuple("abcd"))
     assert good.miou > 0.9 and good.pixel_accuracy > 0.95, good
     assert empty.miou < 0.3, empty
-    assert probe.default_layers(colour_reading_vit(True)) == ("tokens",)
+    assert probe_encoders.default_layers(colour_reading_vit(True)) == ("tokens",)
 
 
 # --------------------------------------------------------------------------- the L channel
@@ -107,12 +109,12 @@ class LightnessReader(nn.Module):
         return {"layer4": F.avg_pool2d(F.one_hot(cls, 4).permute(0, 3, 1, 2).float(), 8)}
 
 
-def grey_block_split(n: int, seed: int, size: int = 32) -> probe.ProbeSplit:
+def grey_block_split(n: int, seed: int, size: int = 32) -> probe_data.ProbeSplit:
     gen = torch.Generator().manual_seed(seed)
     cells = torch.randint(4, (n, size // 8, size // 8), generator=gen)
     classes = cells.repeat_interleave(8, 1).repeat_interleave(8, 2)
     images = GREYS[classes].to(torch.uint8)[..., None].expand(-1, -1, -1, 3).contiguous()
-    return probe.ProbeSplit(images, classes[:, 2::4, 2::4].contiguous())
+    return probe_data.ProbeSplit(images, classes[:, 2::4, 2::4].contiguous())
 
 
 def test_colorization_encoder_is_probed_on_the_scaled_l_channel():
@@ -122,15 +124,15 @@ def test_colorization_encoder_is_probed_on_the_scaled_l_channel():
     rgb = g.view(1, 1, -1, 1).expand(1, 3, -1, 1)
     torch.testing.assert_close(lightness_input(rgb).flatten(), (cie_lightness_of_grey(g) - 50) / 50,
                                atol=1e-3, rtol=0)
-    enc = probe.probe_ready(LightnessReader(), "colorization")
-    assert isinstance(enc, probe.MethodInput)
-    assert probe.probe_ready(LightnessReader(), "pixpro").__class__ is LightnessReader
+    enc = probe_encoders.probe_ready(LightnessReader(), "colorization")
+    assert isinstance(enc, probe_encoders.MethodInput)
+    assert probe_encoders.probe_ready(LightnessReader(), "pixpro").__class__ is LightnessReader
     cfg = probe.ProbeConfig(image_size=32, layers=("layer4",), train_images=12, val_images=6, steps=150,
                             pixels_per_image=64, batch_size=512, lr=5e-2)
     r = probe.evaluate_encoder(enc, grey_block_split(12, 0), grey_block_split(6, 1), cfg, classes=tuple("abcd"))
     assert r.miou > 0.95, r
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        probe.probe_ready(LightnessReader(), "nope")
+        probe_encoders.probe_ready(LightnessReader(), "nope")
 
 
 def test_random_init_baselines_are_the_weights_pretraining_starts_from(tmp_path):
@@ -146,10 +148,10 @@ def test_random_init_baselines_are_the_weights_pretraining_starts_from(tmp_path)
             **({"num_prototypes": 16} if method == "loca" else {}))
         started = Trainer(cfg).model.online["encoder"].state_dict()
         assert trunk_shape(started, arch) == shape
-        baseline = probe.random_encoder(arch, 3, **shape).state_dict()
+        baseline = probe_encoders.random_encoder(arch, 3, **shape).state_dict()
         assert started.keys() == baseline.keys()
         assert all(torch.equal(started[k], baseline[k]) for k in started), method
-        other = probe.random_encoder(arch, 4, **shape).state_dict()
+        other = probe_encoders.random_encoder(arch, 4, **shape).state_dict()
         assert not all(torch.equal(started[k], other[k]) for k in started)
 
 

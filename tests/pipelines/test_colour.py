@@ -18,7 +18,6 @@ import torchvision.transforms.functional as TF
 from pipelines.colour import (ColourAugment, ColourParams, adjust_brightness_, adjust_contrast_,
                               adjust_hue_, adjust_saturation_, apply_colour, blur_radius, gaussian_blur_,
                               normalise, sample_colour_params, solarize_, to_grayscale_)
-from pipelines import colour_cpu
 from pipelines.recipe import BYOL, IMAGENET_MEAN, IMAGENET_STD, ViewSpec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

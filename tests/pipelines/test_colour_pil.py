@@ -4,8 +4,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torchvision.transforms import functional as TF
 
 from coordinate_plane import coordinate_plane

@@ -10,7 +10,6 @@ from PIL import Image
 from coordinate_plane import (coordinate_plane, corner_errors, corner_tolerance, denormalise,
                               write_coordinate_planes)
 from pipelines import build_loader
-from pipelines import torch_loader as T
 from pipelines.batch import Batch
 from pipelines import sampler
 from pipelines.decode import render_views
@@ -215,7 +214,6 @@ def test_workers_outlive_a_stop_signal_sent_to_the_whole_job(small_dir):
     job; the training process handles them) leave the workers reading the same batches; the
     owner still stops them, also when it exits with them running (multiprocessing's shutdown
     sends them SIGTERM), which must not hang."""
-    import os
     import subprocess
     import sys
     from pathlib import Path

@@ -15,7 +15,7 @@ from pixpro_fast.checkpoint import load_checkpoint
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.engine import Trainer
 from pixpro_fast.export import SAFETENSORS_NAME, encoder_state_from_checkpoint, export_checkpoint
-from pixpro_fast.probe import encoder_from_checkpoint
+from pixpro_fast.probe_encoders import encoder_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

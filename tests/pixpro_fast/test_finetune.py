@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixpro_fast import finetune, probe
+from pixpro_fast import finetune, probe_encoders
 from pixpro_fast.cli import main as cli_main
 from pixpro_fast.encoder import build_encoder
 
@@ -44,7 +44,7 @@ class MemorySplit:
 
 def tiny_net(seed=0):
     task = finetune.Task("classify", ("a", "b"), None, None)
-    return finetune.build_network(probe.random_encoder("resnet18", seed), task, 16, 32, seed)
+    return finetune.build_network(probe_encoders.random_encoder("resnet18", seed), task, 16, 32, seed)
 
 
 def test_label_subset_is_stratified_reproducible_and_keeps_every_class():
@@ -104,7 +104,7 @@ def test_command_random_init_equals_finetune_of_the_same_random_checkpoint(tmp_p
     stage off and the fine-tune stage at the baseline's rate export the same encoder."""
     from safetensors.torch import load_file
     root = image_folder(tmp_path / "data", {"a": 3, "b": 3})
-    enc = probe.random_encoder("resnet18", 0)
+    enc = probe_encoders.random_encoder("resnet18", 0)
     torch.save({"model": {f"online.encoder.{k}": v for k, v in enc.state_dict().items()},
                 "config": {"arch": "resnet18", "method": "pixpro", "recipe": "byol"}}, tmp_path / "rand.pt")
     common = ["--data", str(root), "--image-size", "32", "--batch-size", "4", "--hidden-dim", "16",

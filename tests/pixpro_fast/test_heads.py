@@ -2,7 +2,6 @@
 matmul path, the 2-D MLP."""
 import pytest
 import torch
-import torch.nn as nn
 
 from pixpro_fast.heads import Conv1x1, MLP2d, PixelPropagation
 from reference import ppm_reference

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixpro_fast.methods.loca import LOCA, TRAINING_DEFAULTS, adamw_param_groups, patch_position_labels
+from pixpro_fast.methods.loca import LOCA, TRAINING_DEFAULTS, patch_position_labels
+from pixpro_fast.optim import adamw_param_groups
 from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.vit import ViTEncoder, timm_kwargs, timm_name
 

@@ -6,7 +6,6 @@ import torch
 
 from pixpro_fast import PixPro
 from pixpro_fast.config import TrainConfig
-from pixpro_fast.momentum import update_target
 
 
 def tiny_config(**kw):

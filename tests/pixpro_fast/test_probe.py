@@ -12,6 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pixpro_fast import probe
+from pixpro_fast import segmentation_metrics
+from pixpro_fast import probe_encoders
+from pixpro_fast import probe_data
 from pixpro_fast.cli import main as cli_main
 from pixpro_fast.config import TrainConfig
 from pixpro_fast.encoder import build_encoder
@@ -27,7 +30,7 @@ def _one_thread(one_thread):
     """Every test of this module on one intra-op thread (see conftest's one_thread)."""
 
 
-def block_split(n: int, seed: int, size: int = 32, stride: int = 4) -> probe.ProbeSplit:
+def block_split(n: int, seed: int, size: int = 32, stride: int = 4) -> probe_data.ProbeSplit:
     """Images made of BLOCK x BLOCK squares of random classes; the red channel encodes the
     class (class c -> 40 * c + 20), the other channels are noise; labels on the stride grid."""
     gen = torch.Generator().manual_seed(seed)
@@ -35,7 +38,7 @@ def block_split(n: int, seed: int, size: int = 32, stride: int = 4) -> probe.Pro
     classes = cells.repeat_interleave(BLOCK, 1).repeat_interleave(BLOCK, 2)               # (n, S, S)
     images = torch.randint(256, (n, size, size, 3), generator=gen, dtype=torch.uint8)
     images[..., 0] = (40 * classes + 20).to(torch.uint8)
-    return probe.ProbeSplit(images, classes[:, stride // 2::stride, stride // 2::stride].contiguous())
+    return probe_data.ProbeSplit(images, classes[:, stride // 2::stride, stride // 2::stride].contiguous())
 
 
 class LabelEncoder(nn.Module):
@@ -68,7 +71,7 @@ def test_probe_is_at_chance_when_train_labels_are_shuffled():
     train, val = block_split(16, 0), block_split(8, 1)
     gen = torch.Generator().manual_seed(5)
     flat = train.labels.flatten()
-    shuffled = probe.ProbeSplit(train.images, flat[torch.randperm(len(flat), generator=gen)].view_as(train.labels))
+    shuffled = probe_data.ProbeSplit(train.images, flat[torch.randperm(len(flat), generator=gen)].view_as(train.labels))
     r = probe.evaluate_encoder(LabelEncoder(), shuffled, val, TINY_CFG, classes=tuple("abcd"))
     # chance for 4 balanced classes: accuracy 0.25; IoU of an independent guess about 1/7
     assert r.pixel_accuracy < 0.45 and r.miou < 0.3, r
@@ -92,19 +95,19 @@ def test_miou_and_accuracy_against_a_hand_computed_confusion_matrix():
     #            pred: 0  1  2
     target = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 255, 255])
     pred = torch.tensor([0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 2, 0])
-    conf = probe.confusion_matrix(pred, target, 3)
+    conf = segmentation_metrics.confusion_matrix(pred, target, 3)
     assert conf.tolist() == [[5, 1, 0], [2, 3, 0], [0, 0, 0]]          # ignored pixels left out
     # IoU0 = 5 / (6 + 7 - 5) = 0.625, IoU1 = 3 / (5 + 4 - 3) = 0.5, class 2 absent
-    assert probe.iou_per_class(conf) == [0.625, 0.5, None]
-    assert probe.mean_iou(conf) == pytest.approx(0.5625)
-    assert probe.pixel_accuracy(conf) == pytest.approx(8 / 11)
+    assert segmentation_metrics.iou_per_class(conf) == [0.625, 0.5, None]
+    assert segmentation_metrics.mean_iou(conf) == pytest.approx(0.5625)
+    assert segmentation_metrics.pixel_accuracy(conf) == pytest.approx(8 / 11)
     # a class absent from the ground truth stays out of the mean, but its false
     # positives still lower the IoU of the class they were taken from
     conf2 = torch.tensor([[5, 1, 1], [2, 3, 0], [0, 0, 0]])
-    assert probe.iou_per_class(conf2) == [pytest.approx(5 / 9), 0.5, None]
-    assert probe.mean_iou(conf2) == pytest.approx((5 / 9 + 0.5) / 2)
+    assert segmentation_metrics.iou_per_class(conf2) == [pytest.approx(5 / 9), 0.5, None]
+    assert segmentation_metrics.mean_iou(conf2) == pytest.approx((5 / 9 + 0.5) / 2)
     with pytest.raises(ValueError, match="class ids"):
-        probe.confusion_matrix(torch.tensor([3]), torch.tensor([0]), 3)
+        segmentation_metrics.confusion_matrix(torch.tensor([3]), torch.tensor([0]), 3)
 
 
 def test_scene_loading_keeps_image_and_labels_aligned(tmp_path):
@@ -115,7 +118,7 @@ def test_scene_loading_keeps_image_and_labels_aligned(tmp_path):
     classes = (torch.arange(w) // 25 % 4).expand(h, w).to(torch.uint8)      # vertical bands, 25 px wide
     Image.fromarray((classes * 60).numpy()).convert("RGB").save(tmp_path / "s.png")
     Image.fromarray(classes.numpy(), "L").save(tmp_path / "s.labels.png")
-    image, labels = probe.load_scene(tmp_path / "s.png", 32, 8)
+    image, labels = probe_data.load_scene(tmp_path / "s.png", 32, 8)
     assert image.shape == (32, 32, 3) and labels.shape == (8, 8)
     decoded = torch.tensor(image[2::4, 2::4, 0] / 60).round()
     agree = (decoded == torch.tensor(labels)).float().mean()
@@ -126,32 +129,32 @@ def test_scene_loading_keeps_image_and_labels_aligned(tmp_path):
 
 def test_evaluation_is_deterministic_for_a_fixed_seed(cache):
     cfg = probe.ProbeConfig(image_size=64, layers=("layer4", "layer3"), train_images=6, val_images=4, steps=40)
-    train, val = probe.load_probe_data(cfg, root=cache)
-    a = probe.evaluate_encoder(probe.random_encoder("resnet18", 0), train, val, cfg)
-    b = probe.evaluate_encoder(probe.random_encoder("resnet18", 0), train, val, cfg)
+    train, val = probe_data.load_probe_data(cfg, root=cache)
+    a = probe.evaluate_encoder(probe_encoders.random_encoder("resnet18", 0), train, val, cfg)
+    b = probe.evaluate_encoder(probe_encoders.random_encoder("resnet18", 0), train, val, cfg)
     assert (a.miou, a.pixel_accuracy, a.iou) == (b.miou, b.pixel_accuracy, b.iou)
-    other = probe.evaluate_encoder(probe.random_encoder("resnet18", 1), train, val, cfg)
+    other = probe.evaluate_encoder(probe_encoders.random_encoder("resnet18", 1), train, val, cfg)
     assert (other.miou, other.iou) != (a.miou, a.iou)
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        probe.encoder_from_checkpoint(tmp_path / "missing.pt")
+        probe_encoders.encoder_from_checkpoint(tmp_path / "missing.pt")
     path = tmp_path / "r18.pt"
     enc = build_encoder("resnet18")
     torch.save({"model": {f"online.encoder.{k}": v for k, v in enc.state_dict().items()},
                 "config": {"arch": "resnet18"}}, path)
     with pytest.raises(ValueError, match="arch mismatch: .* holds a resnet18 encoder, but resnet34"):
-        probe.encoder_from_checkpoint(path, "resnet34")
+        probe_encoders.encoder_from_checkpoint(path, "resnet34")
     torch.save({"model": {f"online.encoder.{k}": v for k, v in enc.state_dict().items()},
                 "config": {"arch": "resnet34"}}, path)          # the file lies about its arch
     with pytest.raises(ValueError, match="does not fit resnet34: ") as err:
-        probe.encoder_from_checkpoint(path)
+        probe_encoders.encoder_from_checkpoint(path)
     assert "\n" not in str(err.value) and len(str(err.value)) < 400     # a line, not load_state_dict's dump
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="holds no online encoder"):   # the real reason, not "pass --arch"
-        probe.encoder_from_checkpoint(tmp_path / "foreign.pt")
+        probe_encoders.encoder_from_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="label_stride must be at least 1"):
         probe.ProbeConfig(label_stride=0)
 
@@ -242,9 +245,9 @@ def test_probe_seeds_retrain_only_the_probe(monkeypatch):
 def test_weight_turn_measures_the_angle_from_a_reference():
     """Zero for a copy, unchanged by rescaling (BatchNorm makes the norm irrelevant), and the
     constructed angle where one stage's weights are rotated towards an orthogonal direction."""
-    base = probe.random_encoder("resnet18", 0)
+    base = probe_encoders.random_encoder("resnet18", 0)
     moved = copy.deepcopy(base)
-    assert all(deg < 1e-3 for deg in probe.weight_turn(moved, base).values())
+    assert all(deg < 1e-3 for deg in probe_encoders.weight_turn(moved, base).values())
     with torch.no_grad():
         for name, w in moved.named_parameters():
             if w.dim() != 4:
@@ -256,7 +259,7 @@ def test_weight_turn_measures_the_angle_from_a_reference():
                 w.copy_(w * math.cos(math.radians(30)) + d * math.sin(math.radians(30)))
             else:
                 w.mul_(3.0)
-    turn = probe.weight_turn(moved, base)
+    turn = probe_encoders.weight_turn(moved, base)
     assert turn["layer2"] == pytest.approx(30.0, abs=1e-3)
     assert all(deg < 1e-3 for stage, deg in turn.items() if stage != "layer2")
 
@@ -290,22 +293,22 @@ def test_probe_feeds_an_encoder_images_normalised_with_its_recipes_stats(monkeyp
         return (x01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
     rec = InputRecorder()
-    torch.testing.assert_close(fed(probe.probe_ready(rec, "pixpro", OTHER_MEAN, OTHER_STD), rec),
+    torch.testing.assert_close(fed(probe_encoders.probe_ready(rec, "pixpro", OTHER_MEAN, OTHER_STD), rec),
                                plain(OTHER_MEAN, OTHER_STD), atol=1e-5, rtol=0)
     rec = InputRecorder()
-    assert probe.probe_ready(rec, "pixpro") is rec                          # ImageNet's stats: the bare encoder
+    assert probe_encoders.probe_ready(rec, "pixpro") is rec                          # ImageNet's stats: the bare encoder
     torch.testing.assert_close(fed(rec, rec), plain(IMAGENET_MEAN, IMAGENET_STD), atol=1e-5, rtol=0)
     # colorization: the scaled L channel of the same pixels, whichever stats the probe used
     for stats in ((IMAGENET_MEAN, IMAGENET_STD), (OTHER_MEAN, OTHER_STD)):
         rec = InputRecorder()
-        torch.testing.assert_close(fed(probe.probe_ready(rec, "colorization", *stats), rec),
+        torch.testing.assert_close(fed(probe_encoders.probe_ready(rec, "colorization", *stats), rec),
                                    lightness_input(x01.float()).double(), atol=1e-4, rtol=0)
     # the stats come from the recipe a checkpoint's config names (ImageNet's when it names none)
-    assert probe.recipe_stats({}) == (IMAGENET_MEAN, IMAGENET_STD)
-    assert probe.recipe_stats({"recipe": "byol"}) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert probe_encoders.recipe_stats({}) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert probe_encoders.recipe_stats({"recipe": "byol"}) == (IMAGENET_MEAN, IMAGENET_STD)
     monkeypatch.setitem(PRESETS, "byol", Recipe("byol", PRESETS["byol"].views, OTHER_MEAN, OTHER_STD))
-    assert probe.recipe_stats({"recipe": "byol"}) == (OTHER_MEAN, OTHER_STD)
-    assert probe.recipe_stats(TrainConfig(recipe="byol")) == (OTHER_MEAN, OTHER_STD)
+    assert probe_encoders.recipe_stats({"recipe": "byol"}) == (OTHER_MEAN, OTHER_STD)
+    assert probe_encoders.recipe_stats(TrainConfig(recipe="byol")) == (OTHER_MEAN, OTHER_STD)
 
 
 def test_eval_help_describes_every_option_with_its_default(capsys):
