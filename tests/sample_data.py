@@ -7,7 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image
 
 from pipelines.batch import keep_torch_threads
@@ -22,15 +22,33 @@ def installed_backends() -> list[str]:
         return [b for b, module in BACKEND_MODULES.items() if importlib.util.find_spec(module) is not None]
 
 
-def jpeg_folder(root: Path, n: int, first: tuple[int, int], step: tuple[int, int]) -> Path:
-    """``n`` smooth random JPEGs ``img_00.jpg``...; image i is ``first + i * step`` (height, width)."""
-    gen = torch.Generator().manual_seed(0)
+def jpeg_folder(root: Path, n: int, first: tuple[int, int] = (64, 80), step: tuple[int, int] = (0, 0), *,
+                size=None, seed: int = 0, noise: float = 0.0, classes: tuple[str, ...] = (), quality: int = 90,
+                detail: int = 8) -> Path:
+    """``n`` smooth random JPEGs ``img_00.jpg``... under ``root``, the one writer of the tests.
+
+    Image i is ``first + i * step`` (height, width), or ``size(i)`` when given; its content a
+    random low-resolution colour field (a pixel per ``detail`` of the smaller side, at least
+    2) upscaled bilinearly, plus Gaussian noise of ``noise`` levels; in the sub-folder
+    ``classes[i % len(classes)]`` when classes are given (an ImageFolder)."""
+    rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        h, w = first[0] + step[0] * i, first[1] + step[1] * i
-        arr = (torch.rand(h // 8, w // 8, 3, generator=gen) * 255).byte().numpy()
-        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(root / f"img_{i:02d}.jpg", quality=90)
+        h, w = size(i) if size is not None else (first[0] + step[0] * i, first[1] + step[1] * i)
+        low = rng.integers(0, 256, (max(h // detail, 2), max(w // detail, 2), 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+        if noise:
+            img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255)
+        folder = root / classes[i % len(classes)] if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(folder / f"img_{i:02d}.jpg", quality=quality)
     return root
+
+
+def random_sizes(low: int, high: int, seed: int = 0):
+    """``size`` for :func:`jpeg_folder`: heights and widths drawn from [low, high)."""
+    drawn = np.random.default_rng(seed).integers(low, high, size=(10_000, 2))
+    return lambda i: (int(drawn[i, 0]), int(drawn[i, 1]))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

@@ -16,6 +16,7 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
+from sample_data import jpeg_folder, random_sizes  # noqa: E402
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
 from pipelines import sampler  # noqa: E402
@@ -35,23 +36,9 @@ GEOMETRY = BYOL.without_colour()
 OFF = ViewSpec(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
-def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    low = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.float32)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _write_images(folder: Path, n: int, seed: int = 0, sizes=((40, 120), (40, 120))) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        h, w = int(rng.integers(*sizes[0])), int(rng.integers(*sizes[1]))
-        p = folder / f"img_{i:03d}.jpg"
-        Image.fromarray(_smooth_image(rng, h, w)).save(p, quality=90)
-        paths.append(p)
-    return paths
+def _write_images(folder: Path, n: int, seed: int = 0, sizes=(40, 120)) -> list[Path]:
+    jpeg_folder(folder, n, size=random_sizes(*sizes, seed=seed), seed=seed, noise=6.0, detail=16)
+    return sorted(folder.glob("img_*.jpg"))
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +363,7 @@ def test_crop_distribution_matches_torchvision(tmp_path):
 def _corrupt_set(folder: Path) -> dict[str, Path]:
     """29 good JPEGs and three bad files: a truncated JPEG and a text file (caught by the
     byte checks) and a PNG with damaged pixel data (passes them; the DALI decoder rejects it)."""
-    good = _write_images(folder, 29, seed=3, sizes=((40, 80), (40, 80)))
+    good = _write_images(folder, 29, seed=3, sizes=(40, 80))
     data = good[0].read_bytes()
     bad = {"truncated": folder / "bad_truncated.jpg", "text": folder / "bad_text.jpg",
            "damaged": folder / "bad_damaged.png"}

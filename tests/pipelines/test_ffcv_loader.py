@@ -19,6 +19,7 @@ with keep_torch_threads():  # importing ffcv sets torch's thread count to 1 for 
 # numba may complain while collecting the dispatchers of a finished loader; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
+from sample_data import jpeg_folder  # noqa: E402
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
 from pipelines import ffcv_loader as FL  # noqa: E402
@@ -237,15 +238,8 @@ def FOLDER_SIZE(i: int) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """24 small colourful images in two classes, plus a corrupt and a truncated JPEG."""
-    root = tmp_path_factory.mktemp("ffcv_folder") / "data"
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        cls = root / ("cat" if i % 2 else "dog")
-        cls.mkdir(parents=True, exist_ok=True)
-        h, w = FOLDER_SIZE(i)
-        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)
-        img.save(cls / f"img_{i:02d}.jpg", quality=92)
+    root = jpeg_folder(tmp_path_factory.mktemp("ffcv_folder") / "data", 24, size=FOLDER_SIZE, classes=("dog", "cat"),
+                       quality=92, detail=64)
     (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     data = (root / "dog" / "img_00.jpg").read_bytes()
     (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])

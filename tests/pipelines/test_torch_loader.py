@@ -10,6 +10,7 @@ from PIL import Image
 from coordinate_plane import (coordinate_plane, corner_errors, corner_tolerance, denormalise,
                               write_coordinate_planes)
 from pipelines import build_loader
+from sample_data import jpeg_folder, random_sizes
 from pipelines.batch import Batch
 from pipelines import sampler
 from pipelines.decode import render_views
@@ -47,12 +48,7 @@ def test_loader_corners_end_to_end(planes):
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    rng = np.random.default_rng(1)
-    for i in range(10):
-        h, w = (int(s) for s in rng.integers(48, 120, size=2))
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img_{i:02d}.jpg", quality=90)
-    return root
+    return jpeg_folder(tmp_path_factory.mktemp("small"), 10, size=random_sizes(48, 120, seed=1), seed=1, detail=2)
 
 
 def _collect(loader, epoch=0, start=0):
