@@ -63,6 +63,27 @@ def test_every_view_keeps_the_batch_and_box_contract(backend, preset, planes):
         assert flips.any()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_yields_every_sample_once_normalised_and_kept_while_held(backend, planes):
+    """len() batches, each sample of the epoch once (drop_last, a whole number of batches),
+    the views normalised with the recipe's mean and std, and a batch the consumer still holds
+    not overwritten by the ones after it (the loaders reuse their buffers)."""
+    recipe = get_recipe("byol")
+    loader = _loader(backend, planes, recipe)
+    batches = list(loader)
+    assert len(batches) == len(loader) == len(PLANE_SIZES) // 4
+    first, kept = batches[0], batches[0].views[0].clone()
+    index = torch.cat([b.index for b in batches]).tolist()
+    assert sorted(index) == list(range(len(PLANE_SIZES)))
+    for b in batches:
+        assert b.skipped == 0 and b.index.shape == (4,)
+        for v in b.views:
+            x = denormalise(v, recipe.mean, recipe.std)
+            assert torch.isfinite(v).all() and x.min() > -1e-3 and x.max() < 1 + 1e-3 and x.std() > 0.05
+    list(loader)   # another pass
+    assert torch.equal(first.views[0], kept)
+
+
 def _expected(recipe, index):
     h = np.array([PLANE_SIZES[i][0] for i in index])
     w = np.array([PLANE_SIZES[i][1] for i in index])

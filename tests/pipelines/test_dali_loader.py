@@ -101,29 +101,6 @@ def test_coordinate_plane_corners_show_the_claimed_positions(planes_dir, host_cr
 
 # --------------------------------------------------------------------------- batch contract
 
-def test_batch_contract(small_dir):
-    loader = _loader(small_dir, batch_size=16, image_size=32)
-    assert len(loader) == 96 // 16
-    batches = list(loader)
-    assert len(batches) == len(loader)
-    first = batches[0]
-    kept = first.view1.clone()
-    for b in batches:
-        for v in (b.view1, b.view2):
-            assert v.shape == (16, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == DEVICE.type
-            assert v.is_contiguous(memory_format=torch.channels_last)
-            assert torch.isfinite(v).all()
-        for c in (b.coords1, b.coords2):
-            assert c.shape == (16, 4) and c.dtype == torch.float32 and c.device.type == DEVICE.type
-        assert b.index.dtype == torch.int64 and b.index.shape == (16,)
-        assert b.skipped == 0
-    # a batch the consumer still holds is not overwritten by later ones
-    assert torch.equal(first.view1, kept)
-    # normalised with the recipe's mean/std: de-normalised values lie in [0, 1]
-    x = denormalise(first.view1, BYOL.mean, BYOL.std)
-    assert x.min() > -1e-3 and x.max() < 1 + 1e-3
-
-
 def test_bad_options(small_dir, tmp_path):
     with pytest.raises(ValueError):
         _loader(small_dir, on_corrupt="ignore")

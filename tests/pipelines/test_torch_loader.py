@@ -61,24 +61,6 @@ def _same(a: Batch, b: Batch) -> bool:
             and torch.equal(a.coords2, b.coords2) and torch.equal(a.index, b.index))
 
 
-def test_batch_contract(small_dir):
-    loader = build_loader("torch", small_dir, batch_size=4, image_size=32, num_workers=0)
-    assert len(loader) == 2  # 10 images, drop_last
-    batches = _collect(loader)
-    assert len(batches) == 2
-    for b in batches:
-        assert isinstance(b, Batch) and len(b) == 4 and b.skipped == 0
-        for v in (b.view1, b.view2):
-            assert v.shape == (4, 3, 32, 32) and v.dtype == torch.float32 and v.device.type == "cpu"
-            assert v.is_contiguous(memory_format=torch.channels_last)
-            assert v.abs().max() < 3.0 and v.std() > 0.1
-        for c in (b.coords1, b.coords2):
-            assert c.shape == (4, 4) and c.dtype == torch.float32 and 0 <= c.min() and c.max() <= 1
-        assert b.index.dtype == torch.int64
-    seen = torch.cat([b.index for b in batches])
-    assert len(set(seen.tolist())) == 8
-
-
 @pytest.mark.parametrize("colour", ["workers", "pil", "device"])
 def test_same_seed_same_batches_any_worker_count(small_dir, colour):
     kw = dict(batch_size=3, image_size=32, seed=7, drop_last=False, colour=colour)
