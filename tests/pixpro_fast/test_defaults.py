@@ -17,7 +17,6 @@ from pixpro_fast import hardware
 from pixpro_fast.cli import main as cli_main
 from pixpro_fast.config import PRESETS_DIR, ConfigError, TrainConfig, resume_applied_changes, resume_differences
 from pixpro_fast.engine import Trainer
-from pixpro_fast.metrics import COMPUTE_REMEDIES, MIN_MEASURED_STEPS, WaitMeter, verdict
 from pixpro_fast.training import build_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,46 +103,6 @@ def test_quick_plan_has_cpu_compile_rows_only_when_asked():
         compiled = [s for job in p["step"] for s in job["settings"] if s.compiled]
         assert bool(compiled) == compile_cpu
         assert p["end_to_end"]["precision"] == "auto"
-
-
-# -- the verdict -------------------------------------------------------------------------
-
-def test_verdict_gives_only_advice_that_helps_here():
-    assert "bf16" in verdict(0.01) and "bf16" not in verdict(0.01, bf16_native=False)
-    assert "torch.compile" in verdict(0.01, bf16_native=False)
-    ffcv = verdict(0.5, loader="ffcv")
-    assert "ffcv" not in ffcv and "dali" in ffcv and "workers" in ffcv
-    assert "dali or ffcv" in verdict(0.5, loader="torch")
-    assert "after the first 5 steps" in verdict(0.01, warmup_steps=5)
-    assert "after the first" not in verdict(0.01)
-    assert "torch.compile" not in verdict(0.01, in_use=("torch.compile",))
-    assert "larger batch" in verdict(0.01) and "larger batch" not in verdict(0.01, batch_headroom=False)
-    assert "more loader workers" not in verdict(0.5, more_workers=False)
-    held = verdict(0.01, in_use=COMPUTE_REMEDIES)
-    assert held.startswith("compute-bound") and "no remedy left" in held
-
-
-def test_verdict_needs_enough_measured_steps():
-    assert verdict(0.54, measured_steps=1) == ("too few steps to judge loader- or compute-bound "
-                                               "(1 measured after the warm-up; at least 20 needed)")
-    assert verdict(0.54, measured_steps=MIN_MEASURED_STEPS).startswith("loader-bound")
-    assert verdict(0.01, measured_steps=MIN_MEASURED_STEPS - 1).startswith("too few steps")
-
-
-def test_wait_meter_leaves_out_the_warm_up():
-    now = [0.0]
-    meter = WaitMeter(warmup=2, clock=lambda: now[0])
-    # two slow warm-up steps (9 s waiting each), then three steps of 1 s each with 0.1 s waiting
-    for waited, step_s in [(9.0, 10.0), (9.0, 10.0), (0.1, 1.0), (0.1, 1.0), (0.1, 1.0)]:
-        now[0] += step_s
-        meter.step(waited)
-    assert meter.warmup_used == 2
-    assert math.isclose(meter.wall, 3.0) and math.isclose(meter.fraction, 0.1)
-    short = WaitMeter(warmup=5, clock=lambda: now[0])
-    now[0] += 2.0
-    short.step(1.0)                          # no step past the warm-up: every step counts
-    assert short.warmup_used == 0 and math.isclose(short.fraction, 0.5)
-    assert meter.measured == 3 and short.measured == 0
 
 
 def test_run_verdict_drops_emulated_bf16_and_names_the_warm_up(cpu_bf16, tmp_path):
