@@ -75,3 +75,18 @@ def loader_source(backend: str, folder: Path, out: Path, **writer_options) -> Pa
     options = dict(max_resolution=0, jpeg_quality=95, num_workers=1, progress=False, **writer_options)
     ffcv_writer.write_beton(folder, out, **options)
     return out
+
+
+def class_folder_size(i: int) -> tuple[int, int]:
+    """(height, width) of image i of :func:`damaged_class_folder`."""
+    return 60 + 7 * i, 90 + 3 * i
+
+
+def damaged_class_folder(root: Path) -> Path:
+    """An ImageFolder of 24 small colourful JPEGs in two classes (dog, cat; image i of size
+    :func:`class_folder_size`), plus a corrupt JPEG in cat and a truncated one in dog."""
+    jpeg_folder(root, 24, size=class_folder_size, classes=("dog", "cat"), quality=92, detail=64)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    data = (root / "dog" / "img_00.jpg").read_bytes()
+    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return root

@@ -5,7 +5,6 @@ FFCV JIT-compiles a loader's pipeline on its first batch (several seconds on 2 c
 the loaders are built once per module and reused through ``set_epoch``.
 """
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ with keep_torch_threads():  # importing ffcv sets torch's thread count to 1 for 
 # numba may complain while collecting the dispatchers of a finished loader; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-from sample_data import jpeg_folder  # noqa: E402
+from sample_data import class_folder_size, damaged_class_folder  # noqa: E402
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
 from pipelines import ffcv_loader as FL  # noqa: E402
@@ -231,19 +230,9 @@ def test_window_sampler_matches_the_torchvision_distribution():
         assert np.abs(np.quantile(ours[:, k], qs) - np.quantile(ref[:, k], qs)).max() < 0.05, k
 
 
-def FOLDER_SIZE(i: int) -> tuple[int, int]:
-    return 60 + 7 * i, 90 + 3 * i
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """24 small colourful images in two classes, plus a corrupt and a truncated JPEG."""
-    root = jpeg_folder(tmp_path_factory.mktemp("ffcv_folder") / "data", 24, size=FOLDER_SIZE, classes=("dog", "cat"),
-                       quality=92, detail=64)
-    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    data = (root / "dog" / "img_00.jpg").read_bytes()
-    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    return root
+    return damaged_class_folder(tmp_path_factory.mktemp("ffcv_folder") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +276,7 @@ def test_recipe_statistics_through_the_loader(full_loader):
     torch.manual_seed(0)
     ref = []
     for i in range(24):
-        h, w = FOLDER_SIZE(i)
+        h, w = class_folder_size(i)
         for _ in range(100):
             top, left, ch, cw = RandomResizedCrop.get_params(torch.empty(1, h, w), [0.08, 1.0], [3 / 4, 4 / 3])
             ref.append((ch - 1) / (h - 1) * (cw - 1) / (w - 1))
@@ -319,103 +308,12 @@ def test_build_loader_options_and_dtype(folder_beton):
 
 # --------------------------------------------------------------------------- writer
 
-def test_writer_reports_skipped_images_and_refuses_overwrite(folder, folder_beton, capsys):
-    from ffcv.reader import Reader
-    reader = Reader(str(folder_beton))
-    assert int(reader.num_samples) == 24
-    names = list(reader.handlers)
-    labels = np.asarray(reader.metadata[f"f{names.index('label')}"]).reshape(-1)
-    index = np.asarray(reader.metadata[f"f{names.index('index')}"]).reshape(-1)
-    listing = FW.scan_image_folder(folder)
-    assert [listing.labels[i] for i in index] == labels.tolist()
-    assert set(labels.tolist()) == {0, 1}
 
-    capsys.readouterr()
-    before = folder_beton.stat().st_mtime_ns
-    assert FW.main(["--data", str(folder), "--out", str(folder_beton), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert "refusing to overwrite" in err and "--force" in err
-    assert folder_beton.stat().st_mtime_ns == before
-
-    assert FW.main(["--data", str(folder), "--out", str(folder_beton), "--quiet", "--force",
-                    "--num-workers", "1", "--max-resolution", "64"]) == 0
-    out = capsys.readouterr().out
-    assert "wrote 24 images" in out and "skipped 2 unreadable image(s)" in out
-    assert "broken.jpg" in out and "truncated.jpg" in out
-    reader = Reader(str(folder_beton))
-    image_meta = reader.metadata[f"f{list(reader.handlers).index('image')}"]
-    assert int(np.maximum(image_meta["width"], image_meta["height"]).max()) == 64
-
-
-def test_writer_leaves_out_images_above_its_pixel_cap(folder, tmp_path, capsys):
-    out = tmp_path / "capped.beton"
-    capsys.readouterr()
-    assert FW.main(["--data", str(folder), "--out", str(out), "--quiet", "--num-workers", "1",
-                    "--max-pixels", "6000"]) == 0   # only img_00 (90 x 60) is within it
-    text = capsys.readouterr().out
-    assert "wrote 1 images" in text and "skipped 25 unreadable image(s)" in text
-    assert "img_01.jpg: 93 x 67 = 0.0062 megapixels, above the 0.006-megapixel cap (max_pixels)" in text
-
-
-def test_writer_with_nothing_readable(tmp_path):
-    (tmp_path / "only.jpg").write_bytes(b"garbage")
-    with pytest.raises(FileNotFoundError, match="could be decoded"):
-        FW.write_beton(tmp_path, tmp_path / "x.beton", num_workers=1, progress=False)
-    assert not (tmp_path / "x.beton").exists()
-
-
-def test_clear_errors(tmp_path, folder, monkeypatch):
+def test_clear_errors(tmp_path, folder):
     with pytest.raises(IsADirectoryError, match="ffcv_writer"):
         build_loader("ffcv", folder, batch_size=2)
     with pytest.raises(FileNotFoundError, match="ffcv_writer"):
         build_loader("ffcv", tmp_path / "missing.beton", batch_size=2)
-    monkeypatch.setitem(sys.modules, "ffcv", None)
-    with pytest.raises(ImportError, match=r"pip install \.\[ffcv\]"):
-        FW.require_ffcv()
-
-
-def test_writer_pages_fit_the_images(tmp_path):
-    """Pages are sized from the folder's largest image: a folder of small images written at
-    full resolution is a small file, and an image whose raw pixels outgrow FFCV's default
-    page still round-trips unchanged."""
-    from ffcv.reader import Reader
-    small, large = tmp_path / "small", tmp_path / "large"
-    write_coordinate_planes(small, [(48, 64), (64, 48)])
-    out = tmp_path / "small.beton"
-    FW.write_beton(small, out, max_resolution=0, num_workers=1, progress=False)
-    assert int(Reader(str(out)).page_size) == 1 << 23
-    assert out.stat().st_size <= 3 << 23
-
-    large.mkdir()
-    pixels = np.random.default_rng(0).integers(0, 256, (1500, 2100, 3), dtype=np.uint8)  # 9.45 MB raw
-    Image.fromarray(pixels).save(large / "big.png")
-    out = tmp_path / "large.beton"
-    FW.write_beton(large, out, max_resolution=0, write_mode="raw", num_workers=1, progress=False)
-    reader = Reader(str(out))
-    assert int(reader.page_size) == 1 << 25
-    offset, size = FL.stored_image_span(reader, 0)
-    assert size == pixels.nbytes
-    stored = np.fromfile(out, dtype=np.uint8, count=size, offset=offset).reshape(pixels.shape)
-    assert np.array_equal(stored, pixels)
-
-
-def test_the_default_cap_keeps_a_huge_image_out_of_the_file_undecoded(tmp_path, monkeypatch):
-    """A 12000 x 12000 PNG beside small JPEGs is left out by the writer from its header alone,
-    and its report names it with its size."""
-    from PIL import ImageFile
-    from sample_data import black_png, jpeg_folder
-    folder = jpeg_folder(tmp_path / "img", 3, (40, 50), (8, 8))
-    (folder / "huge.png").write_bytes(black_png(12000, 12000))
-    load = ImageFile.ImageFile.load
-
-    def small_only(img):
-        assert img.size[0] * img.size[1] <= 1_000_000, f"decoded an image of {img.size}"
-        return load(img)
-    monkeypatch.setattr(ImageFile.ImageFile, "load", small_only)
-    report = FW.write_beton(folder, tmp_path / "x.beton", max_resolution=0, num_workers=1, progress=False)
-    assert report.written == 3
-    assert report.skipped == [(str(folder / "huge.png"),
-                               "12000 x 12000 = 144.0 megapixels, above the 50-megapixel cap (max_pixels)")]
 
 
 def test_decoder_scratch_memory_is_sized_for_the_images_within_the_loaders_cap(tmp_path):

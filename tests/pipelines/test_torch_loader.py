@@ -43,7 +43,6 @@ def test_loader_corners_end_to_end(planes):
                     assert e <= corner_tolerance(h, w, 64, True)
 
 
-
 # --------------------------------------------------------------------------- loader behaviour
 
 @pytest.fixture(scope="module")
@@ -349,12 +348,3 @@ def test_image_modes_become_rgb(tmp_path):
                 assert corner_errors(v, coords[k:k + 1]).item() <= corner_tolerance(90, 120, 48, True) + 3 / 255
 
 
-def test_upscaled_small_images_and_synthetic_backend():
-    s = build_loader("synthetic", None, batch_size=3, image_size=32, batches_per_epoch=4, seed=1)
-    a = _collect(s, 0)
-    assert len(s) == 4 and len(a) == 4 and len(_collect(s, 0, 2)) == 2
-    for b in a:
-        assert b.view1.shape == (3, 3, 32, 32) and b.view1.is_contiguous(memory_format=torch.channels_last)
-        assert b.coords1.shape == (3, 4) and 0 <= b.coords1.min() and b.coords1.max() <= 1
-    assert torch.equal(a[0].coords1, _collect(build_loader("synthetic", None, batch_size=3, image_size=32,
-                                                           batches_per_epoch=4, seed=1), 0)[0].coords1)

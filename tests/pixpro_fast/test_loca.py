@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from pixpro_fast.methods.loca import LOCA, TRAINING_DEFAULTS, patch_position_labels
 from pixpro_fast.optim import adamw_param_groups
-from pixpro_fast.sinkhorn import sinkhorn
 from pixpro_fast.vit import ViTEncoder, timm_kwargs, timm_name
 
 SMALL = dict(arch="vit_tiny_patch16", reference_size=64, query_keep=10, head_hidden_dim=32,
@@ -126,7 +125,6 @@ def test_identical_views_label_each_patch_with_itself_and_flip_mirrors():
     assert patch_position_labels(flipped, box, 4, 4)[0].tolist() == mirrored.tolist()
 
 
-
 def test_labels_from_the_loaders_boxes_point_at_the_same_pixels(cache):
     """End to end through the torch loader's ``loca`` plan (colour off): the reference patch a
     query patch's label names has nearly its mean colour; a random reference patch, or the
@@ -187,27 +185,6 @@ def test_masking_keeps_the_stated_token_counts():
 
 
 # ---------------------------------------------------------------- Sinkhorn
-
-def plain_sinkhorn(p, iters):
-    x = p.double().clone()
-    for _ in range(iters):
-        for j in range(x.shape[1]):
-            x[:, j] = x[:, j] / x[:, j].sum()
-        for i in range(x.shape[0]):
-            x[i] = x[i] / x[i].sum()
-    return x
-
-
-def test_sinkhorn_marginals():
-    g = torch.Generator().manual_seed(0)
-    probs = F.softmax(torch.randn(60, 12, generator=g) * 3 / 0.5, dim=1)
-    q = sinkhorn(probs, iters=3)
-    torch.testing.assert_close(q.double(), plain_sinkhorn(probs, 3), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(q.sum(1), torch.ones(60))                       # each row an assignment
-    before = (probs.sum(0) - 5).abs().max()
-    assert (q.sum(0) - 5).abs().max() < before                                  # columns move to 60 / 12
-    converged = sinkhorn(probs, iters=300)
-    torch.testing.assert_close(converged.sum(0), torch.full((12,), 5.0), rtol=1e-3, atol=1e-3)
 
 
 # ---------------------------------------------------------------- training step
