@@ -18,7 +18,7 @@ with keep_torch_threads():  # importing ffcv sets torch's thread count to 1 for 
 # numba may complain while collecting the dispatchers of a finished loader; harmless
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-from sample_data import class_folder_size, damaged_class_folder  # noqa: E402
+from sample_data import class_folder_size  # noqa: E402
 from coordinate_plane import corner_errors, denormalise, write_coordinate_planes  # noqa: E402
 from pipelines import build_loader  # noqa: E402
 from pipelines import ffcv_loader as FL  # noqa: E402
@@ -228,18 +228,6 @@ def test_window_sampler_matches_the_torchvision_distribution():
     for k in range(3):
         qs = np.linspace(0.05, 0.95, 10)
         assert np.abs(np.quantile(ours[:, k], qs) - np.quantile(ref[:, k], qs)).max() < 0.05, k
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return damaged_class_folder(tmp_path_factory.mktemp("ffcv_folder") / "data")
-
-
-@pytest.fixture(scope="module")
-def folder_beton(folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ffcv_out") / "folder.beton"
-    assert FW.main(["--data", str(folder), "--out", str(out), "--num-workers", "2", "--quiet"]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
