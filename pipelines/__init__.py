@@ -31,11 +31,13 @@ def build_loader(backend: str, data_dir: str | Path | None, batch_size: int, ima
     ``recipe``: a :class:`Recipe`, a preset name (:data:`PRESETS`) or a recipe dict
     (:meth:`Recipe.from_dict`); its view sizes scale with ``image_size``.
 
-    Common options every backend accepts: ``device`` (training device), ``num_workers``,
-    ``seed``, ``rank``, ``world_size``, ``drop_last`` (default True), ``on_corrupt``
-    ('skip' counts and replaces unreadable images, 'error' raises), ``max_pixels`` (an image
-    whose header declares more pixels is unreadable, never decoded; default
-    :data:`DEFAULT_MAX_PIXELS`, 0: no cap).
+    Common options every backend accepts: ``device`` (training device), ``num_workers``
+    (CPU workers decoding in parallel; None: one per core, 0: no pool), ``seed``, ``rank``,
+    ``world_size``, ``drop_last`` (default True), ``on_corrupt`` ('skip' counts and replaces
+    unreadable images, 'error' raises), ``max_pixels`` (an image whose header declares more
+    pixels is unreadable, never decoded; default :data:`DEFAULT_MAX_PIXELS`, 0: no cap). The
+    decoding backends also take ``colour`` (where the colour steps run) and the other options
+    of :class:`pipelines.view_plan_loader.ViewPlanLoader`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown loader backend {backend!r}; choose one of {sorted(BACKENDS)}")

@@ -72,10 +72,10 @@ class ViewPlanLoader:
     """Base of the decoding backends (see the module docstring).
 
     ``open_source()`` opens the backend's data and returns (number of samples, a name for
-    messages); it is called once the options are checked. A subclass sets ``COLOUR`` (the colour places it has, the first one its default for
-    'auto' unless it overrides :meth:`default_colour`) and implements :meth:`batches` and
-    :meth:`sample_name`; it may override :meth:`end_pass` (a pass left early) and
-    :meth:`make_order`."""
+    messages); it is called once the options are checked. A subclass sets ``COLOUR`` (the
+    colour places it has, the first one its default for 'auto' unless it overrides
+    :meth:`default_colour`) and implements :meth:`batches` and :meth:`sample_name`; it may
+    override :meth:`end_pass` (a pass left early) and :meth:`make_order`."""
 
     COLOUR: tuple[str, ...] = ("device",)
     NAME = "loader"
