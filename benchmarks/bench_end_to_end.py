@@ -8,9 +8,13 @@ filling) are left out. The wait fraction goes through :func:`pixpro_fast.metrics
 ("loader-bound: 38% of wall time waiting ..." or "compute-bound ...", with the remedy).
 
 The same loop over the synthetic loader (no decoding) gives the compute ceiling of the same
-run, so each backend's end-to-end rate is also reported as a fraction of that ceiling.
+run, so each backend's end-to-end rate is also reported as a fraction of that ceiling. A
+backend may name where its colour steps run (``dali:workers``, ``dali:device``; see
+:mod:`pipelines.view_plan_loader`); the ffcv backend reads a .beton of the same images,
+written once under ``--out``.
 
     python -m benchmarks.bench_end_to_end --backends torch,dali --steps 8
+    python -m benchmarks.bench_end_to_end --backends torch,dali:workers,dali:device,ffcv --device cuda --compile
 """
 from __future__ import annotations
 
@@ -67,6 +71,12 @@ def measure(trainer: Trainer, steps: int, skip: int = 2) -> tuple[list[float], l
     return waits, computes
 
 
+def split_backend(spec: str) -> tuple[str, str | None]:
+    """``'dali:workers'`` -> ``('dali', 'workers')``; a plain backend name has no colour place."""
+    backend, _, colour = spec.partition(":")
+    return backend, colour or None
+
+
 def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", image_size: int = 128,
         batch_size: int = 32, steps: int = 8, skip: int = 2, precision: str = "auto", channels_last: bool = True,
         compiled: bool = False, workers: int | None = None, device: str = "cpu", proj_hidden_dim: int = 4096,
@@ -82,7 +92,8 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
                     device=device, precision=precision, channels_last=channels_last, compile=compiled,
                     tensorboard=False, epochs=1000, warmup_epochs=0.0, resume=False, num_workers=workers)
     with tempfile.TemporaryDirectory() as out:
-        for backend in ("synthetic",) + tuple(backends):
+        for spec in ("synthetic",) + tuple(backends):
+            backend, colour = split_backend(spec)
             data = (data_for or {}).get(backend, data_dir)
             cfg = TrainConfig(**base_cfg, loader=backend, data=str(data), out=out)
             try:
@@ -91,20 +102,23 @@ def run(data_dir, backends=("torch", "dali", "ffcv"), arch: str = "resnet18", im
                     opts["batches_per_epoch"] = skip + steps
                 else:
                     opts["num_workers"] = workers
+                if colour:
+                    opts["colour"] = colour
                 loader = pipelines.build_loader(backend, data, batch_size, image_size, cfg.recipe, **opts)
             except Exception as exc:   # library missing, or data this backend cannot read: a skip, not a failure
-                skipped[backend] = f"{type(exc).__name__}: {exc}"[:300]
-                log(f"  end-to-end: {backend} skipped ({skipped[backend]})")
+                skipped[spec] = f"{type(exc).__name__}: {exc}"[:300]
+                log(f"  end-to-end: {spec} skipped ({skipped[spec]})")
                 continue
             trainer = Trainer(cfg, loader=loader)
             waits, computes = measure(trainer, steps, skip)
-            row = {"backend": backend, **summarise(waits, computes, batch_size, backend, skip, bf16_native, in_use),
+            row = {"backend": spec, "colour": getattr(loader, "colour", None),
+                   **summarise(waits, computes, batch_size, backend, skip, bf16_native, in_use),
                    "waits": waits,
                    "computes": computes}
             if backend != "synthetic":   # the same loader without the step: what it could deliver
                 row["feed_images_per_s"] = images_per_second(loader, batch_size, skip, steps, device)
             rows.append(row)
-            log(f"  end-to-end {backend}: {row['verdict'].split(' (')[0]}")
+            log(f"  end-to-end {spec}: {row['verdict'].split(' (')[0]}")
             del trainer, loader
     ceiling = rows[0]["images_per_s"]
     for r in rows:
@@ -139,9 +153,17 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=512, help="scenes to generate when no --data-dir")
     args = ap.parse_args(argv)
     data_dir = args.data_dir or ensure_scenes(args.images)
-    result = run(data_dir, tuple(args.backends.split(",")), args.arch, args.image_size, args.batch_size, args.steps,
+    backends = tuple(args.backends.split(","))
+    data_for = {}
+    if any(split_backend(b)[0] == "ffcv" for b in backends):
+        try:
+            from .bench_loaders import ffcv_beton
+            data_for["ffcv"] = ffcv_beton(data_dir, args.out, args.workers or 1)
+        except ImportError as exc:   # FFCV not installed: the row is skipped with the reason
+            print(f"  end-to-end: no .beton for ffcv ({exc})")
+    result = run(data_dir, backends, args.arch, args.image_size, args.batch_size, args.steps,
                  skip=args.skip, precision=args.precision, compiled=args.compile, workers=args.workers,
-                 device=args.device)
+                 device=args.device, data_for=data_for)
     print(table(result))
     print("wrote", write_json(args.out, "end_to_end.json", result))
     return result

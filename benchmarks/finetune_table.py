@@ -106,11 +106,11 @@ def frozen_scores(feats: tuple[torch.Tensor, torch.Tensor], task: finetune.Task,
 
 
 def trained_scores(encoder, task: finetune.Task, chosen: list[int], cfg: finetune.FinetuneConfig,
-                   pretrained: bool) -> dict[str, float]:
+                   pretrained: bool, device: str = "cpu") -> dict[str, float]:
     """top-1 after each stage of the protocol on a copy of ``encoder``: head and finetune for
     a pretrained encoder, scratch for a random one."""
     train = finetune.subset(task.train, chosen)
-    net = finetune.build_network(copy.deepcopy(encoder), task, cfg.hidden_dim, cfg.image_size, cfg.seed)
+    net = finetune.build_network(copy.deepcopy(encoder), task, cfg.hidden_dim, cfg.image_size, cfg.seed).to(device)
     scores = {}
 
     def score(stage):
@@ -247,9 +247,11 @@ def main(argv=None) -> dict:
                     encoder = encoder_for(s)
                     if id(encoder) not in feats:
                         images = [sp.batch(list(range(len(sp))))[0] for sp in (task.train, task.val)]
-                        feats[id(encoder)] = tuple(pooled_features(encoder, x, layers) for x in images)
+                        feats[id(encoder)] = tuple(pooled_features(encoder, x, layers, device=args.device)
+                                                   for x in images)
                     return {**frozen_scores(feats[id(encoder)], task, subsets[(f, s)], args, s),
-                            **trained_scores(encoder, task, subsets[(f, s)], finetune_config(args, f, s), pretrained)}
+                            **trained_scores(encoder, task, subsets[(f, s)], finetune_config(args, f, s), pretrained,
+                                              args.device)}
                 t0 = time.perf_counter()
                 c = cells.setdefault(str(f), {})[str(s)] = cached_result(path, key, run)
                 print(f"  {name}, fraction {f:g}, seed {s}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in c.items())

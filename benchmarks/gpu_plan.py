@@ -20,7 +20,12 @@ Parts (ResNet-50 and ViT-S/16 at 224 px, batch 128, as in RESULTS.md's GPU secti
   CPU colour path (``bench_torch_loader --device cuda``);
 - ``end_to_end``: the torch backend feeding the compiled step, with the verdict;
 - ``dali_loader``: DALI in GPU mode against its stock pipeline (skipped without DALI);
-- ``dali_end_to_end``: DALI feeding the compiled step (skipped without DALI).
+- ``dali_end_to_end``: DALI feeding the compiled step, the colour steps in its graph and in
+  the shared pass after it (skipped without DALI);
+- ``ffcv_end_to_end``: FFCV feeding the compiled step, from a .beton of the same scenes
+  (skipped without FFCV);
+- ``quality_224``: every method pretrained on the scenes at 224 px on the GPU (ResNet-18,
+  ViT-S/16) for the same images, probed beside random init (``benchmarks.quality``).
 
 Each part writes its JSON into ``OUT/<part>/``; ``OUT/gpu_plan.json`` records every part's
 command, exit status, seconds and the end of its output (or why it was skipped).
@@ -94,9 +99,16 @@ def gpu_parts(device: str = "cuda") -> list[Part]:
                                                 *E2E_STEPS, "--workers", workers, "--images", images), 300),
         Part("dali_loader", "bench_dali_loader", ("--device", device, "--images", images, "--batch-size", "128",
                                                   "--workers", workers), 240, needs=("nvidia.dali",)),
-        Part("dali_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "dali", *r50, "--compile",
-                                                     *E2E_STEPS, "--workers", workers, "--images", images), 300,
-             needs=("nvidia.dali",)),
+        Part("dali_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "dali:workers,dali:device",
+                                                     *r50, "--compile", *E2E_STEPS, "--workers", workers,
+                                                     "--images", images), 420, needs=("nvidia.dali",)),
+        Part("ffcv_end_to_end", "bench_end_to_end", ("--device", device, "--backends", "ffcv", *r50, "--compile",
+                                                     *E2E_STEPS, "--workers", workers, "--images", images), 360,
+             needs=("ffcv",)),
+        Part("quality_224", "quality", ("--device", device, "--image-size", "224", "--batch-size", "64",
+                                        "--arch", "resnet18", "--vit-arch", "vit_small_patch16", "--methods", "all",
+                                        "--budget", "0.5", "--probe-seeds", "2", "--workers", workers,
+                                        "--proj-hidden-dim", "2048"), 570),
     ]
 
 

@@ -90,8 +90,8 @@ VARIANTS = {"simclr": ("pair_loss", PAIR_LOSSES)}
 BASE_EPOCHS = 8           # at --budget 1 (x scenes / batch steps per epoch)
 BASE_PROBE_STEPS = 1000   # at --budget 1
 TIMING_WARMUP = 5         # first steps left out of the step-cost mean (at most half the run)
-COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "step cost vs pixpro",
-           "weights turned (deg)"]
+COLUMNS = ["method", "arch", "mIoU", "pixel accuracy", "gain over random init", "vs probe-seed noise",
+           "step cost vs pixpro", "weights turned (deg)"]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -210,7 +210,7 @@ def method_config(name: str, args, out: Path) -> TrainConfig:
         batch_size=args.batch_size, epochs=epochs, warmup_epochs=preset.warmup_epochs / preset.epochs * epochs,
         max_steps=None, scenes_images=args.scenes, data=None, loader="torch", lars_trust=args.lars_trust,
         proj_hidden_dim=min(preset.proj_hidden_dim, args.proj_hidden_dim), precision=args.precision,
-        num_workers=args.workers, device="cpu", compile=False, log_every=10, ckpt_every=0, keep_ckpts=1,
+        num_workers=args.workers, device=args.device, compile=False, log_every=10, ckpt_every=0, keep_ckpts=1,
         tensorboard=False, probe_every=0, resume=True, out=str(out / "pretrain" / row_folder(name)), seed=args.seed,
         **variant)
     if method == "mocov2":
@@ -328,21 +328,34 @@ def build_rows(methods: list[dict], baselines: dict[str, dict]) -> list[dict]:
     for m in methods:
         if "diverged" in m:
             rows.append({"method": m["method"], "arch": m["kind"], "mIoU": "diverged", "pixel accuracy": "-",
-                         "gain over random init": "-", "step cost vs pixpro": "-", "weights turned (deg)": "-"})
+                         "gain over random init": "-", "vs probe-seed noise": "-", "step cost vs pixpro": "-",
+                         "weights turned (deg)": "-"})
             continue
         base = baselines[m["kind"]]
         rows.append({"method": m["method"], "arch": m["kind"], "mIoU": round(100 * m["probe"]["miou"], 2),
                      "pixel accuracy": round(100 * m["probe"]["pixel_accuracy"], 2),
                      "gain over random init": round(100 * (m["probe"]["miou"] - base["miou"]), 2),
+                     "vs probe-seed noise": seed_noise(m["probe"], base),
                      "step cost vs pixpro": round(m["step_seconds"] / ref, 3) if ref else "-",
                      "weights turned (deg)": round(m["mean_weight_turn_degrees"], 1)})
     return rows
 
 
+def seed_noise(result: dict, baseline: dict) -> str:
+    """Whether a row's gain exceeds the probe-seed noise (:func:`pixpro_fast.probe.gain_verdict`),
+    where both it and its baseline were probed with the same several seeds; else '-'."""
+    ours, base = (r.get("extra", {}).get("miou_per_seed", []) for r in (result, baseline))
+    if len(ours) < 2 or len(ours) != len(base):
+        return "-"
+    judged = probe.gain_verdict(ours, base)
+    return "beyond" if judged["distinguishable"] else "within"
+
+
 def baseline_rows(baselines: dict[str, dict]) -> list[dict]:
     return [{"method": "random init", "arch": kind, "mIoU": round(100 * b["miou"], 2),
              "pixel accuracy": round(100 * b["pixel_accuracy"], 2), "gain over random init": 0.0,
-             "step cost vs pixpro": "-", "weights turned (deg)": 0.0} for kind, b in baselines.items()]
+             "vs probe-seed noise": "-", "step cost vs pixpro": "-", "weights turned (deg)": 0.0}
+            for kind, b in baselines.items()]
 
 
 def header(payload: dict) -> str:
@@ -350,7 +363,8 @@ def header(payload: dict) -> str:
     return (f"Budget {payload['budget']:g}: every method {c['steps']} steps ({c['epochs']} epochs of {c['scenes']} scenes, "
             f"batch {c['batch_size']}) at {c['image_size']} px on {c['arch']} / {c['vit_arch']}, {c['precision']}. "
             f"Probe: {p['train_images']} train / {p['val_images']} val scenes at {p['image_size']} px, "
-            f"{p['steps']} steps, ResNets on {','.join(payload['probe_layers']['resnet'])}, ViTs on "
+            f"{p['steps']} steps, {payload.get('probe_seeds', 1)} probe seed(s), ResNets on "
+            f"{','.join(payload['probe_layers']['resnet'])}, ViTs on "
             f"{','.join(payload['probe_layers']['vit'])}. Step cost: mean training-step seconds over steps "
             f"{c['timed_steps'][0]}-{c['timed_steps'][1]}, relative to pixpro. Wall time "
             f"{payload['wall_seconds'] / 60:.1f} min ({torch.get_num_threads()} threads).")
@@ -385,8 +399,9 @@ def add_pretrain_options(ap: argparse.ArgumentParser, out: str) -> None:
                     help=f"scales pretraining ({BASE_EPOCHS} epochs at 1) and probe steps ({BASE_PROBE_STEPS} at 1)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the ResNet methods")
     ap.add_argument("--vit-arch", default="vit_tiny_patch16", help="encoder of the ViT methods (loca)")
-    add_shared_options(ap, batch_size=32, image_size=64, threads=True, out=out,
+    add_shared_options(ap, batch_size=32, image_size=64, device="cpu", threads=True, out=out,
                        helps={"image_size": "pretraining image size", "batch_size": "pretraining batch size",
+                              "device": "where pretraining and the probes run: cpu or cuda",
                               "out": "output folder",
                               "threads": "torch intra-op threads (default: torch's); 1 on a shared 2-core machine, "
                                          "where a second thread mostly waits for a busy core"})
@@ -436,9 +451,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--probe-image-size", type=int, default=probe.ProbeConfig.image_size)
     ap.add_argument("--probe-layers", default="layer3,layer4", help="ResNet stages probed, comma-separated")
     ap.add_argument("--vit-probe-layers", default="tokens", help="ViT maps probed (tokens, block1 .. blockN)")
+    ap.add_argument("--probe-seeds", type=int, default=1,
+                    help="train each probe with this many seeds; with 2 or more, each gain is judged against "
+                         "the seed-to-seed spread (the 'vs probe-seed noise' column)")
     ap.add_argument("--probe-train-images", type=int, default=probe.ProbeConfig.train_images)
     ap.add_argument("--probe-val-images", type=int, default=probe.ProbeConfig.val_images)
     args = ap.parse_args(argv)
+    if args.probe_seeds < 1:
+        ap.error(f"--probe-seeds must be at least 1, got {args.probe_seeds}")
     configs = pretrain_configs(ap, args)
     methods = list(configs)
     out = Path(args.out)
@@ -466,13 +486,15 @@ def main(argv=None) -> dict:
         stats = probe_encoders.recipe_stats(cfg)                              # the random init is probed as the pretrained
         enc, base_enc = probe_encoders.probe_ready(pretrained, method, *stats), probe_encoders.probe_ready(initial, method, *stats)
         layers = probe_layers(enc, args)
-        key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"]}
+        key = {"probe_config": asdict(probe_cfg), "layers": list(layers), "checkpoint": run["checkpoint"],
+               "probe_seeds": args.probe_seeds}
 
         def evaluate(encoder, name):
             nonlocal train, val
             if train is None:
                 train, val = probe_data.load_probe_data(probe_cfg)
-            return lambda: probe.evaluate_encoder(encoder, train, val, probe_cfg, name, layers=layers)
+            return lambda: probe.evaluate_encoder(encoder, train, val, probe_cfg, name, layers=layers,
+                                                  device=args.device, probe_seeds=args.probe_seeds)
         result = cached_result(Path(cfg.out) / "probe.json", key, evaluate(enc, f"{kind} {m}"))
         if kind not in baselines:
             base_key = {**key, "checkpoint": None, "kind": kind, "shape": shape}
@@ -493,7 +515,7 @@ def main(argv=None) -> dict:
                             "batch_size": args.batch_size, "image_size": args.image_size, "arch": args.arch,
                             "vit_arch": args.vit_arch, "precision": args.precision,
                             "timed_steps": [timed_steps(total_steps)[0], total_steps]},
-               "probe_config": asdict(probe_cfg),
+               "probe_config": asdict(probe_cfg), "probe_seeds": args.probe_seeds, "device": args.device,
                "probe_layers": {"resnet": args.probe_layers.split(","), "vit": args.vit_probe_layers.split(",")},
                "rows": build_rows(results, baselines), "baseline_rows": baseline_rows(baselines),
                "baselines": baselines, "results": results}

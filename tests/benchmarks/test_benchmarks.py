@@ -16,7 +16,7 @@ import torch
 from benchmarks import bench_end_to_end, bench_loaders, bench_peers, bench_step, bench_torch_loader, chart
 from benchmarks.common import batches_forever, steady_rate
 from pixpro_fast.hardware import native_precisions
-from sample_data import jpeg_folder
+from sample_data import installed_backends, jpeg_folder
 from pixpro_fast.metrics import verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,6 +220,24 @@ def test_end_to_end_runs_past_an_epoch_and_reports_the_feed_rate(tmp_path):
     assert close(torch_row["feed_vs_compute_ceiling"],
                  torch_row["feed_images_per_s"] / rows["synthetic"]["images_per_s"])
     assert "feed_vs_compute_ceiling" in bench_end_to_end.table(result)
+
+
+def test_end_to_end_names_a_colour_place_and_gives_ffcv_a_beton_of_the_same_images(tmp_path, capsys):
+    """``torch:workers`` runs the torch backend with its colour steps in the workers; the
+    ffcv row reads a .beton written from the folder (or is skipped with the reason where FFCV
+    is not installed); a place the backend lacks is a skipped row naming it."""
+    data = image_folder(tmp_path / "data", n=12)
+    args = ["--data-dir", str(data), "--backends", "torch:workers,torch:pipeline,ffcv", "--arch", "resnet18",
+            "--image-size", "32", "--batch-size", "4", "--steps", "2", "--skip", "1", "--precision", "fp32",
+            "--workers", "1", "--out", str(tmp_path / "out")]
+    result = bench_end_to_end.main(args)
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert rows["torch:workers"]["colour"] == "workers" and rows["synthetic"]["colour"] is None
+    assert "colour must be one of" in result["skipped"]["torch:pipeline"]
+    if "ffcv" in installed_backends():
+        assert "ffcv" in rows and list((tmp_path / "out" / "ffcv").glob("*.beton"))
+    else:
+        assert "ffcv" in result["skipped"]
 
 
 def test_epoch_turn_benchmark_counts_each_wait_once_per_mode(tmp_path):

@@ -240,7 +240,7 @@ def test_loca_query_keeps_the_presets_fraction_of_its_scaled_grid(tmp_path):
     from types import SimpleNamespace
     from benchmarks import quality
     args = SimpleNamespace(budget=1.0, scenes=64, batch_size=16, vit_arch="vit_tiny_patch16", arch="resnet18",
-                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0)
+                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0, device="cpu")
     kept = {size: quality.method_config("loca", SimpleNamespace(**vars(args), image_size=size), tmp_path).query_keep
             for size in (224, 128, 64)}
     assert kept == {224: 70, 128: 23, 64: 6}     # 70 of 196 tokens: of 64, 23; of 16, 6
@@ -267,7 +267,8 @@ def test_pair_loss_rows_parse_to_simclr_configs_of_their_own(tmp_path):
         with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
             quality.parse_methods(spec, pair_losses=pair_losses)
     args = SimpleNamespace(budget=1.0, scenes=64, batch_size=16, vit_arch="vit_tiny_patch16", arch="resnet18",
-                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0, image_size=64)
+                           lars_trust=0.02, proj_hidden_dim=64, precision="fp32", workers=0, seed=0, image_size=64,
+                           device="cpu")
     plain = quality.method_config("simclr", args, tmp_path)
     assert plain.pair_loss == "infonce" and plain.out == str(tmp_path / "pretrain" / "simclr")
     for loss in PAIR_LOSSES[1:]:
@@ -300,3 +301,15 @@ def test_a_pair_loss_row_trains_and_probes_in_its_own_folder(tmp_path, cache, mo
                           *TINY, "--out", str(out)])
     assert again["rows"] == [row]
     assert (out / "pretrain" / "simclr-triplet_hard" / "step_times.jsonl").read_text() == steps
+
+
+def test_a_gain_is_judged_against_the_probe_seed_noise_only_with_several_seeds():
+    from benchmarks import quality
+    one = {"miou": 0.5, "extra": {}}
+    assert quality.seed_noise(one, {"miou": 0.4, "extra": {}}) == "-"
+    steady = {"miou": 0.5, "extra": {"miou_per_seed": [0.50, 0.51, 0.50]}}
+    base = {"miou": 0.4, "extra": {"miou_per_seed": [0.40, 0.41, 0.40]}}
+    assert quality.seed_noise(steady, base) == "beyond"
+    noisy = {"miou": 0.42, "extra": {"miou_per_seed": [0.30, 0.55, 0.41]}}
+    assert quality.seed_noise(noisy, base) == "within"
+    assert quality.seed_noise(steady, {"miou": 0.4, "extra": {"miou_per_seed": [0.4, 0.4]}}) == "-"
