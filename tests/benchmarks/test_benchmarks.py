@@ -605,7 +605,7 @@ def test_shared_options_keep_each_benchmarks_defaults(monkeypatch):
         "bench_colour": dict(image_size=224, out="bench_out"),
         "bench_step": dict(batch_size=32, image_size=64, device="cpu", out="bench_out"),
         "bench_torch_loader": dict(batch_size=64, image_size=224, device="cpu", rounds=3, out="bench_out"),
-        "quality": dict(batch_size=32, image_size=64, threads=None, out="bench_out/quality"),
+        "quality": dict(batch_size=32, image_size=64, device="cpu", threads=None, out="bench_out/quality"),
         "loca_position": dict(batch_size=32, image_size=128, out="bench_out/loca_position"),
         "gpu_plan": dict(device="cuda", out="gpu_out"),
     }
