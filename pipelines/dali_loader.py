@@ -74,7 +74,6 @@ from . import sampler
 from .colour import gaussian_kernels
 from .colour_cpu import LUMA, blur_radius
 from .corrupt import CorruptImageError
-from .image_folder import scan_image_folder
 from .image_header import check_pixels, image_shape
 from .prefetch import Prefetcher
 from .recipe import BYOL, Recipe, ViewSpec
@@ -381,14 +380,14 @@ class DaliLoader(ViewPlanLoader):
 
     COLOUR = ("device", "workers")
     NAME = "dali"
+    MIN_WORKERS = 1
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  device: str | torch.device = "cpu", dali_device: str | None = None, gpu_style: bool = False,
                  host_crop: bool | None = None, **options):
         require_dali()
         _, self.dali_device, self.device_id = _resolve_device(device, dali_device)
-        super().__init__(lambda: self._scan(data_dir), batch_size, image_size, recipe, device=device, **options)
-        self.num_workers = max(self.num_workers, 1)   # DALI runs at least one thread
+        super().__init__(lambda: self.open_image_folder(data_dir), batch_size, image_size, recipe, device=device, **options)
         # the GPU graph needs the GPU-style steps; on CPU they are a test hook
         self.gpu_style = bool(gpu_style) or self.dali_device == "gpu"
         self.host_crop = resolve_host_crop(host_crop, self.colour, self.dali_device)
@@ -399,11 +398,6 @@ class DaliLoader(ViewPlanLoader):
 
     def default_colour(self) -> str:
         return "device" if self.dali_device == "cpu" else "workers"
-
-    def _scan(self, data_dir) -> tuple[int, str]:
-        self.images = scan_image_folder(data_dir)
-        self.paths = [str(p) for p in self.images.paths]
-        return len(self.paths), str(self.images.root)
 
     def sample_name(self, index: int) -> str:
         return self.paths[index]

@@ -303,6 +303,7 @@ class FFCVLoader(ViewPlanLoader):
     present)."""
 
     NAME = "ffcv"
+    MIN_WORKERS = 1
 
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  order: str = "random", os_cache: bool = True, batches_ahead: int = 3, scale_decode: bool = True,
@@ -317,7 +318,7 @@ class FFCVLoader(ViewPlanLoader):
         pipelines = {name: None for name in reader.handlers}
         pipelines["image"] = PipelineSpec("image", decoder=self.decoder, transforms=[])
         with keep_torch_threads():
-            self._ffcv = _FFCVLoader(str(self.path), batch_size=batch_size, num_workers=max(self.num_workers, 1),
+            self._ffcv = _FFCVLoader(str(self.path), batch_size=batch_size, num_workers=self.num_workers,
                                      os_cache=os_cache, order=OrderOption.SEQUENTIAL, seed=self.seed,
                                      drop_last=self.drop_last, batches_ahead=batches_ahead, pipelines=pipelines)
         self._plan = _PlannedOrder(self._ffcv, self._rank_order(0))

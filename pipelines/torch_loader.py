@@ -51,7 +51,6 @@ from .colour import apply_colour
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, first_readable
 from .decode import render_views
 from .epoch import EpochOrders
-from .image_folder import scan_image_folder
 from .image_header import DEFAULT_MAX_PIXELS
 from .recipe import BYOL, Recipe
 from .view_plan_loader import ViewPlanLoader
@@ -206,8 +205,9 @@ class TorchLoader(ViewPlanLoader):
     def __init__(self, data_dir, batch_size: int, image_size: int = 224, recipe: Recipe = BYOL, *,
                  pin_memory: bool | None = None, prefetch_factor: int | None = None,
                  persistent_workers: bool | None = None, reducing_gap: float | None = 2.0, **options):
-        super().__init__(functools.partial(self._scan, data_dir), batch_size, image_size, recipe, **options)
-        self.dataset = ViewPlanDataset(list(self.images.paths), recipe, image_size, self.orders, self.on_corrupt,
+        super().__init__(functools.partial(self.open_image_folder, data_dir), batch_size, image_size, recipe,
+                         **options)
+        self.dataset = ViewPlanDataset(self.paths, recipe, image_size, self.orders, self.on_corrupt,
                                        reducing_gap, self.max_replacements, self.colour, self.max_pixels)
         self.plan = _EpochPlan(self)
         if pin_memory is None:
@@ -225,12 +225,8 @@ class TorchLoader(ViewPlanLoader):
         self._stream = None
         self._stream_at: tuple[int, int] | None = None   # (epoch, batch) the stream yields next
 
-    def _scan(self, data_dir) -> tuple[int, str]:
-        self.images = scan_image_folder(data_dir)
-        return len(self.images), str(self.images.root)
-
     def sample_name(self, index: int) -> str:
-        return self.dataset.paths[index]
+        return self.paths[index]
 
     def _to_batch(self, raw):
         views, used, skipped, bad, drawn = raw

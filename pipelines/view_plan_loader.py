@@ -41,6 +41,7 @@ from .batch import Batch, check_loader_options
 from .colour import ColourAugment, normalise_uint8, to_device
 from .corrupt import MAX_REPLACEMENTS, CorruptFiles, first_readable
 from .epoch import EpochCursor, EpochOrders, rank_positions
+from .image_folder import scan_image_folder
 from .image_header import DEFAULT_MAX_PIXELS
 from .prefetch import hand_over
 from .recipe import Recipe
@@ -79,6 +80,7 @@ class ViewPlanLoader:
 
     COLOUR: tuple[str, ...] = ("device",)
     NAME = "loader"
+    MIN_WORKERS = 0   # 1 for a backend with no in-thread mode: num_workers=0 then runs one worker thread
 
     def __init__(self, open_source: Callable[[], tuple[int, str]], batch_size: int, image_size: int, recipe: Recipe, *,
                  device: str | torch.device = "cpu", num_workers: int | None = None, seed: int = 0,
@@ -97,7 +99,7 @@ class ViewPlanLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last, self.shuffle = drop_last, shuffle
         self.on_corrupt, self.max_pixels, self.max_replacements = on_corrupt, max_pixels, max_replacements
-        self.num_workers = resolve_workers(num_workers)
+        self.num_workers = max(resolve_workers(num_workers), self.MIN_WORKERS)
         self.prefetch, self.colour_threads = prefetch, colour_threads
         self.colour = self.resolve_colour(colour)
         # the data is opened once the options are known to be good
@@ -149,6 +151,13 @@ class ViewPlanLoader:
         self.cursor.set(epoch, start_batch)
 
     # ------------------------------------------------------------------ unreadable images
+
+    def open_image_folder(self, data_dir) -> tuple[int, str]:
+        """``open_source`` of a backend that reads a folder of images: sets ``images`` (the
+        scan) and ``paths`` (each file's path, by dataset index)."""
+        self.images = scan_image_folder(data_dir)
+        self.paths = [str(p) for p in self.images.paths]
+        return len(self.paths), str(self.images.root)
 
     def sample_name(self, item: int) -> str:
         """How messages name the sample an epoch order holds as ``item`` (its file, or its

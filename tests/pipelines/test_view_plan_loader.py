@@ -94,6 +94,8 @@ def test_one_meaning_of_workers_and_of_the_colour_places(monkeypatch):
     assert resolve_workers(None) == default_workers() >= 1 and resolve_workers(0) == 0
     with pytest.raises(ValueError, match="num_workers must be non-negative"):
         resolve_workers(-1)
+    threaded = type("Threaded", (InMemoryLoader,), {"MIN_WORKERS": 1})   # as DALI and FFCV: no in-thread mode
+    assert threaded(batch_size=2, num_workers=0).num_workers == 1 and InMemoryLoader(2, num_workers=0).num_workers == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1000")
     assert default_workers() == 1   # shared among the processes of a node, never below one
     with pytest.raises(ValueError, match=r"colour must be one of \('auto', 'device'\) for the memory backend"):
